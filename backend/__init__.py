@@ -1,0 +1,1 @@
+"""Residualized temporal sparse autoencoders for diffusion models: the library behind the app."""

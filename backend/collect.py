@@ -1,0 +1,117 @@
+"""Stream trajectories at one site to disk in safetensors shards, resumable shard by shard."""
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from backend.errors import ExplorerError
+from backend.hooks import TrajectoryRecorder
+from backend.io import sha256_file, write_json, write_safetensors
+from backend.models import DiffusionModel
+from backend.sampler import sample
+
+MANIFEST = "collect.json"
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What a collection run records; a directory holds shards of exactly one config."""
+
+    site: str
+    num_steps: int
+    recorded_steps: tuple[int, ...]
+    guidance_scale: float
+    seed: int = 0
+    images_per_shard: int = 64
+    batch_size: int = 8
+    positions_per_image: int | None = None  # None: every spatial position
+    dtype: str = "float16"
+
+
+def evenly_spaced_steps(num_steps: int, count: int) -> tuple[int, ...]:
+    """`count` sampler step indices spread evenly over 0..num_steps-1, both ends included."""
+    if not 1 <= count <= num_steps:
+        raise ExplorerError(f"Cannot record {count} of {num_steps} steps.")
+    if count == 1:
+        return (num_steps - 1,)
+    return tuple(round(i * (num_steps - 1) / (count - 1)) for i in range(count))
+
+
+def _subsample(traj: Tensor, image_ids: Sequence[int], keep: int | None, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Flatten Tensor[B, P, T, C] into position rows, keeping `keep` random positions per image."""
+    rows, ids, positions = [], [], []
+    for image_traj, image_id in zip(traj, image_ids):
+        n_pos = image_traj.shape[0]
+        if keep is None or keep >= n_pos:
+            chosen = torch.arange(n_pos)
+        else:  # seeded by image id, so a resumed or sharded run keeps the same positions
+            chosen = torch.randperm(n_pos, generator=torch.Generator().manual_seed(seed * 1_000_003 + image_id))[:keep].sort().values
+        rows.append(image_traj[chosen])
+        ids.append(torch.full((len(chosen),), image_id, dtype=torch.long))
+        positions.append(chosen)
+    return torch.cat(rows), torch.cat(ids), torch.cat(positions)
+
+
+def _manifest(out_dir: Path, config: CollectConfig, prompts: Sequence[str]) -> dict:
+    """Open or create the collection manifest; refuse to mix configs or prompt lists."""
+    path = out_dir / MANIFEST
+    expected = {"config": asdict(config) | {"recorded_steps": list(config.recorded_steps)}, "n_prompts": len(prompts)}
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        if manifest["config"] != expected["config"] or manifest["n_prompts"] != len(prompts):
+            raise ExplorerError(f"{out_dir} holds a collection with another config; use a fresh directory.")
+        return manifest
+    manifest = expected | {"shards": {}}
+    write_json(path, manifest)
+    return manifest
+
+
+def collect_trajectories(model: DiffusionModel, prompts: Sequence[str], out_dir: str | Path, config: CollectConfig, progress: bool = True) -> list[Path]:
+    """Sample every prompt, record the site at the recorded steps, and write shards.
+
+    Each shard `shard-XXXXX.safetensors` holds `traj` [N, T, C], `image_id` [N] and
+    `position` [N] (flat h*W+w index). Shards already listed in the manifest are skipped,
+    so an interrupted run resumes where it stopped.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(out_dir, config, prompts)
+    n_shards = -(-len(prompts) // config.images_per_shard)
+    paths = []
+    for shard in tqdm(range(n_shards), desc=f"collect {config.site}", unit="shard", disable=not progress):
+        name = f"shard-{shard:05d}.safetensors"
+        paths.append(out_dir / name)
+        if name in manifest["shards"]:
+            continue
+        start = shard * config.images_per_shard
+        ids = range(start, min(start + config.images_per_shard, len(prompts)))
+        parts = []
+        for b in range(0, len(ids), config.batch_size):
+            batch = list(ids[b : b + config.batch_size])
+            recorder = TrajectoryRecorder(config.site, config.recorded_steps)
+            sample(model, [prompts[i] for i in batch], seed=[config.seed + i for i in batch], num_steps=config.num_steps,
+                   guidance_scale=config.guidance_scale, hooks=[recorder])
+            parts.append(_subsample(recorder.trajectories(), batch, config.positions_per_image, config.seed))
+        traj, image_id, position = (torch.cat(p) for p in zip(*parts))
+        write_safetensors(out_dir / name, {"traj": traj.to(getattr(torch, config.dtype)), "image_id": image_id, "position": position})
+        manifest["shards"][name] = sha256_file(out_dir / name)
+        write_json(out_dir / MANIFEST, manifest)
+    return paths
+
+
+def read_shards(out_dir: str | Path) -> Iterator[dict[str, Tensor]]:
+    """Yield each finished shard's tensors, after checking its sha256 against the manifest."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    for name, digest in sorted(manifest["shards"].items()):
+        path = out_dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ExplorerError(f"Shard {path} is missing or corrupt (sha256 mismatch); delete its entry in {MANIFEST} and collect again.")
+        yield load_file(path)

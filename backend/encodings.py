@@ -1,0 +1,83 @@
+"""How a trajectory becomes SAE input rows, and how decoder columns map back to activation space.
+
+Three variants share one trainer and latent budget (DESIGN.md step 7):
+- residualized: x = [a_1, r_2, …, r_T] / c_t  (the method)
+- concat:       x = [a_1, a_2, …, a_T] / rms_t (temporal concatenation, no dynamics)
+- per_step:     one row per (position, step), x = a_t / rms  (a single SAE over all steps)
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from backend.dynamics import LinearDynamics
+
+VARIANTS = ("residualized", "concat", "per_step")
+
+
+@dataclass
+class TrajectoryEncoding:
+    """A variant of SAE input built from trajectories Tensor[N, T, d] and fitted dynamics."""
+
+    variant: str
+    dynamics: LinearDynamics
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {VARIANTS}")
+
+    @property
+    def steps(self) -> int:
+        return self.dynamics.steps
+
+    @property
+    def dim(self) -> int:
+        return self.dynamics.A.shape[-1]
+
+    def d_in(self) -> int:
+        """Width of one SAE input row."""
+        return self.dim if self.variant == "per_step" else self.steps * self.dim
+
+    def block_scales(self) -> Tensor:
+        """c_t per step: Tensor[T]."""
+        dyn = self.dynamics
+        if self.variant == "residualized":
+            return dyn.scales
+        if self.variant == "concat":
+            return dyn.activation_rms
+        return dyn.activation_rms.pow(2).mean().sqrt().expand(self.steps)
+
+    def to_rows(self, traj: Tensor) -> Tensor:
+        """Trajectories Tensor[N, T, d] to SAE rows: Tensor[N, T*d] (per_step: Tensor[N*T, d], step-major per position)."""
+        scales = self.block_scales().to(traj.device, traj.dtype)[:, None]
+        blocks = self.dynamics.residualize(traj) if self.variant == "residualized" else traj
+        blocks = blocks / scales
+        return blocks.reshape(-1, self.dim) if self.variant == "per_step" else blocks.flatten(1)
+
+    def from_rows(self, rows: Tensor) -> Tensor:
+        """Inverse of `to_rows`: SAE rows (or reconstructions) back to trajectories Tensor[N, T, d]."""
+        scales = self.block_scales().to(rows.device, rows.dtype)[:, None]
+        blocks = rows.reshape(-1, self.steps, self.dim) * scales
+        return self.dynamics.deresidualize(blocks) if self.variant == "residualized" else blocks
+
+    def feature_trajectories(self, W_dec: Tensor) -> Tensor:
+        """φ_j,t for every latent j: Tensor[n_latents, T, d], the linear effect of one unit of z_j on a_t."""
+        scales = self.block_scales().to(W_dec.device, W_dec.dtype)[:, None]
+        columns = W_dec.T  # [n, d_in]
+        if self.variant == "per_step":
+            return columns[:, None, :] * scales
+        delta = columns.reshape(-1, self.steps, self.dim) * scales
+        return self.dynamics.propagate(delta) if self.variant == "residualized" else delta
+
+    def prefix_rows(self, traj: Tensor) -> Tensor:
+        """Rows known up to each step t, later blocks zero: Tensor[T, N, T*d] (DESIGN.md step 6).
+
+        For the residualized variant, zeroing later residuals means "the rest follows the linear
+        dynamics". Only defined for the temporal variants.
+        """
+        if self.variant == "per_step":
+            raise ValueError("prefix encoding needs a temporal variant")
+        rows = self.to_rows(traj).reshape(-1, self.steps, self.dim)
+        mask = torch.tril(torch.ones(self.steps, self.steps, dtype=rows.dtype, device=rows.device))  # [t, s]: s ≤ t
+        return (mask[:, None, :, None] * rows[None]).flatten(2)

@@ -1,0 +1,130 @@
+"""Load the diffusers components of an SD-family model from a hub id or a local directory."""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from huggingface_hub import hf_hub_download
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from backend.errors import ExplorerError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class DiffusionModel:
+    """The parts of a text-to-image diffusion model that the sampler needs."""
+
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    vae: AutoencoderKL | None = None  # None: the UNet works in pixel space
+    source: str = "<in memory>"
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def hub_offline() -> bool:
+    """Whether the environment forbids network look-ups (HF_HUB_OFFLINE and friends)."""
+    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
+    return any(os.environ.get(flag, "").strip().lower() in {"1", "true", "yes", "on"} for flag in flags)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (SD 1.5 is trained for it), fp32 on the CPU (fp16 matmuls are slow there)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _model_index(source: str) -> dict | None:
+    """The pipeline's model_index.json, or None when the source has none."""
+    local = Path(source)
+    try:
+        path = local / "model_index.json" if local.is_dir() else Path(
+            hf_hub_download(source, "model_index.json", local_files_only=hub_offline())
+        )
+        return json.loads(path.read_text()) if path.is_file() else None
+    except Exception:  # a missing or unreachable index only means: no optional parts listed
+        return None
+
+
+def _has_vae(source: str) -> bool:
+    local = Path(source)
+    if local.is_dir():
+        return (local / "vae").is_dir()
+    index = _model_index(source) or {}
+    return bool(index.get("vae")) and index["vae"][0] is not None
+
+
+def _strict_text_encoder(source: str, dtype: torch.dtype, offline: bool) -> CLIPTextModel:
+    """Load the text encoder and refuse weights that leave parameters randomly initialized."""
+    model, info = CLIPTextModel.from_pretrained(
+        source, subfolder="text_encoder", dtype=dtype, use_safetensors=True,
+        local_files_only=offline, output_loading_info=True,
+    )
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise ExplorerError(f"text_encoder weights in {source!r} lack {len(missing)} tensors (e.g. {missing[0]}); the checkpoint does not match its config.")
+    return model
+
+
+def load_model(source: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
+    """Load unet, text_encoder, tokenizer, scheduler (and vae when present) in the SD 1.5 layout.
+
+    `source` is a local directory or a Hugging Face Hub repo id; with HF_HUB_OFFLINE=1 only
+    the local cache is read. Scheduler configs of other classes (SD 1.5 ships PNDM) are read
+    into a DDIMScheduler, since the shared sampler is DDIM.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    local = Path(source)
+    if local.exists() and not local.is_dir():
+        raise ExplorerError(f"Model path {source!r} is a file; pass a directory with {', '.join(REQUIRED_SUBFOLDERS)} subfolders or a hub repo id.")
+    if local.is_dir():
+        missing = [sub for sub in REQUIRED_SUBFOLDERS if not (local / sub).is_dir()]
+        if missing:
+            raise ExplorerError(f"Model directory {source!r} lacks {', '.join(m + '/' for m in missing)}; pass a directory in the SD 1.5 layout (unet/, text_encoder/, tokenizer/, scheduler/, optional vae/).")
+    offline = hub_offline()
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, use_safetensors=True, local_files_only=offline)
+        text_encoder = _strict_text_encoder(source, dtype, offline)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=offline)
+        scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=offline)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, use_safetensors=True, local_files_only=offline) if _has_vae(source) else None
+    except ExplorerError:
+        raise
+    except Exception as err:
+        where = "the local directory" if local.is_dir() else ("the local hub cache (offline mode)" if offline else "the Hugging Face Hub")
+        raise ExplorerError(
+            f"Could not load model {source!r} from {where}: {type(err).__name__}: {err}. "
+            "Pass --model with a local directory in the SD 1.5 layout or a hub repo id that is cached or reachable."
+        ) from err
+    for module in (unet, text_encoder, vae):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
+    log.info("loaded %s on %s (%s)%s", source, device, dtype, "" if vae else ", pixel space")
+    return DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae, source=str(source))

@@ -1,0 +1,134 @@
+"""Training loop for TopKSAE: Adam with warm-up, unit-norm decoder, AuxK loss against dead latents."""
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from backend.sae import TopKSAE, topk_codes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SAETrainConfig:
+    """Hyperparameters of one SAE training run."""
+
+    n_latents: int = 1024
+    k: int = 32
+    lr: float | None = None  # None: 2e-4 scaled by 1/sqrt(n_latents / 16384), as in Gao et al.
+    batch_size: int = 1024
+    epochs: int = 1
+    warmup_steps: int = 100
+    aux_k: int | None = None  # None: min(d_in // 2, n_latents // 2)
+    aux_coef: float = 1 / 32
+    dead_after_tokens: int = 200_000  # a latent that fired on none of the last this many rows is dead
+    seed: int = 0
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 2e-4 / (self.n_latents / 16384) ** 0.5
+
+
+def fraction_of_variance_unexplained(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the batch."""
+    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def geometric_median(x: Tensor, iterations: int = 30) -> Tensor:
+    """Weiszfeld's iteration; a robust centre for b_pre (Gao et al. initialize it so)."""
+    median = x.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (x - median).norm(dim=1).clamp_min(1e-8)
+        median = (weights[:, None] * x).sum(0) / weights.sum()
+    return median
+
+
+def aux_k_loss(sae: TopKSAE, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, aux_k: int) -> Tensor:
+    """Normalized MSE of the dead latents' best reconstruction of the main model's error."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return x.new_zeros(())
+    error = (x - x_hat).detach()
+    dead_pre = pre.masked_fill(~dead, float("-inf"))
+    aux_codes = topk_codes(dead_pre, min(aux_k, n_dead))  # masked entries come out as relu(-inf) = 0
+    error_hat = aux_codes @ sae.W_dec.T
+    return (error_hat - error).pow(2).sum() / (error - error.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+class SAETrainer:
+    """Owns the optimizer and the dead-latent bookkeeping for one TopKSAE."""
+
+    def __init__(self, sae: TopKSAE, config: SAETrainConfig):
+        self.sae, self.config = sae, config
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), eps=6.25e-10)
+        self.aux_k = config.aux_k or min(sae.d_in // 2, sae.n_latents // 2)
+        self.rows_since_fired = torch.zeros(sae.n_latents, dtype=torch.long)
+        self.steps = 0
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Tensor) -> None:
+        """b_pre from the geometric median of a data sample."""
+        self.sae.b_pre.copy_(geometric_median(sample.float()))
+
+    def dead_latents(self) -> Tensor:
+        """Boolean mask of latents that have not fired recently."""
+        return self.rows_since_fired > self.config.dead_after_tokens
+
+    def step(self, x: Tensor) -> dict[str, float]:
+        """One optimizer step on a batch Tensor[B, d_in]; returns its metrics."""
+        sae, cfg = self.sae, self.config
+        lr = cfg.learning_rate() * min(1.0, (self.steps + 1) / max(1, cfg.warmup_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x_hat, codes, pre = sae(x)
+        fvu = fraction_of_variance_unexplained(x, x_hat)
+        dead = self.dead_latents().to(x.device)
+        aux = aux_k_loss(sae, x, x_hat, pre, dead, self.aux_k)
+        loss = fvu + cfg.aux_coef * aux
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_decoder_grad()
+        self.optimizer.step()
+        sae.normalize_decoder()
+
+        fired = (codes > 0).any(0).cpu()
+        self.rows_since_fired += x.shape[0]
+        self.rows_since_fired[fired] = 0
+        self.steps += 1
+        return {"fvu": fvu.item(), "aux": aux.item(), "dead": int(dead.sum()), "lr": lr}
+
+
+def tensor_batches(x: Tensor, batch_size: int, seed: int = 0) -> Callable[[int], Iterator[Tensor]]:
+    """Epoch-wise shuffled batches of an in-memory Tensor[N, d_in]."""
+    def epoch(index: int) -> Iterator[Tensor]:
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + index))
+        for start in range(0, x.shape[0], batch_size):
+            yield x[order[start : start + batch_size]]
+    return epoch
+
+
+def train_sae(
+    batches: Callable[[int], Iterable[Tensor]],
+    d_in: int,
+    config: SAETrainConfig,
+    init_sample: Tensor,
+    progress: bool = True,
+) -> tuple[TopKSAE, list[dict[str, float]]]:
+    """Train a TopKSAE on streamed batches (`batches(epoch)` yields Tensor[B, d_in]); returns it and per-step metrics."""
+    torch.manual_seed(config.seed)
+    sae = TopKSAE(d_in, config.n_latents, config.k)
+    trainer = SAETrainer(sae, config)
+    trainer.init_from_data(init_sample)
+    history = []
+    log.info("training SAE %s", asdict(config))
+    with tqdm(desc="SAE", unit="batch", disable=not progress) as bar:
+        for epoch in range(config.epochs):
+            for x in batches(epoch):
+                metrics = trainer.step(x.float())
+                history.append(metrics)
+                bar.update()
+                bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", dead=metrics["dead"])
+    return sae.eval(), history

@@ -1,0 +1,45 @@
+"""A CLIP tokenizer over a closed vocabulary, so small models need no downloaded vocab files."""
+
+from collections.abc import Iterable
+
+from transformers import CLIPTokenizer
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 16) -> CLIPTokenizer:
+    """Build a CLIPTokenizer whose BPE merges spell each word as one token.
+
+    CLIP's BPE splits a word into characters, the last one marked `</w>`, and merges
+    pairs by rank. Merging left to right, one merge per prefix, makes every word a single
+    token; every intermediate piece is in the vocabulary, so no input maps to unknown
+    except characters outside the words.
+    """
+    words = sorted({w.lower() for w in words})
+    pieces: list[str] = []
+    merges: list[tuple[str, str]] = []
+    seen_pieces: set[str] = set()
+    seen_merges: set[tuple[str, str]] = set()
+
+    def add_piece(piece: str) -> None:
+        if piece not in seen_pieces:
+            seen_pieces.add(piece)
+            pieces.append(piece)
+
+    for word in words:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        for symbol in symbols:
+            add_piece(symbol)
+            add_piece(symbol.removesuffix("</w>"))
+        prefix = symbols[0]
+        for symbol in symbols[1:]:
+            merge = (prefix, symbol)
+            prefix += symbol
+            if merge not in seen_merges:
+                seen_merges.add(merge)
+                merges.append(merge)
+            add_piece(prefix)
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from backend.dynamics import LinearDynamics
+from backend.encodings import VARIANTS, TrajectoryEncoding
+from tests.test_dynamics import linear_trajectories
+
+
+@pytest.fixture(scope="module")
+def dynamics_and_traj():
+    traj, _, _ = linear_trajectories(n=400, steps=4, dim=5, noise=0.3, seed=11)
+    return LinearDynamics.fit(traj, ridge=1e-3), traj
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rows_round_trip_to_trajectories(dynamics_and_traj, variant):
+    dyn, traj = dynamics_and_traj
+    encoding = TrajectoryEncoding(variant, dyn)
+    rows = encoding.to_rows(traj)
+    assert rows.shape[1] == encoding.d_in()
+    assert torch.allclose(encoding.from_rows(rows), traj, atol=1e-10)
+
+
+def test_residualized_blocks_have_unit_mean_square(dynamics_and_traj):
+    dyn, traj = dynamics_and_traj
+    rows = TrajectoryEncoding("residualized", dyn).to_rows(traj).reshape(len(traj), dyn.steps, -1)
+    assert torch.allclose(rows.pow(2).mean((0, 2)), torch.ones(dyn.steps, dtype=rows.dtype), rtol=1e-8)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_feature_trajectory_is_the_effect_of_one_unit_of_a_latent(dynamics_and_traj, variant):
+    """φ_j equals from_rows(x + e_j-th decoder column) − from_rows(x), computed independently."""
+    dyn, traj = dynamics_and_traj
+    encoding = TrajectoryEncoding(variant, dyn)
+    W_dec = torch.randn(encoding.d_in(), 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    phi = encoding.feature_trajectories(W_dec)
+    base = encoding.to_rows(traj[:1])
+    for j in range(3):
+        if variant == "per_step":  # the same direction added at every step's row
+            shifted = base + W_dec[:, j]
+        else:
+            shifted = base + W_dec[:, j][None]
+        effect = encoding.from_rows(shifted) - encoding.from_rows(base)
+        assert torch.allclose(phi[j], effect[0], atol=1e-10)
+
+
+def test_prefix_rows_at_the_last_step_equal_the_full_rows(dynamics_and_traj):
+    dyn, traj = dynamics_and_traj
+    encoding = TrajectoryEncoding("residualized", dyn)
+    prefix = encoding.prefix_rows(traj[:7])
+    assert torch.equal(prefix[-1], encoding.to_rows(traj[:7]))
+    first_block = prefix[0].reshape(7, dyn.steps, -1)
+    assert (first_block[:, 1:] == 0).all() and torch.equal(first_block[:, 0], traj[:7, 0] / dyn.scales[0])

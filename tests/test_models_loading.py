@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+
+from backend.errors import ExplorerError
+from backend.models import load_model
+from backend.sampler import sample
+from tests.tiny_models import tiny_model
+
+
+def save_in_sd_layout(model, root):
+    model.unet.save_pretrained(root / "unet")
+    model.text_encoder.save_pretrained(root / "text_encoder")
+    model.tokenizer.save_pretrained(root / "tokenizer")
+    model.scheduler.save_pretrained(root / "scheduler")
+    if model.vae is not None:
+        model.vae.save_pretrained(root / "vae")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("with_vae", [False, True])
+def test_a_saved_tiny_model_loads_offline_and_samples_identically(tmp_path, offline, with_vae):
+    original = tiny_model(with_vae=with_vae)
+    save_in_sd_layout(original, tmp_path)
+    loaded = load_model(str(tmp_path), device="cpu")
+    assert (loaded.vae is None) == (not with_vae)
+    assert loaded.dtype == torch.float32
+    expected = sample(original, "a red circle", seed=2, num_steps=3, guidance_scale=2.0).images
+    assert torch.equal(sample(loaded, "a red circle", seed=2, num_steps=3, guidance_scale=2.0).images, expected)
+
+
+def test_explicit_dtype_is_respected(tmp_path, offline):
+    save_in_sd_layout(tiny_model(), tmp_path)
+    assert load_model(str(tmp_path), device="cpu", dtype=torch.float16).dtype == torch.float16
+
+
+def test_missing_component_names_what_to_pass(tmp_path, offline):
+    save_in_sd_layout(tiny_model(), tmp_path)
+    (tmp_path / "text_encoder" / "config.json").rename(tmp_path / "unet_config_moved.json")
+    with pytest.raises(ExplorerError, match="Pass --model"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_directory_without_the_sd_layout_is_refused(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ExplorerError, match="lacks text_encoder/, tokenizer/, scheduler/"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_weights_that_do_not_match_the_config_are_refused_not_randomized(tmp_path, offline):
+    save_in_sd_layout(tiny_model(), tmp_path)
+    config_path = tmp_path / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["num_hidden_layers"] += 1  # one layer more than the weights hold
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ExplorerError, match="lack"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_uncached_hub_id_offline_is_a_clear_error(tmp_path, offline, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(ExplorerError, match="offline mode"):
+        load_model("stable-diffusion-v1-5/stable-diffusion-v1-5", device="cpu")

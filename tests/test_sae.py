@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from backend.errors import ExplorerError
+from backend.sae import TopKSAE, topk_codes
+from backend.sae_train import SAETrainConfig, SAETrainer, fraction_of_variance_unexplained, tensor_batches, train_sae
+
+
+def test_topk_codes_keep_exactly_k_positive_entries_per_row():
+    pre = torch.randn(50, 40, generator=torch.Generator().manual_seed(0)) + 10  # all positive
+    codes = topk_codes(pre, 7)
+    assert ((codes != 0).sum(1) == 7).all()
+    kept = codes.gather(1, pre.topk(7).indices)
+    assert torch.equal(kept, pre.topk(7).values)
+
+
+def test_topk_codes_never_keep_negative_values():
+    pre = -torch.rand(8, 16)
+    assert (topk_codes(pre, 4) == 0).all()
+
+
+def test_encode_has_k_nonzeros_when_preactivations_are_positive():
+    sae = TopKSAE(12, 30, 5)
+    with torch.no_grad():
+        sae.b_enc.fill_(100.0)
+    codes = sae.encode(torch.randn(20, 12))
+    assert ((codes != 0).sum(1) == 5).all()
+
+
+def test_decode_is_affine_in_codes():
+    sae = TopKSAE(6, 10, 3)
+    z = torch.zeros(1, 10)
+    z[0, 4] = 2.0
+    assert torch.allclose(sae.decode(z)[0], 2.0 * sae.W_dec[:, 4] + sae.b_pre)
+
+
+def test_decoder_gradient_projection_removes_the_parallel_component():
+    sae = TopKSAE(8, 5, 2)
+    sae.W_dec.grad = torch.randn(8, 5)
+    sae.remove_parallel_decoder_grad()
+    assert torch.allclose((sae.W_dec.grad * sae.W_dec).sum(0), torch.zeros(5), atol=1e-6)
+
+
+def planted_dictionary(n=20000, d=32, n_true=64, k_true=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(d, n_true, generator=g)
+    D /= D.norm(dim=0)
+    idx = torch.stack([torch.randperm(n_true, generator=g)[:k_true] for _ in range(n)])
+    z = torch.zeros(n, n_true).scatter_(1, idx, torch.rand(n, k_true, generator=g) + 0.5)
+    return z @ D.T + 0.01 * torch.randn(n, d, generator=g), D
+
+
+def test_sae_recovers_a_planted_sparse_dictionary():
+    x, D = planted_dictionary()
+    cfg = SAETrainConfig(n_latents=128, k=4, batch_size=256, epochs=8, lr=3e-3, warmup_steps=20, dead_after_tokens=5000)
+    sae, history = train_sae(tensor_batches(x, cfg.batch_size), x.shape[1], cfg, x[:2000], progress=False)
+    best_cosine = (D.T @ sae.W_dec.detach()).amax(1)
+    assert (best_cosine > 0.9).float().mean() >= 0.9
+    with torch.no_grad():
+        assert fraction_of_variance_unexplained(x, sae.decode(sae.encode(x))) < 0.1
+    assert history[-1]["fvu"] < history[0]["fvu"]
+    assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(128), atol=1e-5)
+
+
+def test_latents_silent_for_too_long_count_as_dead_and_get_an_aux_loss():
+    x, _ = planted_dictionary(n=512, seed=1)
+    sae = TopKSAE(32, 64, 2)
+    trainer = SAETrainer(sae, SAETrainConfig(n_latents=64, k=2, dead_after_tokens=100, lr=1e-3))
+    with torch.no_grad():
+        silent = ~(sae.encode(x[:256]) > 0).any(0)
+    assert trainer.step(x[:256])["dead"] == 0  # nobody has been silent for 100 rows yet
+    assert torch.equal(trainer.dead_latents(), silent)
+    metrics = trainer.step(x[256:])
+    assert metrics["dead"] == int(silent.sum()) > 0
+    assert metrics["aux"] > 0
+
+
+def test_save_and_load_round_trip(tmp_path):
+    sae = TopKSAE(10, 20, 4)
+    sae.save(tmp_path / "sae")
+    loaded = TopKSAE.load(tmp_path / "sae")
+    x = torch.randn(5, 10)
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+    assert loaded.config() == sae.config()
+
+
+def test_load_reports_a_mismatched_config(tmp_path):
+    TopKSAE(10, 20, 4).save(tmp_path / "sae")
+    (tmp_path / "sae" / "config.json").write_text('{"d_in": 11, "n_latents": 20, "k": 4}')
+    with pytest.raises(ExplorerError, match="does not match"):
+        TopKSAE.load(tmp_path / "sae")

@@ -1,0 +1,1 @@
+"""Gradio layout and handlers; calls `backend`, never torch directly."""
