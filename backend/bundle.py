@@ -1,8 +1,9 @@
 """A bundle: everything the app serves for one model × site, in one verified directory.
 
 Layout: `bundle.json` (versioned manifest with the sha256 of every other file),
-`sae/` (TopKSAE), `dynamics.safetensors` (LinearDynamics); later stages add the atlas and
-indexes. Tensors are safetensors only; nothing is unpickled.
+`sae/` (TopKSAE), `dynamics.safetensors` (LinearDynamics), and from the atlas stage on
+`atlas/` (tables, thumbnails, image and latent metadata) and `index/` (FAISS indexes too
+large to rebuild at load). Tensors are safetensors only; nothing is unpickled.
 """
 
 import json
@@ -21,8 +22,9 @@ from backend.dynamics import LinearDynamics
 from backend.encodings import TrajectoryEncoding
 from backend.errors import ExplorerError
 from backend.io import sha256_file, write_json, write_safetensors
-from backend.models import hub_offline
+from backend.models import DiffusionModel, hub_offline
 from backend.sae import TopKSAE
+from backend.search import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class Bundle:
         encoding = TrajectoryEncoding(variant, dynamics)
         if sae.d_in != encoding.d_in():
             raise ExplorerError(f"SAE input width {sae.d_in} does not match the {variant} encoding's {encoding.d_in()}.")
-        sae.save(root / "sae")
+        sae.save(root / "sae", dtype=torch.float16)
         write_safetensors(root / "dynamics.safetensors", {k: v.float() for k, v in dynamics.state_dict().items()})
         info = {
             "model": model, "site": site, "schedule": schedule, "variant": variant,
@@ -169,3 +171,156 @@ class Bundle:
     def feature_trajectory(self, j: int) -> Tensor:
         """φ_j,t over recorded steps: Tensor[T, d]."""
         return self.feature_trajectories[self.check_latent(j)]
+
+    # --- atlas: read-only tables built by the atlas stage -------------------------------------
+
+    @property
+    def has_atlas(self) -> bool:
+        return "atlas/tables.safetensors" in self.manifest["files"]
+
+    @cached_property
+    def atlas(self) -> dict[str, Tensor]:
+        """Per-latent stats, top images and patches with maps, per-image profiles."""
+        if not self.has_atlas:
+            raise ExplorerError("This bundle has no atlas yet; run `python -m backend.build` through the atlas stage.")
+        return load_file(self.file("atlas/tables.safetensors"))
+
+    @cached_property
+    def thumbnails(self) -> Tensor:
+        """Atlas images as uint8 Tensor[n_images, h, w, 3]."""
+        return load_file(self.file("atlas/thumbnails.safetensors"))["thumbnails"]
+
+    @cached_property
+    def images(self) -> list[dict]:
+        """Per atlas image: prompt, seed and (shapes world) ground-truth factors."""
+        return json.loads(self.file("atlas/images.json").read_text())
+
+    @cached_property
+    def labels(self) -> list[dict]:
+        """Per latent: the most enriched factor value among its top images, with its purity."""
+        return json.loads(self.file("atlas/latents.json").read_text())
+
+    @property
+    def typical_activation(self) -> Tensor:
+        """s_j: mean activation of latent j over its top images (the unit of steering strength)."""
+        return self.atlas["typical"]
+
+    def check_image(self, image_id: int) -> int:
+        """`image_id` as an int, or a clear error when it is not an atlas image."""
+        try:
+            image_id = operator.index(image_id)
+        except TypeError:
+            raise ExplorerError(f"Image id {image_id!r} is not an integer.") from None
+        if not 0 <= image_id < len(self.images):
+            raise ExplorerError(f"Image {image_id} does not exist; the atlas has images 0 to {len(self.images) - 1}.")
+        return image_id
+
+    @staticmethod
+    def _check_count(n: int) -> int:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
+            raise ExplorerError(f"Ask for between 1 and 1000 results, got {n!r}.")
+        return n
+
+    def top_images(self, j: int, n: int = 16) -> list[tuple[int, float]]:
+        """Latent j's most activating atlas images, as (image_id, max activation), best first."""
+        j, n = self.check_latent(j), self._check_count(n)
+        ids, scores = self.atlas["top_image_id"][j, :n], self.atlas["top_image_score"][j, :n]
+        return [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and s > 0]
+
+    def top_image_maps(self, j: int, n: int = 16) -> Tensor:
+        """Spatial maps z[p, j] of latent j on its top images: Tensor[n, H, W]."""
+        j, n = self.check_latent(j), self._check_count(n)
+        return self.atlas["top_image_map"][j, :n].float().reshape(-1, *self.manifest["shapes"]["grid"])
+
+    def top_patches(self, j: int, n: int = 16) -> list[tuple[int, int, int, float]]:
+        """Latent j's most activating (image_id, row, col, activation) patches, best first."""
+        j, n = self.check_latent(j), self._check_count(n)
+        width = self.manifest["shapes"]["grid"][1]
+        rows = zip(self.atlas["top_patch_image"][j, :n], self.atlas["top_patch_position"][j, :n], self.atlas["top_patch_score"][j, :n])
+        return [(int(i), int(p) // width, int(p) % width, float(s)) for i, p, s in rows if i >= 0 and s > 0]
+
+    @cached_property
+    def latent_index(self) -> VectorIndex:
+        """Latents by feature trajectory (φ flattened, normalized)."""
+        return self._index("latents", lambda: self.feature_trajectories.flatten(1).numpy())
+
+    @cached_property
+    def image_index(self) -> VectorIndex:
+        """Atlas images by latent profile (max-pooled codes, normalized)."""
+        return self._index("images", lambda: self.atlas["image_profile"].float().numpy())
+
+    def _index(self, name: str, vectors) -> VectorIndex:
+        stored = f"index/{name}.faiss"
+        if stored in self.manifest["files"]:
+            return VectorIndex.load(self.file(stored))
+        return VectorIndex.build(vectors())
+
+    def similar_latents(self, j: int, n: int = 10) -> list[tuple[int, float]]:
+        """Latents whose feature trajectories point the same way as j's, as (latent, cosine)."""
+        j, n = self.check_latent(j), self._check_count(n)
+        scores, ids = self.latent_index.search(self.feature_trajectories[j].flatten()[None].numpy(), n + 1)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != j and i >= 0][:n]
+
+    def similar_images(self, image_id: int, n: int = 10) -> list[tuple[int, float]]:
+        """Atlas images whose latent profiles are closest to image_id's, as (image_id, cosine)."""
+        image_id, n = self.check_image(image_id), self._check_count(n)
+        query = self.atlas["image_profile"][image_id].float()[None].numpy()
+        scores, ids = self.image_index.search(query, n + 1)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != image_id and i >= 0][:n]
+
+    def images_for_latents(self, weights: dict[int, float], n: int = 10) -> list[tuple[int, float]]:
+        """Atlas images that best match a weighted set of latents, as (image_id, cosine)."""
+        if not weights:
+            raise ExplorerError("Pick at least one latent.")
+        query = torch.zeros(self.n_latents)
+        for j, w in weights.items():
+            query[self.check_latent(j)] = float(w) * float(self.typical_activation[j])
+        scores, ids = self.image_index.search(query[None].numpy(), self._check_count(n))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def search_latents(self, text: str) -> list[int]:
+        """Latent ids matching `text`: an id, or words found in the latent's label."""
+        text = (text or "").strip().lower()
+        if not text:
+            return list(range(self.n_latents))
+        if text.isdigit():
+            return [int(text)] if int(text) < self.n_latents else []
+        words = text.split()
+        labels = self.labels if self.has_atlas else [{}] * self.n_latents
+        return [j for j, label in enumerate(labels) if all(w in label_text(label).lower() for w in words)]
+
+    # --- maps and generation -------------------------------------------------------------------
+
+    def codes(self, traj: Tensor) -> Tensor:
+        """SAE codes of trajectories Tensor[P, T, C]: Tensor[P, n_latents]."""
+        with torch.no_grad():
+            return self.sae.encode(self.encoding.to_rows(traj))
+
+    def maps_over_time(self, traj: Tensor, latents: list[int]) -> Tensor:
+        """Prefix-encoded ReLU pre-activations of `latents` after each step: Tensor[len(latents), T, H, W]."""
+        latents = [self.check_latent(j) for j in latents]
+        with torch.no_grad():
+            prefix = self.encoding.prefix_rows(traj)  # [T, P, d_in]
+            rows = self.sae.W_enc[latents]  # [L, d_in]
+            pre = (prefix - self.sae.b_pre) @ rows.T + self.sae.b_enc[latents]  # [T, P, L]
+        grid = self.manifest["shapes"]["grid"]
+        return pre.relu().permute(2, 0, 1).reshape(len(latents), pre.shape[0], *grid)
+
+    def attach_model(self, model: DiffusionModel) -> None:
+        """Give the bundle a model to generate with (the one its trajectories came from)."""
+        from backend.generation import Generator
+
+        self.generator = Generator(self, model)
+
+    def generate(self, prompt: str, seed: int, steering=(), **options):
+        """Base and steered images (see `Generator.generate`); needs `attach_model` first."""
+        if getattr(self, "generator", None) is None:
+            raise ExplorerError("This bundle has no model attached; generation needs the model it was built from.")
+        return self.generator.generate(prompt, seed, list(steering), **options)
+
+
+def label_text(label: dict) -> str:
+    """A latent label as searchable text, e.g. "colour red (purity 0.94)"."""
+    if not label.get("factor"):
+        return ""
+    return f"{label['factor']} {label['value']} (purity {label['purity']:.2f})"

@@ -33,6 +33,7 @@ class CollectConfig:
     batch_size: int = 8
     positions_per_image: int | None = None  # None: every spatial position
     dtype: str = "float16"
+    thumbnail_size: int = 128  # generated images are kept at most this large, for the atlas
 
 
 def evenly_spaced_steps(num_steps: int, count: int) -> tuple[int, ...]:
@@ -59,6 +60,13 @@ def _subsample(traj: Tensor, image_ids: Sequence[int], keep: int | None, seed: i
     return torch.cat(rows), torch.cat(ids), torch.cat(positions)
 
 
+def thumbnails(images: Tensor, size: int) -> Tensor:
+    """Images Tensor[B, 3, H, W] in [0, 1] as uint8 Tensor[B, h, w, 3], downsized to at most `size`."""
+    if max(images.shape[-2:]) > size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+    return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
 def _manifest(out_dir: Path, config: CollectConfig, prompts: Sequence[str]) -> dict:
     """Open or create the collection manifest; refuse to mix configs or prompt lists."""
     path = out_dir / MANIFEST
@@ -76,8 +84,8 @@ def _manifest(out_dir: Path, config: CollectConfig, prompts: Sequence[str]) -> d
 def collect_trajectories(model: DiffusionModel, prompts: Sequence[str], out_dir: str | Path, config: CollectConfig, progress: bool = True) -> list[Path]:
     """Sample every prompt, record the site at the recorded steps, and write shards.
 
-    Each shard `shard-XXXXX.safetensors` holds `traj` [N, T, C], `image_id` [N] and
-    `position` [N] (flat h*W+w index). Shards already listed in the manifest are skipped,
+    Each shard `shard-XXXXX.safetensors` holds `traj` [N, T, C], `image_id` [N],
+    `position` [N] (flat h*W+w index) and the images as `thumbnails` [B, h, w, 3]. Shards already listed in the manifest are skipped,
     so an interrupted run resumes where it stopped.
     """
     out_dir = Path(out_dir)
@@ -92,26 +100,39 @@ def collect_trajectories(model: DiffusionModel, prompts: Sequence[str], out_dir:
             continue
         start = shard * config.images_per_shard
         ids = range(start, min(start + config.images_per_shard, len(prompts)))
-        parts = []
+        parts, images = [], []
         for b in range(0, len(ids), config.batch_size):
             batch = list(ids[b : b + config.batch_size])
             recorder = TrajectoryRecorder(config.site, config.recorded_steps)
-            sample(model, [prompts[i] for i in batch], seed=[config.seed + i for i in batch], num_steps=config.num_steps,
-                   guidance_scale=config.guidance_scale, hooks=[recorder])
+            result = sample(model, [prompts[i] for i in batch], seed=[config.seed + i for i in batch], num_steps=config.num_steps,
+                            guidance_scale=config.guidance_scale, hooks=[recorder])
             parts.append(_subsample(recorder.trajectories(), batch, config.positions_per_image, config.seed))
+            images.append(thumbnails(result.images, config.thumbnail_size))
         traj, image_id, position = (torch.cat(p) for p in zip(*parts))
-        write_safetensors(out_dir / name, {"traj": traj.to(getattr(torch, config.dtype)), "image_id": image_id, "position": position})
+        write_safetensors(out_dir / name, {"traj": traj.to(getattr(torch, config.dtype)), "image_id": image_id,
+                                           "position": position, "thumbnails": torch.cat(images)})
+        manifest["grid"] = list(recorder.grid)
         manifest["shards"][name] = sha256_file(out_dir / name)
         write_json(out_dir / MANIFEST, manifest)
     return paths
 
 
-def read_shards(out_dir: str | Path) -> Iterator[dict[str, Tensor]]:
-    """Yield each finished shard's tensors, after checking its sha256 against the manifest."""
+def shard_names(out_dir: str | Path) -> list[str]:
+    """Names of the finished shards, in order."""
+    return sorted(json.loads((Path(out_dir) / MANIFEST).read_text())["shards"])
+
+
+def read_shard(out_dir: str | Path, name: str) -> dict[str, Tensor]:
+    """A finished shard's tensors, after checking its sha256 against the manifest."""
     out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / MANIFEST).read_text())
-    for name, digest in sorted(manifest["shards"].items()):
-        path = out_dir / name
-        if not path.is_file() or sha256_file(path) != digest:
-            raise ExplorerError(f"Shard {path} is missing or corrupt (sha256 mismatch); delete its entry in {MANIFEST} and collect again.")
-        yield load_file(path)
+    digest = json.loads((out_dir / MANIFEST).read_text())["shards"][name]
+    path = out_dir / name
+    if not path.is_file() or sha256_file(path) != digest:
+        raise ExplorerError(f"Shard {path} is missing or corrupt (sha256 mismatch); delete its entry in {MANIFEST} and collect again.")
+    return load_file(path)
+
+
+def read_shards(out_dir: str | Path) -> Iterator[dict[str, Tensor]]:
+    """Yield every finished shard's tensors, verified, in order."""
+    for name in shard_names(out_dir):
+        yield read_shard(out_dir, name)

@@ -61,13 +61,17 @@ class TrajectoryEncoding:
         blocks = rows.reshape(-1, self.steps, self.dim) * scales
         return self.dynamics.deresidualize(blocks) if self.variant == "residualized" else blocks
 
-    def feature_trajectories(self, W_dec: Tensor) -> Tensor:
-        """φ_j,t for every latent j: Tensor[n_latents, T, d], the linear effect of one unit of z_j on a_t."""
+    def block_deltas(self, W_dec: Tensor) -> Tensor:
+        """What each latent writes directly into each step's block, in activation units: Tensor[n_latents, T, d]."""
         scales = self.block_scales().to(W_dec.device, W_dec.dtype)[:, None]
         columns = W_dec.T  # [n, d_in]
-        if self.variant == "per_step":
+        if self.variant == "per_step":  # one direction, added at every step
             return columns[:, None, :] * scales
-        delta = columns.reshape(-1, self.steps, self.dim) * scales
+        return columns.reshape(-1, self.steps, self.dim) * scales
+
+    def feature_trajectories(self, W_dec: Tensor) -> Tensor:
+        """φ_j,t for every latent j: Tensor[n_latents, T, d], the linear effect of one unit of z_j on a_t."""
+        delta = self.block_deltas(W_dec)
         return self.dynamics.propagate(delta) if self.variant == "residualized" else delta
 
     def prefix_rows(self, traj: Tensor) -> Tensor:

@@ -70,6 +70,11 @@ class TrajectoryRecorder(SiteHook):
         if step in self.steps:
             self.records.append(output[cond].detach().float().cpu())
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W) of the site's feature map."""
+        return tuple(self.records[0].shape[-2:])
+
     def trajectories(self) -> Tensor:
         """Recorded activations per image and position: Tensor[B, H*W, T, C]."""
         if len(self.records) != len(self.steps):

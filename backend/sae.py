@@ -65,10 +65,10 @@ class TopKSAE(nn.Module):
     def config(self) -> dict:
         return {"d_in": self.d_in, "n_latents": self.n_latents, "k": self.k}
 
-    def save(self, path: str | Path) -> None:
-        """Write `sae.safetensors` and `config.json` into directory `path`."""
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        """Write `sae.safetensors` (in `dtype`) and `config.json` into directory `path`."""
         path = Path(path)
-        write_safetensors(path / "sae.safetensors", self.state_dict())
+        write_safetensors(path / "sae.safetensors", {k: v.to(dtype) for k, v in self.state_dict().items()})
         write_json(path / "config.json", self.config())
 
     @classmethod
@@ -78,7 +78,7 @@ class TopKSAE(nn.Module):
         try:
             config = json.loads((path / "config.json").read_text())
             sae = cls(int(config["d_in"]), int(config["n_latents"]), int(config["k"]))
-            sae.load_state_dict(load_file(path / "sae.safetensors"))
+            sae.load_state_dict({k: v.float() for k, v in load_file(path / "sae.safetensors").items()})
         except FileNotFoundError as err:
             raise ExplorerError(f"SAE file missing: {err.filename}") from err
         except (RuntimeError, KeyError, ValueError, json.JSONDecodeError) as err:

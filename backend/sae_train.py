@@ -3,10 +3,14 @@
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from backend.io import write_safetensors
 
 from backend.sae import TopKSAE, topk_codes
 
@@ -101,6 +105,25 @@ class SAETrainer:
         return {"fvu": fvu.item(), "aux": aux.item(), "dead": int(dead.sum()), "lr": lr}
 
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything needed to resume: SAE weights, Adam moments, dead-latent counters."""
+        state = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        for i, param in enumerate(self.sae.parameters()):
+            for key, value in self.optimizer.state.get(param, {}).items():
+                state[f"adam.{i}.{key}"] = torch.as_tensor(value)
+        return state | {"rows_since_fired": self.rows_since_fired, "steps": torch.tensor(self.steps)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Inverse of `state_dict`."""
+        self.sae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("sae.")})
+        for i, param in enumerate(self.sae.parameters()):
+            moments = {k.split(".")[2]: v for k, v in state.items() if k.startswith(f"adam.{i}.")}
+            if moments:
+                self.optimizer.state[param] = moments
+        self.rows_since_fired = state["rows_since_fired"].clone()
+        self.steps = int(state["steps"])
+
+
 def tensor_batches(x: Tensor, batch_size: int, seed: int = 0) -> Callable[[int], Iterator[Tensor]]:
     """Epoch-wise shuffled batches of an in-memory Tensor[N, d_in]."""
     def epoch(index: int) -> Iterator[Tensor]:
@@ -116,19 +139,33 @@ def train_sae(
     config: SAETrainConfig,
     init_sample: Tensor,
     progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> tuple[TopKSAE, list[dict[str, float]]]:
-    """Train a TopKSAE on streamed batches (`batches(epoch)` yields Tensor[B, d_in]); returns it and per-step metrics."""
+    """Train a TopKSAE on streamed batches (`batches(epoch)` yields Tensor[B, d_in]); returns it and per-step metrics.
+
+    With `checkpoint`, the trainer state is saved there after every epoch and a rerun resumes
+    after the last finished epoch (batch order is a function of the epoch, so the result is
+    the same as an uninterrupted run).
+    """
     torch.manual_seed(config.seed)
     sae = TopKSAE(d_in, config.n_latents, config.k)
     trainer = SAETrainer(sae, config)
     trainer.init_from_data(init_sample)
-    history = []
+    start_epoch, history = 0, []
+    if checkpoint is not None and checkpoint.exists():
+        state = load_file(checkpoint)
+        trainer.load_state_dict(state)
+        start_epoch = int(state["epochs_done"])
+        log.info("resuming SAE training after epoch %d", start_epoch)
     log.info("training SAE %s", asdict(config))
     with tqdm(desc="SAE", unit="batch", disable=not progress) as bar:
-        for epoch in range(config.epochs):
+        for epoch in range(start_epoch, config.epochs):
             for x in batches(epoch):
                 metrics = trainer.step(x.float())
                 history.append(metrics)
                 bar.update()
                 bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", dead=metrics["dead"])
+            log.info("epoch %d: fvu %.4f, dead %d", epoch, metrics["fvu"], metrics["dead"])
+            if checkpoint is not None:
+                write_safetensors(checkpoint, trainer.state_dict() | {"epochs_done": torch.tensor(epoch + 1)})
     return sae.eval(), history

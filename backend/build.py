@@ -1,0 +1,271 @@
+"""`python -m backend.build`: from prompts to a served bundle (collect, dynamics, train, atlas, index).
+
+Every stage writes to a work directory beside the bundle and skips what is already done,
+so an interrupted build resumes where it stopped.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from backend.atlas import AtlasAccumulator, label_latents, temporal_profiles
+from backend.bundle import Bundle, write_manifest
+from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shard, read_shards, shard_names
+from backend.dynamics import DynamicsAccumulator, LinearDynamics
+from backend.encodings import VARIANTS, TrajectoryEncoding
+from backend.errors import ExplorerError
+from backend.io import write_json, write_safetensors
+from backend.models import DiffusionModel, load_model
+from backend.sae_train import SAETrainConfig, fraction_of_variance_unexplained, train_sae
+from backend.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
+
+log = logging.getLogger(__name__)
+
+STAGES = ("collect", "dynamics", "train", "atlas", "index")
+
+
+def option(default, help: str):
+    """A config field that is also a documented command-line option."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class BuildConfig:
+    """Everything a build needs; each field is a command-line option of the same name."""
+
+    model: str = option("", "model directory (SD 1.5 layout) or hub repo id")
+    out: str = option("", "bundle directory to write")
+    prompts: str = option("", "text file with one prompt per line")
+    shapes_prompts: int = option(0, "instead of --prompts: this many captions from the shapes world")
+    work_dir: str = option("", "directory for trajectories and resume state (default: <out>.work)")
+    site: str = option("up_ft1", "UNet site: bottleneck, up_ft0 .. up_ft3")
+    num_steps: int = option(20, "DDIM steps per image")
+    recorded_steps: int = option(0, "how many of the steps to record, evenly spaced (0: every step)")
+    guidance_scale: float = option(4.0, "classifier-free guidance scale")
+    seed: int = option(0, "image i uses seed + i")
+    positions_per_image: int = option(0, "spatial positions per image kept for training (0: all)")
+    atlas_images: int = option(0, "images in the atlas, the first ones of the prompt list (0: all)")
+    images_per_shard: int = option(64, "images per trajectory shard")
+    batch_size: int = option(8, "images per sampler batch")
+    variant: str = option("residualized", f"SAE input: {', '.join(VARIANTS)}")
+    ridge: float = option(-1.0, "ridge strength of the dynamics (negative: chosen on held-out positions)")
+    n_latents: int = option(1024, "SAE latents")
+    k: int = option(32, "active latents per position")
+    epochs: int = option(2, "passes over the trajectories")
+    sae_batch_size: int = option(1024, "rows per SAE step")
+    lr: float = option(0.0, "SAE learning rate (0: scaled from the number of latents)")
+    top_n: int = option(16, "top images and patches kept per latent")
+    device: str = option("", "cpu or cuda (default: cuda when available)")
+    stages: str = option(",".join(STAGES), "comma-separated stages to run")
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir or f"{self.out.rstrip('/')}.work")
+
+    def collect_config(self, positions: int | None) -> CollectConfig:
+        recorded = evenly_spaced_steps(self.num_steps, self.recorded_steps or self.num_steps)
+        return CollectConfig(site=self.site, num_steps=self.num_steps, recorded_steps=recorded, guidance_scale=self.guidance_scale,
+                             seed=self.seed, images_per_shard=self.images_per_shard, batch_size=self.batch_size,
+                             positions_per_image=positions)
+
+
+def parse_config(argv=None) -> BuildConfig:
+    """BuildConfig from the command line; --help lists every field with its help text."""
+    parser = argparse.ArgumentParser(prog="python -m backend.build", description=__doc__)
+    for f in dataclasses.fields(BuildConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
+    config = BuildConfig(**vars(parser.parse_args(argv)))
+    if not config.model or not config.out:
+        parser.error("--model and --out are required")
+    return config
+
+
+def load_prompts(config: BuildConfig) -> tuple[list[str], list[dict[str, str]]]:
+    """Prompts and, for the shapes world, the factors each prompt names."""
+    if config.shapes_prompts:
+        from backend.shapes.captions import parse_caption
+        from backend.shapes.dataset import make_example
+
+        prompts = [make_example(config.seed + i)[1] for i in range(config.shapes_prompts)]
+        return prompts, [parse_caption(p) for p in prompts]
+    if not config.prompts:
+        raise ExplorerError("Pass --prompts FILE or --shapes-prompts N.")
+    lines = [line.strip() for line in Path(config.prompts).read_text().splitlines()]
+    return [line for line in lines if line], []
+
+
+class Build:
+    """The stages of one build, sharing the config, the model and the work directory."""
+
+    def __init__(self, config: BuildConfig, model: DiffusionModel | None = None):
+        self.config = config
+        self.prompts, self.factors = load_prompts(config)
+        self.model = model
+        self.work = config.work
+        self.summary: dict = {}
+
+    def get_model(self) -> DiffusionModel:
+        if self.model is None:
+            self.model = load_model(self.config.model, device=self.config.device or None)
+        return self.model
+
+    @property
+    def train_dir(self) -> Path:
+        return self.work / "collect"
+
+    @property
+    def atlas_dir(self) -> Path:
+        """Full-position trajectories of the atlas images: the training shards unless those are subsampled."""
+        return self.work / "atlas-collect" if self.config.positions_per_image else self.train_dir
+
+    @property
+    def n_atlas(self) -> int:
+        return min(self.config.atlas_images or len(self.prompts), len(self.prompts))
+
+    def collect(self) -> None:
+        cfg = self.config
+        collect_trajectories(self.get_model(), self.prompts, self.train_dir, cfg.collect_config(cfg.positions_per_image or None))
+        if self.atlas_dir != self.train_dir:
+            collect_trajectories(self.get_model(), self.prompts[: self.n_atlas], self.atlas_dir, cfg.collect_config(None))
+
+    def dynamics(self) -> LinearDynamics:
+        path = self.work / "dynamics.safetensors"
+        if not path.exists():
+            acc = None
+            for shard in read_shards(self.train_dir):
+                traj = shard["traj"].float()
+                acc = acc or DynamicsAccumulator(traj.shape[1], traj.shape[2])
+                acc.update(traj)
+            dyn = acc.finish(None if self.config.ridge < 0 else self.config.ridge)
+            write_safetensors(path, dyn.state_dict())
+        dyn = LinearDynamics.from_state_dict(load_file(path))
+        self.summary["r2_per_step"] = [round(float(r), 4) for r in dyn.r2]
+        return dyn
+
+    def encoding(self) -> TrajectoryEncoding:
+        return TrajectoryEncoding(self.config.variant, self.dynamics())
+
+    def train(self) -> None:
+        cfg, encoding = self.config, self.encoding()
+        names = shard_names(self.train_dir)
+
+        def batches(epoch: int):
+            generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+            for i in torch.randperm(len(names), generator=generator).tolist():
+                rows = encoding.to_rows(read_shard(self.train_dir, names[i])["traj"].float())
+                rows = rows[torch.randperm(len(rows), generator=generator)]
+                yield from rows.split(cfg.sae_batch_size)
+
+        first = read_shard(self.train_dir, names[0])
+        init_sample = encoding.to_rows(first["traj"].float())[:4096]
+        train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, batch_size=cfg.sae_batch_size,
+                                      epochs=cfg.epochs, seed=cfg.seed)
+        sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors")
+        with torch.no_grad():
+            rows = encoding.to_rows(first["traj"].float())
+            recon = sae.decode(sae.encode(rows))
+            traj, traj_hat = first["traj"].float(), encoding.from_rows(recon)
+            self.summary["fvu_sae_input"] = round(float(fraction_of_variance_unexplained(rows, recon)), 4)
+            self.summary["fvu_activation_per_step"] = [
+                round(float(fraction_of_variance_unexplained(traj[:, t], traj_hat[:, t])), 4) for t in range(traj.shape[1])
+            ]
+        collect_manifest = json.loads((self.train_dir / "collect.json").read_text())
+        Bundle.save(
+            cfg.out, sae=sae, dynamics=encoding.dynamics, variant=cfg.variant, site=cfg.site,
+            model={"source": cfg.model}, grid=tuple(collect_manifest["grid"]),
+            schedule={"num_steps": cfg.num_steps, "recorded_steps": list(cfg.collect_config(None).recorded_steps),
+                      "guidance_scale": cfg.guidance_scale},
+            extra={"build": dataclasses.asdict(cfg) | {"final_fvu": history[-1]["fvu"] if history else None}},
+        )
+
+    def atlas(self) -> None:
+        bundle = Bundle.load(self.config.out)
+        grid = bundle.manifest["shapes"]["grid"]
+        positions = grid[0] * grid[1]
+        acc = AtlasAccumulator(bundle.n_latents, self.n_atlas, positions, self.config.top_n)
+        state_path = self.work / "atlas-state.safetensors"
+        done = 0
+        if state_path.exists():
+            saved = load_file(state_path)
+            done = int(saved.pop("shards_done"))
+            acc.state = saved
+        thumbs = {}
+        for index, shard in enumerate(read_shards(self.atlas_dir)):
+            ids = shard["image_id"].unique_consecutive()
+            thumbs.update({int(i): t for i, t in zip(ids, shard["thumbnails"]) if i < self.n_atlas})
+            if index < done:
+                continue
+            keep = shard["image_id"] < self.n_atlas
+            if not keep.any():
+                continue
+            traj = shard["traj"][keep].float()
+            codes = bundle.codes(traj).reshape(-1, positions, bundle.n_latents)
+            acc.update(shard["image_id"][keep].reshape(-1, positions)[:, 0], codes)
+            write_safetensors(state_path, acc.state | {"shards_done": torch.tensor(index + 1)})
+        if not bool(acc.state["images_done"].all()):
+            raise ExplorerError("Some atlas images have no trajectories; run the collect stage first.")
+        tables = acc.finish()
+        block_deltas = bundle.encoding.block_deltas(bundle.sae.W_dec.detach())
+        tables["profile"], tables["residual_share"] = temporal_profiles(bundle.feature_trajectories, block_deltas)
+        tables["top_image_map"] = tables["top_image_map"].half()
+        tables["image_profile"] = tables["image_profile"].half()
+        root = Path(self.config.out)
+        write_safetensors(root / "atlas" / "tables.safetensors", tables)
+        write_safetensors(root / "atlas" / "thumbnails.safetensors", {"thumbnails": torch.stack([thumbs[i] for i in range(self.n_atlas)])})
+        images = [{"prompt": p, "seed": self.config.seed + i} | ({"factors": self.factors[i]} if self.factors else {})
+                  for i, p in enumerate(self.prompts[: self.n_atlas])]
+        write_json(root / "atlas" / "images.json", images)
+        labels = label_latents(tables["top_image_id"], tables["top_image_score"], self.factors[: self.n_atlas]) if self.factors else [{}] * bundle.n_latents
+        write_json(root / "atlas" / "latents.json", labels)
+        write_manifest(root, {k: v for k, v in bundle.manifest.items() if k not in ("files", "versions", "format_version")})
+        self.summary["dead_latents"] = int((tables["frequency"] == 0).sum())
+        self.summary["labelled_latents"] = sum(1 for label in labels if label.get("factor"))
+
+    def index(self) -> None:
+        bundle = Bundle.load(self.config.out)
+        root = Path(self.config.out)
+        vectors = {"images": bundle.atlas["image_profile"].float().numpy(), "latents": bundle.feature_trajectories.flatten(1).numpy()}
+        for name, rows in vectors.items():
+            index = VectorIndex.build(rows)
+            queries = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:200].numpy()]
+            recall = recall_at_k(index.search(queries, 10)[1], exact_search(rows, queries, 10))
+            self.summary[f"recall@10_{name}"] = round(recall, 4)
+            if len(rows) > EXACT_LIMIT:  # flat indexes are rebuilt at load; only approximate ones are stored
+                (root / "index").mkdir(exist_ok=True)
+                index.save(root / "index" / f"{name}.faiss")
+        write_manifest(root, {k: v for k, v in bundle.manifest.items() if k not in ("files", "versions", "format_version")})
+
+    def run(self) -> dict:
+        """Run the configured stages in order; returns the summary."""
+        started = time.time()
+        stages = [s.strip() for s in self.config.stages.split(",") if s.strip()]
+        unknown = set(stages) - set(STAGES)
+        if unknown:
+            raise ExplorerError(f"Unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
+        for stage in STAGES:
+            if stage in stages:
+                log.info("stage %s", stage)
+                getattr(self, stage)()
+        root = Path(self.config.out)
+        if (root / "bundle.json").exists():
+            self.summary["bundle_mb"] = round(sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20, 2)
+        self.summary["seconds"] = round(time.time() - started, 1)
+        return self.summary
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = parse_config(argv)
+    summary = Build(config).run()
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Generation for a bundle: cached base runs, steered regeneration from the window start, maps over time."""
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from backend.errors import ExplorerError
+from backend.hooks import TrajectoryRecorder
+from backend.models import DiffusionModel
+from backend.sampler import SampleResult, check_prompts, sample, to_pil
+from backend.steering import Steer, SteeringHook, steering_deltas
+
+MASKS = ("all", "fired")
+
+
+@dataclass
+class BaseRun:
+    """An unsteered run, kept so steering can start from its latents and read its codes."""
+
+    result: SampleResult  # with latents before every step
+    traj: Tensor  # [P, T, C] the site's trajectory (conditional half)
+    codes: Tensor  # [P, n_latents]
+
+    @property
+    def image(self) -> Image.Image:
+        return to_pil(self.result.images)[0]
+
+
+@dataclass
+class Generation:
+    """A steered image beside its unsteered base."""
+
+    base: Image.Image
+    steered: Image.Image
+    base_run: BaseRun
+    steered_images: Tensor  # [1, 3, H, W] in [0, 1]
+
+
+class Generator:
+    """Runs the bundle's model at the bundle's site and schedule; one model call at a time."""
+
+    def __init__(self, bundle, model: DiffusionModel, cache_size: int = 32):
+        self.bundle, self.model = bundle, model
+        schedule = bundle.manifest["schedule"]
+        self.num_steps = int(schedule["num_steps"])
+        self.recorded_steps = [int(s) for s in schedule["recorded_steps"]]
+        self.default_guidance = float(schedule.get("guidance_scale", 7.5))
+        self.site = bundle.manifest["site"]
+        self.grid = tuple(bundle.manifest["shapes"]["grid"])
+        self._cache: OrderedDict[tuple, BaseRun] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()  # hooks live on the shared UNet: calls must not interleave
+
+    def _guidance(self, guidance_scale: float | None) -> float:
+        g = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        if not 0.0 <= g <= 30.0:
+            raise ExplorerError(f"Guidance scale must be between 0 and 30, got {guidance_scale!r}.")
+        return g
+
+    def base(self, prompt: str, seed: int, guidance_scale: float | None = None) -> BaseRun:
+        """The unsteered run for (prompt, seed, guidance), from the cache when possible."""
+        check_prompts(self.model, [prompt])
+        guidance = self._guidance(guidance_scale)
+        key = (prompt, int(seed), guidance)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        recorder = TrajectoryRecorder(self.site, self.recorded_steps)
+        with self._lock:
+            result = sample(self.model, prompt, seed=int(seed), num_steps=self.num_steps, guidance_scale=guidance,
+                            hooks=[recorder], keep_latents=True)
+        traj = recorder.trajectories()[0]  # [P, T, C]
+        with torch.no_grad():
+            codes = self.bundle.sae.encode(self.bundle.encoding.to_rows(traj))
+        run = BaseRun(result=result, traj=traj, codes=codes)
+        self._cache[key] = run
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return run
+
+    def _mask(self, mask, steers: list[Steer], run: BaseRun) -> Tensor:
+        """Positions to edit, Tensor[P]: all, where any steered latent fired in the base, or a user region."""
+        if isinstance(mask, str):
+            if mask == "all":
+                return torch.ones(run.codes.shape[0])
+            return (run.codes[:, [s.latent for s in steers]] > 0).any(1).float()
+        region = torch.as_tensor(mask, dtype=torch.float32)
+        region = torch.nn.functional.interpolate(region[None, None], size=self.grid, mode="area")[0, 0]
+        return region.flatten()
+
+    def generate(self, prompt: str, seed: int, steering: list[Steer], window: tuple[int, int] | None = None,
+                 mask="all", guidance_scale: float | None = None) -> Generation:
+        """Steered image beside its base; sampler steps before the window are taken from the base run."""
+        steers = [s if isinstance(s, Steer) else Steer(**s) for s in steering]
+        for steer in steers:
+            self.bundle.check_latent(steer.latent)
+        start, end = window if window is not None else (0, self.num_steps - 1)
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end < self.num_steps):
+            raise ExplorerError(f"Step window must satisfy 0 ≤ start ≤ end < {self.num_steps}, got {window!r}.")
+        if isinstance(mask, str) and mask not in MASKS:
+            raise ExplorerError(f"Mask must be one of {', '.join(MASKS)} or a region, got {mask!r}.")
+        if not isinstance(mask, str) and torch.as_tensor(mask).ndim != 2:
+            raise ExplorerError("A region mask must be a 2-D array over the image.")
+        run = self.base(prompt, seed, guidance_scale)
+        if not steers:
+            return Generation(base=run.image, steered=run.image, base_run=run, steered_images=run.result.images)
+        deltas = steering_deltas(steers, self.bundle.feature_trajectories, self.bundle.typical_activation,
+                                 run.codes, self._mask(mask, steers, run))
+        hook = SteeringHook(self.site, deltas, self.recorded_steps, (start, end))
+        with self._lock:
+            steered = sample(self.model, prompt, seed=int(seed), num_steps=self.num_steps,
+                             guidance_scale=self._guidance(guidance_scale), hooks=[hook],
+                             start_step=start, start_latents=run.result.latents[start])
+        return Generation(base=run.image, steered=to_pil(steered.images)[0], base_run=run, steered_images=steered.images)
+
+    def maps_over_time(self, run: BaseRun, latents: list[int]) -> Tensor:
+        """Prefix-encoded maps (DESIGN.md step 6): Tensor[len(latents), T, H, W]."""
+        latents = [self.bundle.check_latent(j) for j in latents]
+        return self.bundle.maps_over_time(run.traj, latents)

@@ -1,0 +1,32 @@
+import torch
+
+from backend.atlas import AtlasAccumulator, label_latents
+
+
+def test_streamed_atlas_equals_brute_force_over_all_images():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.rand(30, 9, 12, generator=g) * (torch.rand(30, 9, 12, generator=g) > 0.7)  # [images, positions, latents]
+    acc = AtlasAccumulator(n_latents=12, n_images=30, positions=9, top_n=5)
+    for start in range(0, 30, 7):
+        acc.update(torch.arange(start, min(start + 7, 30)), codes[start : start + 7])
+    atlas = acc.finish()
+    image_max = codes.amax(1)  # [images, latents]
+    assert torch.equal(atlas["image_profile"], image_max)
+    assert torch.equal(atlas["top_image_score"], image_max.T.topk(5, dim=1).values)
+    best_image = atlas["top_image_id"][:, 0]
+    assert torch.equal(atlas["top_image_map"][:, 0], codes[best_image, :, torch.arange(12)])
+    flat = codes.permute(2, 0, 1).reshape(12, -1)
+    assert torch.equal(atlas["top_patch_score"], flat.topk(5, dim=1).values)
+    top = flat.argmax(1)
+    assert torch.equal(atlas["top_patch_image"][:, 0], top // 9) and torch.equal(atlas["top_patch_position"][:, 0], top % 9)
+    assert torch.allclose(atlas["frequency"], (codes > 0).float().mean((0, 1)))
+    assert torch.equal(atlas["histogram"].sum(1), (image_max > 0).sum(0))
+
+
+def test_labels_pick_the_most_enriched_factor_value():
+    factors = [{"colour": "red" if i < 10 else "blue", "shape": "circle"} for i in range(40)]
+    top_ids = torch.tensor([[0, 1, 2, 3], [10, 11, 12, 13]])
+    labels = label_latents(top_ids, torch.ones(2, 4), factors)
+    assert labels[0]["factor"] == "colour" and labels[0]["value"] == "red" and labels[0]["purity"] == 1.0
+    assert labels[0]["enrichment"] == 1.0 - 10 / 40
+    assert labels[1]["value"] == "blue" and labels[1]["enrichment"] == 1.0 - 30 / 40  # "circle" is everywhere: never a label

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import backend.sae_train as sae_train
+from backend.build import Build, BuildConfig, parse_config
+from backend.bundle import Bundle
+from tests.tiny_models import tiny_model
+
+PROMPTS = [f"a {c} {s} in the {p}" for c in ("red", "blue") for s in ("circle", "star") for p in ("top", "left", "center")]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def config(tmp_path, **overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n\n")
+    values = dict(model="tiny", out=str(tmp_path / "bundle"), prompts=str(prompts), num_steps=3, images_per_shard=4,
+                  n_latents=32, k=4, epochs=2, sae_batch_size=128, top_n=4)
+    return BuildConfig(**(values | overrides))
+
+
+def bundle_tensors(root):
+    return {name: load_file(root / name) for name in ("sae/sae.safetensors", "dynamics.safetensors", "atlas/tables.safetensors")}
+
+
+def test_tiny_build_end_to_end(model, tmp_path):
+    summary = Build(config(tmp_path), model=model).run()
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert bundle.n_latents == 32 and bundle.manifest["shapes"] == {"steps": 3, "dim": 16, "grid": [8, 8]}
+    assert len(bundle.images) == len(PROMPTS) and bundle.thumbnails.shape == (len(PROMPTS), 16, 16, 3)
+    assert summary["recall@10_images"] == 1.0 and len(summary["r2_per_step"]) == 2
+    assert bundle.atlas["image_profile"].shape == (len(PROMPTS), 32)
+    j, (image_id, score) = next((j, bundle.top_images(j, 1)[0]) for j in range(32) if bundle.top_images(j, 1))
+    assert score == pytest.approx(float(bundle.atlas["image_profile"][image_id, j]), rel=1e-3)
+
+
+def test_interrupted_build_resumes_to_the_same_bundle(model, tmp_path, monkeypatch):
+    Build(config(tmp_path / "a"), model=model).run()
+    real_write = sae_train.write_safetensors
+    calls = {"n": 0}
+
+    def dies_in_training(path, tensors, metadata=None):
+        if path.name == "sae-train.safetensors":
+            calls["n"] += 1
+            if calls["n"] == 2:  # after epoch 1 was saved, the process "dies" saving epoch 2
+                raise KeyboardInterrupt
+        return real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(sae_train, "write_safetensors", dies_in_training)
+    with pytest.raises(KeyboardInterrupt):
+        Build(config(tmp_path / "b"), model=model).run()
+    monkeypatch.undo()
+    Build(config(tmp_path / "b"), model=model).run()
+
+    expected, resumed = bundle_tensors(tmp_path / "a" / "bundle"), bundle_tensors(tmp_path / "b" / "bundle")
+    for name in expected:
+        for key in expected[name]:
+            assert torch.allclose(expected[name][key].float(), resumed[name][key].float(), atol=1e-5), (name, key)
+
+
+def test_collect_stage_resumes_from_its_last_shard(model, tmp_path, monkeypatch):
+    import backend.collect as collect
+
+    cfg = config(tmp_path, stages="collect")
+    real_write, real_sample = collect.write_safetensors, collect.sample
+    written = []
+
+    def dies_on_third_shard(path, tensors, metadata=None):
+        written.append(path.name)
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        return real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(collect, "write_safetensors", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        Build(cfg, model=model).run()
+    monkeypatch.setattr(collect, "write_safetensors", real_write)
+    sampled = []
+    monkeypatch.setattr(collect, "sample", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
+    Build(cfg, model=model).run()
+    manifest = json.loads((cfg.work / "collect" / "collect.json").read_text())
+    assert sorted(manifest["shards"]) == ["shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors"]
+    assert len(sampled) == 1  # only the third shard (4 images, one sampler batch) was sampled again
+
+
+def test_every_option_is_documented_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    help_text = capsys.readouterr().out
+    for field in ("--model", "--shapes-prompts", "--positions-per-image", "--n-latents", "--stages", "--variant"):
+        assert field in help_text
+
+
+def test_missing_required_options_exit_with_usage(capsys):
+    with pytest.raises(SystemExit):
+        parse_config([])
+    assert "--model and --out are required" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from backend.build import Build, BuildConfig
+from backend.bundle import Bundle
+from backend.errors import ExplorerError
+from backend.hooks import site_module
+from backend.steering import Steer, interpolate_over_steps, steering_deltas
+from tests.tiny_models import tiny_model
+
+PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "square")]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("steer")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS))
+    model = tiny_model()
+    Build(BuildConfig(model="tiny", out=str(root / "bundle"), prompts=str(root / "prompts.txt"), num_steps=6, recorded_steps=3,
+                      n_latents=32, k=4, epochs=1, sae_batch_size=128, top_n=4, images_per_shard=9), model=model).run()
+    loaded = Bundle.load(root / "bundle")
+    loaded.attach_model(model)
+    return loaded
+
+
+def strongest_latent(bundle, prompt="a red circle", seed=0):
+    return int(bundle.generator.base(prompt, seed).codes.sum(0).argmax())
+
+
+def test_scale_mode_with_alpha_one_reproduces_the_base_image_exactly(bundle):
+    j = strongest_latent(bundle)
+    result = bundle.generate("a red circle", 0, [Steer(j, 1.0, "scale")])
+    assert torch.equal(result.steered_images, bundle.generator.base("a red circle", 0).result.images)
+
+
+def test_add_mode_changes_the_image(bundle):
+    result = bundle.generate("a red circle", 0, [Steer(strongest_latent(bundle), 20.0, "add")])
+    assert not torch.equal(result.steered_images, bundle.generator.base("a red circle", 0).result.images)
+
+
+def test_ablation_subtracts_the_latents_own_contribution(bundle):
+    j = strongest_latent(bundle)
+    base = bundle.generator.base("a red circle", 0)
+    deltas = steering_deltas([Steer(j, 0.0, "scale")], bundle.feature_trajectories, bundle.typical_activation, base.codes, torch.ones(base.codes.shape[0]))
+    assert torch.allclose(deltas, -base.codes[:, j][None, :, None] * bundle.feature_trajectories[j][:, None, :])
+
+
+def test_steps_before_the_window_are_not_recomputed(bundle):
+    bundle.generator.base("a blue star", 1)  # warm the base cache
+    calls = []
+    handle = site_module(bundle.generator.model.unet, "bottleneck").register_forward_hook(lambda *a: calls.append(1))
+    try:
+        bundle.generate("a blue star", 1, [Steer(strongest_latent(bundle, "a blue star", 1), 3.0)], window=(4, 5))
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # steps 4 and 5 only
+
+
+def test_fired_mask_edits_only_where_the_latent_fired(bundle):
+    j = strongest_latent(bundle)
+    run = bundle.generator.base("a red circle", 0)
+    mask = bundle.generator._mask("fired", [Steer(j, 1.0)], run)
+    assert torch.equal(mask.bool(), run.codes[:, j] > 0)
+    region = torch.zeros(8, 8)
+    region[:4, :4] = 1
+    assert bundle.generator._mask(region.numpy(), [Steer(j, 1.0)], run).sum() == 16
+
+
+@pytest.mark.parametrize("strength", [math.nan, math.inf, 1e9, "3"])
+def test_bad_strengths_are_rejected(strength):
+    with pytest.raises(ExplorerError, match="strength"):
+        Steer(0, strength)
+
+
+def test_bad_requests_are_rejected_and_change_nothing(bundle):
+    cached = len(bundle.generator._cache)
+    for bad in (dict(steering=[Steer(999, 1.0)]), dict(steering=[], window=(3, 1)), dict(steering=[], mask="somewhere")):
+        with pytest.raises(ExplorerError):
+            bundle.generate("a red circle", 0, **bad)
+    with pytest.raises(ExplorerError, match="empty"):
+        bundle.generate("", 0, [])
+    with pytest.raises(ExplorerError, match="mode"):
+        Steer(1, 1.0, "multiply")
+    assert len(bundle.generator._cache) == cached
+
+
+def test_interpolation_between_recorded_steps_is_linear():
+    values = torch.tensor([[0.0], [10.0], [20.0]])
+    assert interpolate_over_steps(values, [0, 4, 8], 2).item() == 5.0
+    assert interpolate_over_steps(values, [0, 4, 8], 4).item() == 10.0
+    assert interpolate_over_steps(values, [2, 4, 8], 0).item() == 0.0
+    assert interpolate_over_steps(values, [0, 4, 8], 9).item() == 20.0
+
+
+def test_maps_over_time_end_in_the_relu_preactivation(bundle):
+    run = bundle.generator.base("a green square", 2)
+    j = strongest_latent(bundle, "a green square", 2)
+    maps = bundle.generator.maps_over_time(run, [j])
+    assert maps.shape == (1, 3, 8, 8)
+    full = bundle.sae.pre_activations(bundle.encoding.to_rows(run.traj)).relu()[:, j]
+    assert torch.allclose(maps[0, -1].flatten(), full, atol=1e-5)
