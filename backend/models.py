@@ -80,15 +80,18 @@ def _has_vae(source: str) -> bool:
     return bool(index.get("vae")) and index["vae"][0] is not None
 
 
-def _strict_text_encoder(source: str, dtype: torch.dtype, offline: bool) -> CLIPTextModel:
-    """Load the text encoder and refuse weights that leave parameters randomly initialized."""
-    model, info = CLIPTextModel.from_pretrained(
-        source, subfolder="text_encoder", dtype=dtype, use_safetensors=True,
-        local_files_only=offline, output_loading_info=True,
-    )
+def _load_weights(cls, source: str, subfolder: str, dtype: torch.dtype, offline: bool):
+    """from_pretrained that refuses checkpoints leaving parameters randomly initialized.
+
+    diffusers and transformers only warn about missing tensors and initialize them at random;
+    for a user that would be a silent fallback to random weights.
+    """
+    dtype_arg = {"dtype": dtype} if cls is CLIPTextModel else {"torch_dtype": dtype}
+    model, info = cls.from_pretrained(source, subfolder=subfolder, use_safetensors=True, local_files_only=offline,
+                                      output_loading_info=True, **dtype_arg)
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
-        raise ExplorerError(f"text_encoder weights in {source!r} lack {len(missing)} tensors (e.g. {missing[0]}); the checkpoint does not match its config.")
+        raise ExplorerError(f"{subfolder} weights in {source!r} lack {len(missing)} tensors (e.g. {sorted(missing)[0]}); the checkpoint does not match its config.")
     return model
 
 
@@ -110,11 +113,11 @@ def load_model(source: str, device: str | torch.device | None = None, dtype: tor
             raise ExplorerError(f"Model directory {source!r} lacks {', '.join(m + '/' for m in missing)}; pass a directory in the SD 1.5 layout (unet/, text_encoder/, tokenizer/, scheduler/, optional vae/).")
     offline = hub_offline()
     try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, use_safetensors=True, local_files_only=offline)
-        text_encoder = _strict_text_encoder(source, dtype, offline)
+        unet = _load_weights(UNet2DConditionModel, source, "unet", dtype, offline)
+        text_encoder = _load_weights(CLIPTextModel, source, "text_encoder", dtype, offline)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=offline)
         scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=offline)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, use_safetensors=True, local_files_only=offline) if _has_vae(source) else None
+        vae = _load_weights(AutoencoderKL, source, "vae", dtype, offline) if _has_vae(source) else None
     except ExplorerError:
         raise
     except Exception as err:

@@ -63,6 +63,18 @@ def test_weights_that_do_not_match_the_config_are_refused_not_randomized(tmp_pat
         load_model(str(tmp_path), device="cpu")
 
 
+def test_a_unet_checkpoint_missing_a_tensor_is_refused_not_randomized(tmp_path, offline):
+    from safetensors.torch import load_file, save_file
+
+    save_in_sd_layout(tiny_model(), tmp_path)
+    weights = next((tmp_path / "unet").glob("*.safetensors"))
+    state = load_file(weights)
+    del state["conv_out.weight"]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(ExplorerError, match="unet weights .* lack 1 tensors"):
+        load_model(str(tmp_path), device="cpu")
+
+
 def test_uncached_hub_id_offline_is_a_clear_error(tmp_path, offline, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     with pytest.raises(ExplorerError, match="offline mode"):
