@@ -9,9 +9,10 @@ from PIL import Image
 from torch import Tensor
 
 from backend.errors import ExplorerError
-from backend.hooks import TrajectoryRecorder
+from backend.hooks import TrajectoryRecorder, attached
 from backend.models import DiffusionModel
-from backend.sampler import SampleResult, check_prompts, sample, to_pil
+from backend.sampler import (SampleResult, check_prompts, decode, encode_image, encode_prompts, image_size, initial_noise,
+                             make_scheduler, sample, to_pil)
 from backend.steering import Steer, SteeringHook, steering_deltas
 
 MASKS = ("all", "fired")
@@ -72,11 +73,9 @@ class Generator:
         recorder = TrajectoryRecorder(self.site, self.recorded_steps)
         with self._lock:
             result = sample(self.model, prompt, seed=int(seed), num_steps=self.num_steps, guidance_scale=guidance,
-                            hooks=[recorder], keep_latents=True)
+                            hooks=[recorder], keep_latents=True, keep_x0=True)
         traj = recorder.trajectories()[0]  # [P, T, C]
-        with torch.no_grad():
-            codes = self.bundle.sae.encode(self.bundle.encoding.to_rows(traj))
-        run = BaseRun(result=result, traj=traj, codes=codes)
+        run = BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
         self._cache[key] = run
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -116,6 +115,35 @@ class Generator:
                              guidance_scale=self._guidance(guidance_scale), hooks=[hook],
                              start_step=start, start_latents=run.result.latents[start])
         return Generation(base=run.image, steered=to_pil(steered.images)[0], base_run=run, steered_images=steered.images)
+
+    def x0_images(self, run: BaseRun) -> list[Image.Image]:
+        """The model's clean-image estimate at each recorded step: what it "sees" at step t."""
+        with self._lock:
+            return to_pil(torch.cat([decode(self.model, run.result.x0_predictions[s]) for s in self.recorded_steps]))
+
+    def trajectory_of_image(self, image: Image.Image, prompt: str = "", seed: int = 0) -> BaseRun:
+        """Codes of an uploaded image: noise it forward to each recorded step and record the site there.
+
+        Each recorded step gets its own UNet call on x_t = add_noise(x_0, ε, t) with one shared ε,
+        conditioned on `prompt` (empty: unconditional), as if the sampler had reached that step.
+        """
+        if prompt:
+            check_prompts(self.model, [prompt])
+        x0 = encode_image(self.model, image)
+        scheduler = make_scheduler(self.model, self.num_steps)
+        noise = initial_noise(self.model, [int(seed)], *image_size(self.model))
+        embeddings = encode_prompts(self.model, [prompt])
+        recorder = TrajectoryRecorder(self.site, self.recorded_steps)
+        with self._lock, torch.inference_mode():
+            for step in self.recorded_steps:
+                t = scheduler.timesteps[step]
+                x_t = scheduler.scale_model_input(scheduler.add_noise(x0, noise, t[None]), t)
+                with attached(self.model.unet, [recorder], step, slice(0, 1)):
+                    self.model.unet(x_t, t, encoder_hidden_states=embeddings)
+        traj = recorder.trajectories()[0]
+        images = (x0.float().cpu() / 2 + 0.5).clamp(0, 1) if self.model.vae is None else decode(self.model, x0)
+        result = SampleResult(images=images, timesteps=scheduler.timesteps)
+        return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
 
     def maps_over_time(self, run: BaseRun, latents: list[int]) -> Tensor:
         """Prefix-encoded maps (DESIGN.md step 6): Tensor[len(latents), T, H, W]."""

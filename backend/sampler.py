@@ -8,6 +8,7 @@ sites per step, and a run can start from a cached intermediate latent.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler
 from PIL import Image
@@ -76,6 +77,23 @@ def decode(model: DiffusionModel, latents: Tensor) -> Tensor:
     return (latents.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
+@torch.inference_mode()
+def encode_image(model: DiffusionModel, image: Image.Image) -> Tensor:
+    """A PIL image to the model's x_0 (VAE latents, or pixels in [-1, 1]), resized to the model's size."""
+    height, width = image_size(model)
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.float32))
+    pixels = (pixels.permute(2, 0, 1)[None] / 127.5 - 1).to(model.device, model.dtype)
+    if model.vae is None:
+        return pixels
+    return model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor
+
+
+def image_size(model: DiffusionModel) -> tuple[int, int]:
+    """Default (height, width) in pixels of the model's images."""
+    side = model.unet.config.sample_size * model.vae_scale_factor
+    return side, side
+
+
 def to_pil(images: Tensor) -> list[Image.Image]:
     """Tensor[B, 3, H, W] in [0, 1] to PIL images."""
     array = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
@@ -112,8 +130,8 @@ def sample(
     if start_step > 0 and start_latents is None:
         raise ExplorerError("Starting after step 0 needs the cached latents of a base run.")
 
-    default_size = model.unet.config.sample_size * model.vae_scale_factor
-    height, width = height or default_size, width or default_size
+    default_height, default_width = image_size(model)
+    height, width = height or default_height, width or default_width
     use_cfg = guidance_scale > 1.0
     embeddings = encode_prompts(model, prompts)
     if use_cfg:  # diffusers' batch layout: unconditional rows first, then conditional

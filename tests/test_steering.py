@@ -101,3 +101,18 @@ def test_maps_over_time_end_in_the_relu_preactivation(bundle):
     assert maps.shape == (1, 3, 8, 8)
     full = bundle.sae.pre_activations(bundle.encoding.to_rows(run.traj)).relu()[:, j]
     assert torch.allclose(maps[0, -1].flatten(), full, atol=1e-5)
+
+
+def test_an_uploaded_image_gets_codes_and_maps(bundle):
+    generated = bundle.generator.base("a blue circle", 4)
+    uploaded = bundle.generator.trajectory_of_image(generated.image, prompt="a blue circle")
+    assert uploaded.traj.shape == generated.traj.shape
+    assert uploaded.codes.shape == generated.codes.shape and ((uploaded.codes > 0).sum(1) <= 4).all()
+    assert torch.allclose(uploaded.result.images, generated.result.images, atol=1 / 255)
+    assert bundle.generator.maps_over_time(uploaded, [0, 1]).shape == (2, 3, 8, 8)
+
+
+def test_x0_images_are_given_for_each_recorded_step(bundle):
+    run = bundle.generator.base("a red star", 5)
+    frames = bundle.generator.x0_images(run)
+    assert len(frames) == 3 and frames[-1].size == (16, 16)
