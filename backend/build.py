@@ -6,29 +6,33 @@ so an interrupted build resumes where it stopped.
 
 import argparse
 import dataclasses
+import itertools
 import json
+import os
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 
 from backend.atlas import AtlasAccumulator, label_latents, temporal_profiles
 from backend.bundle import Bundle, write_manifest
-from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shard, read_shards, shard_names
+from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shard, read_shards, shard_info, shard_names
 from backend.dynamics import DynamicsAccumulator, LinearDynamics
 from backend.encodings import VARIANTS, TrajectoryEncoding
 from backend.errors import ExplorerError
 from backend.io import write_json, write_safetensors
 from backend.models import DiffusionModel, load_model
-from backend.sae_train import SAETrainConfig, fraction_of_variance_unexplained, train_sae
+from backend.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, train_sae
 from backend.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
 log = logging.getLogger(__name__)
 
 STAGES = ("collect", "dynamics", "train", "atlas", "index")
+PARALLEL_STAGES = ("collect", "dynamics", "train")  # the others are quick and run on rank 0 alone
 
 
 def option(default, help: str):
@@ -113,8 +117,28 @@ class Build:
 
     def get_model(self) -> DiffusionModel:
         if self.model is None:
-            self.model = load_model(self.config.model, device=self.config.device or None)
+            self.model = load_model(self.config.model, device=self.device)
         return self.model
+
+    @property
+    def device(self) -> torch.device:
+        if self.config.device:
+            return torch.device(self.config.device)
+        if torch.cuda.is_available():  # under torchrun each rank takes its own GPU
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if distributed() else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if distributed() else 1
+
+    def barrier(self) -> None:
+        if distributed():
+            dist.barrier()
 
     @property
     def train_dir(self) -> Path:
@@ -131,13 +155,15 @@ class Build:
 
     def collect(self) -> None:
         cfg = self.config
-        collect_trajectories(self.get_model(), self.prompts, self.train_dir, cfg.collect_config(cfg.positions_per_image or None))
+        shard = {"rank": self.rank, "world_size": self.world_size}
+        collect_trajectories(self.get_model(), self.prompts, self.train_dir, cfg.collect_config(cfg.positions_per_image or None), **shard)
         if self.atlas_dir != self.train_dir:
-            collect_trajectories(self.get_model(), self.prompts[: self.n_atlas], self.atlas_dir, cfg.collect_config(None))
+            collect_trajectories(self.get_model(), self.prompts[: self.n_atlas], self.atlas_dir, cfg.collect_config(None), **shard)
+        self.barrier()
 
     def dynamics(self) -> LinearDynamics:
         path = self.work / "dynamics.safetensors"
-        if not path.exists():
+        if not path.exists() and self.rank == 0:
             acc = None
             for shard in read_shards(self.train_dir):
                 traj = shard["traj"].float()
@@ -145,6 +171,7 @@ class Build:
                 acc.update(traj)
             dyn = acc.finish(None if self.config.ridge < 0 else self.config.ridge)
             write_safetensors(path, dyn.state_dict())
+        self.barrier()
         dyn = LinearDynamics.from_state_dict(load_file(path))
         self.summary["r2_per_step"] = [round(float(r), 4) for r in dyn.r2]
         return dyn
@@ -155,19 +182,30 @@ class Build:
     def train(self) -> None:
         cfg, encoding = self.config, self.encoding()
         names = shard_names(self.train_dir)
+        batches_in = [-(-shard_info(self.train_dir, name)["rows"] // cfg.sae_batch_size) for name in names]
 
         def batches(epoch: int):
-            generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-            for i in torch.randperm(len(names), generator=generator).tolist():
-                rows = encoding.to_rows(read_shard(self.train_dir, names[i])["traj"].float())
-                rows = rows[torch.randperm(len(rows), generator=generator)]
-                yield from rows.split(cfg.sae_batch_size)
+            """This rank's share of the shards, in an epoch-seeded order; every rank takes the same number of steps."""
+            order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).tolist()
+            steps = min(sum(batches_in[i] for i in order[r :: self.world_size]) for r in range(self.world_size))
+            generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 104729 + self.rank)
+
+            def rows():
+                for i in order[self.rank :: self.world_size]:
+                    shard_rows = encoding.to_rows(read_shard(self.train_dir, names[i])["traj"].float())
+                    yield from shard_rows[torch.randperm(len(shard_rows), generator=generator)].split(cfg.sae_batch_size)
+
+            return itertools.islice(rows(), steps)
 
         first = read_shard(self.train_dir, names[0])
         init_sample = encoding.to_rows(first["traj"].float())[:4096]
         train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, batch_size=cfg.sae_batch_size,
                                       epochs=cfg.epochs, seed=cfg.seed)
-        sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors")
+        sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors",
+                                 device=self.device, progress=self.rank == 0)
+        if self.rank != 0:
+            self.barrier()
+            return
         with torch.no_grad():
             rows = encoding.to_rows(first["traj"].float())
             recon = sae.decode(sae.encode(rows))
@@ -176,14 +214,14 @@ class Build:
             self.summary["fvu_activation_per_step"] = [
                 round(float(fraction_of_variance_unexplained(traj[:, t], traj_hat[:, t])), 4) for t in range(traj.shape[1])
             ]
-        collect_manifest = json.loads((self.train_dir / "collect.json").read_text())
         Bundle.save(
             cfg.out, sae=sae, dynamics=encoding.dynamics, variant=cfg.variant, site=cfg.site,
-            model={"source": cfg.model}, grid=tuple(collect_manifest["grid"]),
+            model={"source": cfg.model}, grid=tuple(shard_info(self.train_dir, names[0])["grid"]),
             schedule={"num_steps": cfg.num_steps, "recorded_steps": list(cfg.collect_config(None).recorded_steps),
                       "guidance_scale": cfg.guidance_scale},
             extra={"build": dataclasses.asdict(cfg) | {"final_fvu": history[-1]["fvu"] if history else None}},
         )
+        self.barrier()
 
     def atlas(self) -> None:
         bundle = Bundle.load(self.config.out)
@@ -249,9 +287,11 @@ class Build:
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise ExplorerError(f"Unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not distributed():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         for stage in STAGES:
-            if stage in stages:
-                log.info("stage %s", stage)
+            if stage in stages and (self.rank == 0 or stage in PARALLEL_STAGES):
+                log.info("stage %s (rank %d of %d)", stage, self.rank, self.world_size)
                 getattr(self, stage)()
         root = Path(self.config.out)
         if (root / "bundle.json").exists():
@@ -263,8 +303,13 @@ class Build:
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = parse_config(argv)
-    summary = Build(config).run()
-    print(json.dumps(summary, indent=2))
+    build = Build(config)
+    summary = build.run()
+    if distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+    if build.rank == 0:
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

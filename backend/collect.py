@@ -67,36 +67,39 @@ def thumbnails(images: Tensor, size: int) -> Tensor:
     return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _manifest(out_dir: Path, config: CollectConfig, prompts: Sequence[str]) -> dict:
-    """Open or create the collection manifest; refuse to mix configs or prompt lists."""
+def _check_manifest(out_dir: Path, config: CollectConfig, prompts: Sequence[str]) -> None:
+    """Create the collection manifest, or refuse a directory holding another config or prompt list."""
     path = out_dir / MANIFEST
     expected = {"config": asdict(config) | {"recorded_steps": list(config.recorded_steps)}, "n_prompts": len(prompts)}
     if path.exists():
-        manifest = json.loads(path.read_text())
-        if manifest["config"] != expected["config"] or manifest["n_prompts"] != len(prompts):
+        if json.loads(path.read_text()) != expected:
             raise ExplorerError(f"{out_dir} holds a collection with another config; use a fresh directory.")
-        return manifest
-    manifest = expected | {"shards": {}}
-    write_json(path, manifest)
-    return manifest
+        return
+    write_json(path, expected)  # every rank writes the same bytes; the rename is atomic
 
 
-def collect_trajectories(model: DiffusionModel, prompts: Sequence[str], out_dir: str | Path, config: CollectConfig, progress: bool = True) -> list[Path]:
+def shard_info_path(shard: Path) -> Path:
+    """The sidecar that marks a shard finished: its sha256, row count and site grid."""
+    return shard.with_suffix(".json")
+
+
+def collect_trajectories(model: DiffusionModel, prompts: Sequence[str], out_dir: str | Path, config: CollectConfig,
+                         progress: bool = True, rank: int = 0, world_size: int = 1) -> list[Path]:
     """Sample every prompt, record the site at the recorded steps, and write shards.
 
-    Each shard `shard-XXXXX.safetensors` holds `traj` [N, T, C], `image_id` [N],
-    `position` [N] (flat h*W+w index) and the images as `thumbnails` [B, h, w, 3]. Shards already listed in the manifest are skipped,
-    so an interrupted run resumes where it stopped.
+    Each shard `shard-XXXXX.safetensors` holds `traj` [N, T, C], `image_id` [N], `position` [N]
+    (flat h*W+w index) and the images as `thumbnails` [B, h, w, 3]; its sidecar `.json`, written
+    last, marks it finished. Finished shards are skipped, so an interrupted run resumes where it
+    stopped; under torchrun, rank r takes shards r, r + world_size, ...
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(out_dir, config, prompts)
+    _check_manifest(out_dir, config, prompts)
     n_shards = -(-len(prompts) // config.images_per_shard)
-    paths = []
-    for shard in tqdm(range(n_shards), desc=f"collect {config.site}", unit="shard", disable=not progress):
-        name = f"shard-{shard:05d}.safetensors"
-        paths.append(out_dir / name)
-        if name in manifest["shards"]:
+    mine = range(rank, n_shards, world_size)
+    for shard in tqdm(mine, desc=f"collect {config.site}", unit="shard", disable=not progress):
+        path = out_dir / f"shard-{shard:05d}.safetensors"
+        if shard_info_path(path).exists():
             continue
         start = shard * config.images_per_shard
         ids = range(start, min(start + config.images_per_shard, len(prompts)))
@@ -109,26 +112,27 @@ def collect_trajectories(model: DiffusionModel, prompts: Sequence[str], out_dir:
             parts.append(_subsample(recorder.trajectories(), batch, config.positions_per_image, config.seed))
             images.append(thumbnails(result.images, config.thumbnail_size))
         traj, image_id, position = (torch.cat(p) for p in zip(*parts))
-        write_safetensors(out_dir / name, {"traj": traj.to(getattr(torch, config.dtype)), "image_id": image_id,
-                                           "position": position, "thumbnails": torch.cat(images)})
-        manifest["grid"] = list(recorder.grid)
-        manifest["shards"][name] = sha256_file(out_dir / name)
-        write_json(out_dir / MANIFEST, manifest)
-    return paths
+        write_safetensors(path, {"traj": traj.to(getattr(torch, config.dtype)), "image_id": image_id,
+                                 "position": position, "thumbnails": torch.cat(images)})
+        write_json(shard_info_path(path), {"sha256": sha256_file(path), "rows": len(traj), "grid": list(recorder.grid)})
+    return [out_dir / f"shard-{shard:05d}.safetensors" for shard in range(n_shards)]
 
 
 def shard_names(out_dir: str | Path) -> list[str]:
     """Names of the finished shards, in order."""
-    return sorted(json.loads((Path(out_dir) / MANIFEST).read_text())["shards"])
+    return sorted(p.with_suffix(".safetensors").name for p in Path(out_dir).glob("shard-*.json"))
+
+
+def shard_info(out_dir: str | Path, name: str) -> dict:
+    """A finished shard's sidecar: sha256, rows, grid."""
+    return json.loads(shard_info_path(Path(out_dir) / name).read_text())
 
 
 def read_shard(out_dir: str | Path, name: str) -> dict[str, Tensor]:
-    """A finished shard's tensors, after checking its sha256 against the manifest."""
-    out_dir = Path(out_dir)
-    digest = json.loads((out_dir / MANIFEST).read_text())["shards"][name]
-    path = out_dir / name
-    if not path.is_file() or sha256_file(path) != digest:
-        raise ExplorerError(f"Shard {path} is missing or corrupt (sha256 mismatch); delete its entry in {MANIFEST} and collect again.")
+    """A finished shard's tensors, after checking its sha256 against its sidecar."""
+    path = Path(out_dir) / name
+    if not path.is_file() or sha256_file(path) != shard_info(out_dir, name)["sha256"]:
+        raise ExplorerError(f"Shard {path} is missing or corrupt (sha256 mismatch); delete it and its .json and collect again.")
     return load_file(path)
 
 

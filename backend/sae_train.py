@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -34,6 +35,11 @@ class SAETrainConfig:
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else 2e-4 / (self.n_latents / 16384) ** 0.5
+
+
+def distributed() -> bool:
+    """Whether this process is one rank of several (torchrun)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def fraction_of_variance_unexplained(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -94,16 +100,24 @@ class SAETrainer:
         loss = fvu + cfg.aux_coef * aux
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        fired = (codes > 0).any(0)
+        rows = torch.tensor(x.shape[0], device=x.device)
+        if distributed():  # data parallel: average gradients, pool firing and row counts over ranks
+            world = dist.get_world_size()
+            for param in sae.parameters():
+                dist.all_reduce(param.grad)
+                param.grad /= world
+            fired = fired.to(torch.uint8)
+            dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+            dist.all_reduce(rows)
         sae.remove_parallel_decoder_grad()
         self.optimizer.step()
         sae.normalize_decoder()
 
-        fired = (codes > 0).any(0).cpu()
-        self.rows_since_fired += x.shape[0]
-        self.rows_since_fired[fired] = 0
+        self.rows_since_fired += int(rows)
+        self.rows_since_fired[fired.bool().cpu()] = 0
         self.steps += 1
         return {"fvu": fvu.item(), "aux": aux.item(), "dead": int(dead.sum()), "lr": lr}
-
 
     def state_dict(self) -> dict[str, Tensor]:
         """Everything needed to resume: SAE weights, Adam moments, dead-latent counters."""
@@ -140,17 +154,19 @@ def train_sae(
     init_sample: Tensor,
     progress: bool = True,
     checkpoint: Path | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[TopKSAE, list[dict[str, float]]]:
     """Train a TopKSAE on streamed batches (`batches(epoch)` yields Tensor[B, d_in]); returns it and per-step metrics.
 
     With `checkpoint`, the trainer state is saved there after every epoch and a rerun resumes
     after the last finished epoch (batch order is a function of the epoch, so the result is
-    the same as an uninterrupted run).
+    the same as an uninterrupted run). On CUDA the forward pass runs in bf16 autocast.
     """
     torch.manual_seed(config.seed)
-    sae = TopKSAE(d_in, config.n_latents, config.k)
+    device = torch.device(device)
+    sae = TopKSAE(d_in, config.n_latents, config.k).to(device)
     trainer = SAETrainer(sae, config)
-    trainer.init_from_data(init_sample)
+    trainer.init_from_data(init_sample.to(device))
     start_epoch, history = 0, []
     if checkpoint is not None and checkpoint.exists():
         state = load_file(checkpoint)
@@ -161,11 +177,14 @@ def train_sae(
     with tqdm(desc="SAE", unit="batch", disable=not progress) as bar:
         for epoch in range(start_epoch, config.epochs):
             for x in batches(epoch):
-                metrics = trainer.step(x.float())
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    metrics = trainer.step(x.to(device, torch.float32))
                 history.append(metrics)
                 bar.update()
                 bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", dead=metrics["dead"])
             log.info("epoch %d: fvu %.4f, dead %d", epoch, metrics["fvu"], metrics["dead"])
-            if checkpoint is not None:
+            if checkpoint is not None and (not distributed() or dist.get_rank() == 0):
                 write_safetensors(checkpoint, trainer.state_dict() | {"epochs_done": torch.tensor(epoch + 1)})
-    return sae.eval(), history
+            if distributed():
+                dist.barrier()
+    return sae.cpu().eval(), history

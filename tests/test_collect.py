@@ -1,9 +1,7 @@
-import json
-
 import pytest
 import torch
 
-from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shards
+from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shards, shard_names
 from backend.errors import ExplorerError
 from tests.tiny_models import tiny_model
 
@@ -47,12 +45,21 @@ def test_collection_resumes_without_redoing_finished_shards(model, tmp_path):
     collect_trajectories(model, PROMPTS, tmp_path, config(), progress=False)
     first_shard = tmp_path / "shard-00000.safetensors"
     stamp = first_shard.stat().st_mtime_ns
-    manifest = json.loads((tmp_path / "collect.json").read_text())
-    del manifest["shards"]["shard-00002.safetensors"]  # as if killed before the last shard
-    (tmp_path / "collect.json").write_text(json.dumps(manifest))
+    (tmp_path / "shard-00002.json").unlink()  # as if killed before the last shard was finished
+    assert shard_names(tmp_path) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     collect_trajectories(model, PROMPTS, tmp_path, config(), progress=False)
     assert first_shard.stat().st_mtime_ns == stamp
-    assert "shard-00002.safetensors" in json.loads((tmp_path / "collect.json").read_text())["shards"]
+    assert "shard-00002.safetensors" in shard_names(tmp_path)
+
+
+def test_ranks_split_the_shards_and_together_equal_one_process(model, tmp_path):
+    for rank in (0, 1):
+        collect_trajectories(model, PROMPTS, tmp_path / "ranks", config(), progress=False, rank=rank, world_size=2)
+        if rank == 0:
+            assert shard_names(tmp_path / "ranks") == ["shard-00000.safetensors", "shard-00002.safetensors"]
+    collect_trajectories(model, PROMPTS, tmp_path / "single", config(), progress=False)
+    for split, single in zip(read_shards(tmp_path / "ranks"), read_shards(tmp_path / "single")):
+        assert torch.equal(split["traj"], single["traj"])
 
 
 def test_a_directory_with_another_config_is_refused(model, tmp_path):

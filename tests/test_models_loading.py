@@ -6,17 +6,7 @@ import torch
 from backend.errors import ExplorerError
 from backend.models import load_model
 from backend.sampler import sample
-from tests.tiny_models import tiny_model
-
-
-def save_in_sd_layout(model, root):
-    model.unet.save_pretrained(root / "unet")
-    model.text_encoder.save_pretrained(root / "text_encoder")
-    model.tokenizer.save_pretrained(root / "tokenizer")
-    model.scheduler.save_pretrained(root / "scheduler")
-    if model.vae is not None:
-        model.vae.save_pretrained(root / "vae")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+from tests.tiny_models import save_in_sd_layout, tiny_model
 
 
 @pytest.fixture
