@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from backend.io import write_safetensors
 
 from backend.sae import TopKSAE, topk_codes
+from backend.sae_kernels import decode_selected, encode_selected
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class SAETrainConfig:
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 200_000  # a latent that fired on none of the last this many rows is dead
     seed: int = 0
+    fast: bool = True  # sparse backward and decode (backend/sae_kernels.py); False: the dense reference
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else 2e-4 / (self.n_latents / 16384) ** 0.5
@@ -73,7 +75,7 @@ class SAETrainer:
 
     def __init__(self, sae: TopKSAE, config: SAETrainConfig):
         self.sae, self.config = sae, config
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), eps=6.25e-10)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), eps=6.25e-10, fused=True)  # one pass per tensor
         self.aux_k = config.aux_k or min(sae.d_in // 2, sae.n_latents // 2)
         self.rows_since_fired = torch.zeros(sae.n_latents, dtype=torch.long)
         self.steps = 0
@@ -87,20 +89,42 @@ class SAETrainer:
         """Boolean mask of latents that have not fired recently."""
         return self.rows_since_fired > self.config.dead_after_tokens
 
+    def _losses_reference(self, x: Tensor, dead: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(FVU, AuxK loss, fired mask) through dense codes: the readable path."""
+        x_hat, codes, pre = self.sae(x)
+        aux = aux_k_loss(self.sae, x, x_hat, pre, dead, self.aux_k)
+        return fraction_of_variance_unexplained(x, x_hat), aux, (codes > 0).any(0)
+
+    def _losses_fast(self, x: Tensor, dead: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The same losses, differentiating only through the k selected latents per row."""
+        sae = self.sae
+        with torch.no_grad():
+            pre = sae.pre_activations(x)
+        idx = pre.topk(sae.k, dim=1).indices
+        values = encode_selected(sae, x, idx, pre)
+        x_hat = decode_selected(sae, idx, values) + sae.b_pre
+        fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=x.device)
+        fired[idx[values > 0]] = True
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return fraction_of_variance_unexplained(x, x_hat), x.new_zeros(()), fired
+        error = (x - x_hat).detach()
+        aux_idx = pre.masked_fill(~dead, float("-inf")).topk(min(self.aux_k, n_dead), dim=1).indices
+        error_hat = decode_selected(sae, aux_idx, encode_selected(sae, x, aux_idx, pre))
+        aux = (error_hat - error).pow(2).sum() / (error - error.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return fraction_of_variance_unexplained(x, x_hat), aux, fired
+
     def step(self, x: Tensor) -> dict[str, float]:
         """One optimizer step on a batch Tensor[B, d_in]; returns its metrics."""
         sae, cfg = self.sae, self.config
         lr = cfg.learning_rate() * min(1.0, (self.steps + 1) / max(1, cfg.warmup_steps))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x_hat, codes, pre = sae(x)
-        fvu = fraction_of_variance_unexplained(x, x_hat)
         dead = self.dead_latents().to(x.device)
-        aux = aux_k_loss(sae, x, x_hat, pre, dead, self.aux_k)
+        fvu, aux, fired = (self._losses_fast if cfg.fast else self._losses_reference)(x, dead)
         loss = fvu + cfg.aux_coef * aux
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        fired = (codes > 0).any(0)
         rows = torch.tensor(x.shape[0], device=x.device)
         if distributed():  # data parallel: average gradients, pool firing and row counts over ranks
             world = dist.get_world_size()

@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmarks: what machine this is, and latency percentiles."""
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def device_name() -> str:
+    """CPU model (and GPU, when present) with core count, for the results table."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    name = f"{cpu}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        name += f", {torch.cuda.get_device_name()}"
+    return name
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def percentile(times: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of `times`."""
+    return statistics.quantiles(times, n=100, method="inclusive")[int(q) - 1] if len(times) > 1 else times[0]
