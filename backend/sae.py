@@ -28,7 +28,7 @@ class TopKSAE(nn.Module):
         W_dec = torch.randn(d_in, n_latents)
         W_dec /= W_dec.norm(dim=0, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)  # [d_in, n_latents], columns are feature directions
-        self.W_enc = nn.Parameter(W_dec.T.clone())  # [n_latents, d_in], tied at init
+        self.W_enc = nn.Parameter(W_dec.T.contiguous())  # [n_latents, d_in], tied at init; row-major (fused Adam needs state and weight alike)
         self.b_enc = nn.Parameter(torch.zeros(n_latents))
         self.b_pre = nn.Parameter(torch.zeros(d_in))
 

@@ -58,10 +58,15 @@ def test_interrupted_build_resumes_to_the_same_bundle(model, tmp_path, monkeypat
     monkeypatch.undo()
     Build(config(tmp_path / "b"), model=model).run()
 
+    # The float32 trainer state agrees to rounding (sparse kernels may sum in another order) ...
+    expected, resumed = (load_file(tmp_path / run / "bundle.work" / "sae-train.safetensors") for run in ("a", "b"))
+    for key in expected:
+        assert torch.allclose(expected[key].float(), resumed[key].float(), atol=1e-5), key
+    # ... and so do the shipped fp16 tensors, to within one fp16 rounding step.
     expected, resumed = bundle_tensors(tmp_path / "a" / "bundle"), bundle_tensors(tmp_path / "b" / "bundle")
     for name in expected:
         for key in expected[name]:
-            assert torch.allclose(expected[name][key].float(), resumed[name][key].float(), atol=1e-5), (name, key)
+            assert torch.allclose(expected[name][key].float(), resumed[name][key].float(), rtol=2e-3, atol=1e-3), (name, key)
 
 
 def test_collect_stage_resumes_from_its_last_shard(model, tmp_path, monkeypatch):

@@ -89,3 +89,15 @@ def test_load_reports_a_mismatched_config(tmp_path):
     (tmp_path / "sae" / "config.json").write_text('{"d_in": 11, "n_latents": 20, "k": 4}')
     with pytest.raises(ExplorerError, match="does not match"):
         TopKSAE.load(tmp_path / "sae")
+
+
+def test_training_resumed_from_a_checkpoint_file_equals_uninterrupted_training(tmp_path):
+    x, _ = planted_dictionary(n=2048, seed=3)
+    batches = tensor_batches(x, 128)
+    one_epoch = SAETrainConfig(n_latents=64, k=4, batch_size=128, epochs=1)
+    two_epochs = SAETrainConfig(n_latents=64, k=4, batch_size=128, epochs=2)
+    train_sae(batches, x.shape[1], one_epoch, x[:500], progress=False, checkpoint=tmp_path / "state.safetensors")
+    resumed, _ = train_sae(batches, x.shape[1], two_epochs, x[:500], progress=False, checkpoint=tmp_path / "state.safetensors")
+    straight, _ = train_sae(batches, x.shape[1], two_epochs, x[:500], progress=False)
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(p, q)
