@@ -100,11 +100,13 @@ def temporal_profiles(feature_trajectories: Tensor, block_deltas: Tensor) -> tup
     return profile, residual_share.clamp_max(1.0)
 
 
-def label_latents(top_image_id: Tensor, top_image_score: Tensor, image_factors: Sequence[dict[str, str]], min_images: int = 3) -> list[dict]:
+def label_latents(top_image_id: Tensor, top_image_score: Tensor, image_factors: Sequence[dict[str, str]],
+                  min_images: int = 3, min_enrichment: float = 0.25) -> list[dict]:
     """Per latent: the factor value most enriched among its top images, with its purity.
 
     Enrichment is purity minus the value's base rate over all atlas images, so a latent is not
-    labelled "black background" just because most images have one. Images whose prompt does
+    labelled "black background" just because most images have one; below `min_enrichment`
+    (what 16 random images reach by chance) a latent stays unlabelled. Images whose prompt does
     not name a factor do not count for that factor.
     """
     factors = sorted({name for f in image_factors for name in f})
@@ -120,7 +122,7 @@ def label_latents(top_image_id: Tensor, top_image_score: Tensor, image_factors: 
             value, count = Counter(named).most_common(1)[0]
             purity = count / len(named)
             enrichment = purity - base[name][value] / sum(base[name].values())
-            if enrichment > best["enrichment"]:
+            if enrichment >= min_enrichment and enrichment > best["enrichment"]:
                 best.update(factor=name, value=value, purity=purity, enrichment=enrichment)
         labels.append(best)
     return labels

@@ -30,3 +30,10 @@ def test_labels_pick_the_most_enriched_factor_value():
     assert labels[0]["factor"] == "colour" and labels[0]["value"] == "red" and labels[0]["purity"] == 1.0
     assert labels[0]["enrichment"] == 1.0 - 10 / 40
     assert labels[1]["value"] == "blue" and labels[1]["enrichment"] == 1.0 - 30 / 40  # "circle" is everywhere: never a label
+
+
+def test_chance_level_enrichment_leaves_a_latent_unlabelled():
+    factors = [{"colour": ("red", "blue", "green", "white")[i % 4]} for i in range(40)]
+    top_ids = torch.tensor([[0, 1, 2, 4]])  # red twice in four: 0.5 purity, 0.25 over the base rate
+    assert label_latents(top_ids, torch.ones(1, 4), factors, min_enrichment=0.3)[0]["factor"] is None
+    assert label_latents(top_ids, torch.ones(1, 4), factors, min_enrichment=0.25)[0]["value"] == "red"
