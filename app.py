@@ -1,17 +1,39 @@
-"""Entry point: `python app.py` serves the explorer (a placeholder page until the UI lands)."""
+"""Entry point: `python app.py` serves the explorer on the shipped demo bundle (or `--bundle`, `--model`)."""
 
 import argparse
+import logging
+import sys
 
-from ui.app import build_app
+from backend.errors import ExplorerError
+
+DEFAULT_BUNDLE = "checkpoints/shapes-bundle"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options of the app."""
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory or Hugging Face Hub repo id")
+    parser.add_argument("--model", default=None, help="model directory or hub id (default: the model the bundle names)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     return parser.parse_args(argv)
 
 
+def main(argv=None) -> None:
+    """Load the bundle and its model, then serve the app until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    from ui.app import build_app
+    from ui.explorer import open_explorer
+
+    try:
+        explorer = open_explorer(args.bundle, args.model, args.device)
+    except ExplorerError as err:
+        hint = " The demo bundle ships in checkpoints/; pass --bundle PATH otherwise." if args.bundle == DEFAULT_BUNDLE else ""
+        sys.exit(f"Cannot open bundle: {err}{hint}")
+    build_app(explorer).queue(default_concurrency_limit=1).launch(server_port=args.port, share=args.share)
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    build_app().queue(default_concurrency_limit=1).launch(server_port=args.port, share=args.share)
+    main()

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: what machine this is, and latency percentiles."""
 
 import platform
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -37,3 +38,10 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[
 def percentile(times: list[float], q: float) -> float:
     """The q-th percentile (0-100) of `times`."""
     return statistics.quantiles(times, n=100, method="inclusive")[int(q) - 1] if len(times) > 1 else times[0]
+
+
+def free_port() -> int:
+    """A localhost port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,15 +1,23 @@
 import gradio as gr
+import pytest
 
-from app import parse_args
+from app import DEFAULT_BUNDLE, main, parse_args
+from tests.test_ui_handlers import tiny_explorer
 from ui.app import TITLE, build_app
 
 
 def test_app_builds_a_gradio_page():
-    demo = build_app()
+    demo = build_app(tiny_explorer())
     assert isinstance(demo, gr.Blocks)
     assert demo.title == TITLE
 
 
 def test_command_line_defaults():
     args = parse_args([])
-    assert args.port == 7860 and not args.share
+    assert args.bundle == DEFAULT_BUNDLE == "checkpoints/shapes-bundle"
+    assert args.model is None and args.device is None and args.port == 7860 and not args.share
+
+
+def test_a_missing_bundle_stops_the_app_with_a_clear_message(tmp_path):
+    with pytest.raises(SystemExit, match="Cannot open bundle: No bundle directory"):
+        main(["--bundle", str(tmp_path / "missing")])

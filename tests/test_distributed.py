@@ -13,6 +13,7 @@ from backend.bundle import Bundle
 from backend.collect import shard_names
 from backend.sae import TopKSAE
 from backend.sae_train import SAETrainConfig, SAETrainer
+from tests.ports import free_port
 from tests.tiny_models import save_in_sd_layout, tiny_model
 
 
@@ -27,14 +28,6 @@ def _train_two_steps(rank: int, port: int, out_dir: str) -> None:
         trainer.step(x)
     save_file({"W_dec": sae.W_dec.detach(), "rows": trainer.rows_since_fired}, f"{out_dir}/rank{rank}.safetensors")
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_data_parallel_steps_keep_ranks_in_sync(tmp_path):

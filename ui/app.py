@@ -1,15 +1,240 @@
-"""The Gradio app. For now one page that says what the explorer will show and what it has loaded."""
+"""The Gradio app: lays out the three tabs and wires their events to the handlers in `ui/` (no logic here)."""
+
+import functools
 
 import gradio as gr
 
+from backend.errors import ExplorerError
+from ui import browse, inspect, steer, timeline, views
+from ui.explorer import Explorer
+from ui.latents import HEADERS, SORTS
+from ui.state import STEER_MODES, alpha_from_position
+
 TITLE = "Temporal SAE Explorer"
-INTRO = """Sparse, interpretable features of a diffusion model's activations *over the denoising trajectory*.
-The browser, heatmaps over time and live steering arrive with the UI; the backend (trajectory capture,
-linear dynamics, residualized TopK SAE, bundles) is in `backend/`."""
+INTRO = ("Sparse features of a diffusion model's activations *over the denoising trajectory* "
+         "(a residualized temporal SAE). Browse the latents, watch their maps form step by step, and steer generation with them.")
+MODEL = dict(concurrency_limit=1, concurrency_id="model")  # one diffusion call at a time, queued
+BROWSE = dict(concurrency_limit=None)  # atlas look-ups never wait on the model
+COPY_LINK_JS = """(query) => {
+  const url = window.location.origin + window.location.pathname + query;
+  if (navigator.clipboard) { navigator.clipboard.writeText(url).catch(() => {}); }
+  return url;
+}"""
 
 
-def build_app() -> gr.Blocks:
-    """Lay out the app; handlers live in plain functions."""
+def shown(fn):
+    """`fn` with ExplorerError shown to the user as a gr.Error: its message, no traceback, no outputs changed."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ExplorerError as err:
+            raise gr.Error(str(err)) from None
+    return wrapper
+
+
+def on_gpu(fn):
+    """`fn` under `spaces.GPU` on a Hugging Face ZeroGPU Space, unchanged elsewhere."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def strength_text(position) -> str:
+    """The strength a slider position stands for, e.g. 'α = +3.20 × s'."""
+    return f"α = {alpha_from_position(position):+.2f} × s"
+
+
+def steer_slot(i: int) -> tuple:
+    """Controls of one steered latent: id box, strength slider, mode, and the strength as text."""
+    with gr.Group():
+        with gr.Row():
+            latent = gr.Textbox(label=f"Latent {i + 1}", placeholder="latent id (empty: off)", elem_id=f"steer-latent-{i}", scale=1)
+            mode = gr.Radio(list(STEER_MODES), value="add", label="Mode", scale=2)
+        position = gr.Slider(-1, 1, value=0, step=0.01, label="Strength (exponential, ±50 × typical activation)", elem_id=f"steer-strength-{i}")
+        alpha = gr.Markdown(strength_text(0))
+    return latent, position, mode, alpha
+
+
+def build_app(ex: Explorer) -> gr.Blocks:
+    """Lay out the app for one explorer; every event calls a handler from `ui/`."""
+    steps = len(ex.recorded_steps)
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\n\n{INTRO}")
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        gr.Markdown(f"⚠️ {ex.notice}", visible=bool(ex.notice), elem_id="notice")
+        current_tab = gr.State("browse")
+        with gr.Tabs(selected="browse") as tabs:
+            with gr.Tab("Browse", id="browse") as browse_tab:
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        query = gr.Textbox(label="Search", placeholder="a latent id, or label words such as 'red'", elem_id="search")
+                        with gr.Row():
+                            sort = gr.Dropdown(list(SORTS), value="frequency", label="Sort by")
+                            labelled = gr.Checkbox(label="Labelled only")
+                            min_freq = gr.Number(0.0, label="Min frequency", minimum=0, maximum=1, step=0.001)
+                        summary = gr.Markdown()
+                        table = gr.Dataframe(headers=HEADERS, interactive=False, max_height=640, elem_id="latent-table",
+                                             column_widths=["13%", "31%", "16%", "13%", "14%", "13%"])
+                    with gr.Column(scale=6):
+                        with gr.Row():
+                            latent_box = gr.Number(label="Latent", precision=0, elem_id="latent-box")
+                            open_btn = gr.Button("Open", elem_id="open-latent")
+                            to_steer = gr.Button("Steer with this latent", variant="primary", elem_id="to-steer")
+                        header = gr.Markdown(elem_id="latent-header")
+                        top_gallery = gr.Gallery(label="Top images (map overlaid)", columns=4, height=330, elem_id="top-images")
+                        patches = gr.Gallery(label="Top patches (cell outlined)", columns=4, height=330)
+                        with gr.Row():
+                            histogram = gr.Plot(label="Activation histogram")
+                            profile = gr.Plot(label="Temporal profile")
+                        gr.Markdown("### Map over denoising time (top image, regenerated)")
+                        with gr.Row():
+                            x0_image = gr.Image(label="over the model's estimate x0 at this step", height=220)
+                            final_image = gr.Image(label="over the final image", height=220)
+                        with gr.Row():
+                            step = gr.Slider(0, steps - 1, value=steps - 1, step=1, label="Recorded step", scale=4)
+                            play = gr.Button("▶ Play", scale=1)
+                        step_caption = gr.Markdown()
+                        similar = gr.Dataframe(headers=browse.SIMILAR_HEADERS, interactive=False, label="Similar latents (feature trajectory)")
+            with gr.Tab("Steer", id="steer") as steer_tab:
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        prompt = gr.Textbox(label="Prompt", elem_id="steer-prompt")
+                        with gr.Row():
+                            seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                            guidance = gr.Slider(0, 15, value=ex.bundle.manifest["schedule"].get("guidance_scale", 7.5), step=0.5, label="Guidance")
+                        slots = [steer_slot(0)]
+                        with gr.Accordion("More latents at once", open=False):
+                            slots += [steer_slot(i) for i in range(1, steer.SLOTS)]
+                        with gr.Row():
+                            start = gr.Slider(0, ex.num_steps - 1, value=0, step=1, label="Window start (sampler step)")
+                            end = gr.Slider(0, ex.num_steps - 1, value=ex.num_steps - 1, step=1, label="Window end")
+                        mask = gr.Radio(list(steer.MASKS), value="everywhere", label="Where")
+                        cells = gr.CheckboxGroup(list(steer.CELLS), label="Region (3×3 grid, for 'region')")
+                        generate = gr.Button("Generate", variant="primary", elem_id="steer-generate")
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            base_image = gr.Image(label="Base", elem_id="base-image")
+                            steered_image = gr.Image(label="Steered", elem_id="steered-image")
+                            diff_image = gr.Image(label="Difference (×4)")
+                        applied = gr.Markdown(elem_id="applied")
+                        history = gr.Gallery(label="History", columns=6, height=220, preview=False, object_fit="contain", fit_columns=False)
+                history_state = gr.State([])
+            with gr.Tab("Inspect", id="inspect") as inspect_tab:
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        upload = gr.Image(type="pil", label="Upload an image", sources=["upload", "clipboard"])
+                        upload_prompt = gr.Textbox(label="Its prompt (optional)")
+                        analyse = gr.Button("Find its latents", variant="primary")
+                        gr.Markdown("…or generate one")
+                        inspect_prompt = gr.Textbox(label="Prompt")
+                        inspect_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                        inspect_generate = gr.Button("Generate and find its latents")
+                    with gr.Column(scale=3):
+                        inspected = gr.Image(label="Image", height=256)
+                        inspect_table = gr.Dataframe(headers=inspect.HEADERS, interactive=False, label="Most active latents (click to open)")
+                        inspect_step = gr.Slider(0, steps - 1, value=steps - 1, step=1, label="Recorded step")
+                        inspect_maps = gr.Gallery(label="Their maps at this step", columns=4, height=300)
+                inspection = gr.State(None)
+        with gr.Row():
+            link_btn = gr.Button("Copy link to this view", scale=1)
+            link = gr.Textbox(label="Link", interactive=False, scale=4, elem_id="link")
+        timeline_state = gr.State(None)
+        timer = gr.Timer(0.8, active=False)
+
+        # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
+        list_inputs = [query, sort, labelled, min_freq]
+        search = shown(functools.partial(browse.search, ex))
+        query.change(search, list_inputs, [table, summary], api_name="search", **BROWSE)
+        for control in (sort, labelled, min_freq):
+            control.change(search, list_inputs, [table, summary], api_name=False, **BROWSE)
+        page_outputs = [latent_box, header, top_gallery, patches, histogram, profile, similar]
+        timeline_outputs = [timeline_state, step, x0_image, final_image, step_caption]
+
+        def open_page(value):
+            return browse.latent_page(ex, value).outputs()
+
+        timeline_fn = shown(on_gpu(functools.partial(browse.timeline_view, ex)))
+
+        def with_timeline(page_event):
+            return page_event.success(timeline_fn, latent_box, timeline_outputs, api_name=False, **MODEL)
+
+        def with_page(event):
+            return with_timeline(event.then(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE))
+
+        def row_latent(evt: gr.SelectData):
+            return int(evt.row_value[0])
+
+        def row_latent_to_browse(evt: gr.SelectData):
+            return int(evt.row_value[0]), gr.Tabs(selected="browse"), "browse"
+
+        with_timeline(open_btn.click(shown(open_page), latent_box, page_outputs, api_name="latent_page", **BROWSE))
+        with_timeline(latent_box.submit(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE))
+        with_page(table.select(row_latent, None, latent_box, api_name=False))
+        with_page(similar.select(row_latent, None, latent_box, api_name=False))
+        step.change(shown(timeline.frame), [timeline_state, step], [x0_image, final_image, step_caption], api_name=False, **BROWSE)
+        playing = gr.State(False)
+        play.click(lambda on: (not on, gr.Timer(active=not on), "Pause" if not on else "▶ Play"), playing,
+                   [playing, timer, play], api_name=False)
+        timer.tick(timeline.next_index, [timeline_state, step], step, api_name=False, **BROWSE)
+
+        # --- steer: live regeneration, last request wins, one model call at a time ---------------
+        steer_inputs = [prompt, seed, guidance, start, end, mask, cells, history_state] + [c for s in slots for c in s[:3]]
+        steer_outputs = [base_image, steered_image, diff_image, history_state, history, applied]
+
+        def run_steer(*args):
+            base, steered, diff, past, text = steer.steer(ex, *args)
+            return base, steered, diff, past, past, text
+
+        steer_fn = shown(on_gpu(run_steer))
+        generate.click(steer_fn, steer_inputs, steer_outputs, api_name="steer", **MODEL)
+        prompt.submit(steer_fn, steer_inputs, steer_outputs, api_name=False, **MODEL)
+        for latent, position, mode, alpha in slots:
+            position.input(shown(strength_text), position, alpha, api_name=False, **BROWSE)
+            position.input(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
+            for control in (latent.submit, mode.input):
+                control(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
+        for control in (start.release, end.release, mask.input, cells.input, guidance.release, seed.submit):
+            control(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
+
+        def go_steer(value):
+            j, pos, mode_value, text, seed_value = views.send_to_steer(ex, value)
+            return gr.Tabs(selected="steer"), "steer", j, pos, mode_value, strength_text(pos), text, seed_value
+
+        first = slots[0]
+        (to_steer.click(shown(go_steer), latent_box, [tabs, current_tab, first[0], first[1], first[2], first[3], prompt, seed], api_name=False)
+         .success(steer_fn, steer_inputs, steer_outputs, api_name=False, **MODEL))
+
+        # --- inspect: an image's latents, click through to their pages ----------------------------
+        inspect_outputs = [inspected, inspect_table, inspect_maps, inspection]
+        analyse.click(shown(on_gpu(lambda image, text: inspect.inspect_upload(ex, image, text).outputs())),
+                      [upload, upload_prompt], inspect_outputs, api_name="inspect_upload", **MODEL)
+        inspect_generate.click(shown(on_gpu(lambda text, s: inspect.inspect_prompt(ex, text, s).outputs())),
+                               [inspect_prompt, inspect_seed], inspect_outputs, api_name="inspect_prompt", **MODEL)
+        inspect_step.change(shown(inspect.gallery), [inspection, inspect_step], inspect_maps, api_name=False, **BROWSE)
+        with_page(inspect_table.select(row_latent_to_browse, None, [latent_box, tabs, current_tab], api_name=False))
+
+        # --- URL state ------------------------------------------------------------------------------
+        for tab, name in ((browse_tab, "browse"), (steer_tab, "steer"), (inspect_tab, "inspect")):
+            tab.select(lambda n=name: n, None, current_tab, api_name=False)
+
+        def restore(request: gr.Request):
+            try:
+                view = views.restore(ex, dict(request.query_params))
+            except ExplorerError as err:  # a broken link still opens the app, on the default view
+                gr.Warning(str(err))
+                view = views.restore(ex, {})
+            tab, latent, steered, pos, mode_value, text, seed_value = view
+            return (gr.Tabs(selected=tab), tab, latent, steered, pos, mode_value, strength_text(pos), text, seed_value, text)
+
+        def steer_if_asked(tab, *args):
+            return steer_fn(*args) if tab == "steer" else tuple(gr.skip() for _ in steer_outputs)
+
+        loaded = demo.load(restore, None, [tabs, current_tab, latent_box, *first, prompt, seed, inspect_prompt], api_name=False)
+        with_page(loaded)
+        (loaded.then(search, list_inputs, [table, summary], api_name=False, **BROWSE)
+         .then(steer_if_asked, [current_tab, *steer_inputs], steer_outputs, api_name=False, **MODEL))
+        (link_btn.click(shown(views.link), [current_tab, latent_box, first[0], first[1], first[2], prompt, seed], link, api_name=False)
+         .then(None, link, link, js=COPY_LINK_JS, api_name=False))
     return demo

@@ -1,0 +1,53 @@
+import atexit
+import functools
+
+import pytest
+from gradio_client import Client
+
+from tests.ports import free_port
+from tests.test_ui_handlers import one_thread, tiny_explorer
+from ui.app import build_app
+
+
+@functools.cache
+def app_url() -> str:
+    """The app on the tiny bundle, served once per test session on a free localhost port."""
+    demo = build_app(tiny_explorer()).queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    atexit.register(demo.close)
+    return demo.local_url
+
+
+@pytest.fixture(scope="module")
+def client():
+    with one_thread():
+        yield Client(app_url(), verbose=False)
+
+
+def test_the_api_lists_the_app_endpoints(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/search", "/latent_page", "/steer", "/inspect_prompt"} <= set(endpoints)
+
+
+def test_search_through_the_api(client):
+    table, summary = client.predict("red", api_name="/search")
+    assert table["data"] and all("red" in row[1] for row in table["data"])
+    assert "latents match" in summary
+
+
+def test_a_latent_page_through_the_api(client):
+    latent, header, top_images, patches, histogram, profile, similar = client.predict(5, api_name="/latent_page")
+    assert latent == 5 and header.startswith("## Latent 5")
+    assert top_images and all(item["image"] for item in top_images)
+    assert similar["data"] and all(row[0] != 5 for row in similar["data"])
+
+
+def test_a_bad_latent_id_is_a_readable_error(client):
+    with pytest.raises(Exception, match="Latent 99 does not exist"):
+        client.predict(99, api_name="/latent_page")
+
+
+def test_steering_through_the_api(client):
+    base, steered, diff, history, text = client.predict(
+        "a red circle", 0, 4.0, 0, 5, "everywhere", [], "3", 0.5, "add", "", 0, "add", "", 0, "add", api_name="/steer")
+    assert base and steered and diff and len(history) == 1 and "latent 3: add" in text

@@ -1,0 +1,52 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.test_ui_api import app_url
+from tests.test_ui_handlers import one_thread
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SHOTS = Path(__file__).parent / "screenshots"
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    SHOTS.mkdir(exist_ok=True)
+    with one_thread(), sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1100})
+        tab.set_default_timeout(TIMEOUT_MS)
+        yield tab
+        browser.close()
+
+
+def test_search_open_a_latent_and_steer_it(page):
+    page.goto(app_url(), wait_until="load")
+    page.wait_for_selector("#latent-header h2")
+    page.locator("#search textarea, #search input").first.fill("red")
+    page.locator("#latent-table [data-testid=cell-0-1]", has_text="red").wait_for()
+    first = page.locator("#latent-table [data-testid=cell-0-0]")
+    latent = first.inner_text().strip()
+    first.click()
+    page.locator("#latent-header h2", has_text=f"Latent {latent}").wait_for()
+    page.get_by_text("recorded step 3/3").wait_for()  # the maps over time, from the regenerated top image
+    page.screenshot(path=SHOTS / "browse.png", full_page=True)
+
+    page.locator("#to-steer").click()
+    page.locator("#applied", has_text=f"latent {latent}: add").wait_for()
+    page.locator("#steer-strength-0 input[type=range]").fill("-0.8")
+    page.locator("#applied", has_text=re.compile(rf"latent {latent}: add α = -\d")).wait_for()
+    page.wait_for_selector("#steered-image img")
+    page.screenshot(path=SHOTS / "steer.png", full_page=True)
+
+    page.get_by_role("button", name="Copy link to this view").click()
+    link = page.locator("#link textarea, #link input").first
+    page.wait_for_function("(el) => el.value.includes('tab=steer')", arg=link.element_handle())
+    assert f"latent={latent}&alpha=-" in link.input_value()

@@ -1,0 +1,236 @@
+import atexit
+import functools
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import pytest
+import torch
+
+from backend.build import Build, BuildConfig
+from backend.bundle import Bundle
+from backend.errors import ExplorerError
+from tests.tiny_models import tiny_model
+from ui import browse, inspect, steer, timeline, views
+from ui.explorer import Explorer, open_explorer
+from ui.images import overlay, upscale
+from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
+
+COLOURS, SHAPES = ("red", "green", "blue"), ("circle", "square", "star")
+PROMPTS = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+NO_STEER = ("", 0.0, "add") * 2
+
+
+@functools.cache
+def ui_bundle_dir() -> Path:
+    """A tiny labelled bundle (colour and shape factors), built once per test session."""
+    root = Path(tempfile.mkdtemp(prefix="ui-bundle-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    (root / "prompts.txt").write_text("\n".join(PROMPTS))
+    config = BuildConfig(model="tiny", out=str(root / "bundle"), prompts=str(root / "prompts.txt"), num_steps=6,
+                         recorded_steps=3, n_latents=32, k=4, epochs=1, sae_batch_size=128, top_n=4, images_per_shard=9)
+    build = Build(config, model=tiny_model())
+    build.factors = [{"colour": c, "shape": s} for c in COLOURS for s in SHAPES]
+    with one_thread():
+        build.run()
+    return root / "bundle"
+
+
+class one_thread:
+    """Tiny models run fastest on one thread; on a shared CPU more threads only contend (a 100x slowdown seen)."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+
+
+def tiny_explorer() -> Explorer:
+    """An Explorer on the tiny bundle with its tiny model attached."""
+    bundle = Bundle.load(ui_bundle_dir())
+    bundle.attach_model(tiny_model())
+    return Explorer(bundle)
+
+
+@pytest.fixture(scope="module")
+def ex():
+    with one_thread():
+        yield tiny_explorer()
+
+
+def labelled_latent(ex) -> int:
+    return next(j for j, label in enumerate(ex.table.labels) if label and ex.table.max_activation[j] > 0)
+
+
+def test_search_by_id_returns_that_latent(ex):
+    rows, summary = browse.search(ex, "7")
+    assert [r[0] for r in rows] == [7] and summary.startswith("1 of 32")
+
+
+def test_search_by_label_words_returns_only_matching_latents(ex):
+    rows, _ = browse.search(ex, "red")
+    assert rows and all("red" in row[1] for row in rows)
+    assert {r[0] for r in rows} == set(ex.bundle.search_latents("red"))
+
+
+def test_empty_search_lists_every_latent_sorted_by_frequency(ex):
+    rows, _ = browse.search(ex, "")
+    assert len(rows) == 32
+    frequencies = [r[2] for r in rows]
+    assert frequencies == sorted(frequencies, reverse=True)
+
+
+@pytest.mark.parametrize("sort, column, reverse", [("max activation", 3, True), ("purity", 4, True), ("peak step", 5, False), ("latent id", 0, False)])
+def test_sorts_order_the_list(ex, sort, column, reverse):
+    values = [r[column] for r in browse.search(ex, "", sort)[0]]
+    assert values == sorted(values, reverse=reverse)
+
+
+def test_filters_keep_labelled_and_frequent_latents(ex):
+    rows, _ = browse.search(ex, "", "frequency", labelled_only=True, min_frequency=0.1)
+    assert rows and all(r[1] and r[2] >= 0.1 for r in rows)
+
+
+@pytest.mark.parametrize("bad", [dict(query="x" * 201), dict(sort="colour"), dict(min_frequency=2.0)])
+def test_bad_search_requests_are_explained(ex, bad):
+    with pytest.raises(ExplorerError):
+        browse.search(ex, **bad)
+
+
+def test_latent_page_shows_the_atlas_view_of_the_latent(ex):
+    j = labelled_latent(ex)
+    page = browse.latent_page(ex, j)
+    assert page.latent == j and f"Latent {j}" in page.header and ex.table.labels[j] in page.header
+    assert len(page.top_images) == len(ex.bundle.top_images(j, browse.TOP_N)) > 0
+    assert page.top_images[0][0].size == (192, 192)  # 16 px atlas images upscaled, nearest
+    assert len(page.top_patches) == len(ex.bundle.top_patches(j, browse.TOP_N))
+    assert sum(page.histogram.data[0].y) == int(ex.bundle.atlas["histogram"][j].sum())
+    assert list(page.profile.data[0].x) == ex.recorded_steps
+    assert page.similar and all(row[0] != j for row in page.similar)
+    assert len(page.outputs()) == 7
+
+
+@pytest.mark.parametrize("bad", [-1, 32, 10**12, "abc", None, 1.5, math.nan, "3; drop"])
+def test_bad_latent_ids_are_explained(ex, bad):
+    with pytest.raises(ExplorerError, match="[Ll]atent"):
+        browse.latent_page(ex, bad)
+
+
+def test_latent_ids_from_text_and_float_boxes_are_accepted(ex):
+    assert browse.latent_page(ex, "4").latent == browse.latent_page(ex, 4.0).latent == 4
+
+
+def test_maps_over_time_have_one_frame_per_recorded_step(ex):
+    line, last, x0, final, caption = browse.timeline_view(ex, labelled_latent(ex))
+    assert len(line.frames) == len(ex.recorded_steps) and last == len(line.frames) - 1
+    assert x0.size == final.size and "sampler step 5" in caption
+    assert timeline.frame(line, 0)[2].startswith(line.title)
+    assert timeline.next_index(line, last) == 0 and timeline.next_index(line, 0) == 1
+    with pytest.raises(ExplorerError):
+        timeline.frame(line, 99)
+
+
+def steer_call(ex, prompt="a red circle", seed=0, guidance=4.0, start=0, end=5, mask="everywhere", cells=(), history=(), slot=(3, 0.5, "add")):
+    return steer.steer(ex, prompt, seed, guidance, start, end, mask, list(cells), list(history), *slot, *NO_STEER)
+
+
+def test_steering_shows_base_steered_difference_and_history(ex):
+    base, steered, diff, history, text = steer_call(ex)
+    assert base.size == steered.size == diff.size
+    assert np.abs(np.asarray(base, float) - np.asarray(steered, float)).sum() > 0
+    assert len(history) == 1 and "latent 3: add" in text
+    _, _, _, history, text = steer_call(ex, mask="region", cells=["top left", "center"], history=history, slot=(3, 0.0, "ablate"))
+    assert len(history) == 2 and "ablated" in text
+
+
+def test_scale_by_one_leaves_the_image_unchanged(ex):
+    base, steered, diff, _, _ = steer_call(ex, slot=(3, position_from_alpha(1.0), "scale"))
+    assert np.asarray(diff).max() <= 4 * 1  # rounding of α only
+
+
+@pytest.mark.parametrize("bad", [
+    dict(slot=(3, math.nan, "add")), dict(slot=(3, 1e9, "add")), dict(slot=(3, 0.5, "multiply")), dict(slot=(99, 0.5, "add")),
+    dict(prompt=""), dict(prompt="   "), dict(prompt="a red circle " * 50), dict(prompt="a red circle on the top left of a blue square star"),
+    dict(start=5, end=1), dict(mask="region"), dict(mask="somewhere"), dict(seed=-1), dict(seed=math.nan), dict(guidance=math.nan),
+])
+def test_bad_steering_requests_are_explained_and_change_nothing(ex, bad):
+    cache = dict(ex.bundle.generator._cache)
+    history = [("earlier", "kept")]
+    with pytest.raises(ExplorerError):
+        steer_call(ex, **bad | {"history": history})
+    assert history == [("earlier", "kept")] and dict(ex.bundle.generator._cache) == cache
+
+
+def test_inspecting_a_prompt_lists_its_most_active_latents(ex):
+    result = inspect.inspect_prompt(ex, "a blue star", 3)
+    sums = [row[2] for row in result.rows]
+    assert result.rows and sums == sorted(sums, reverse=True)
+    assert len(result.timelines) == len(result.rows) and len(inspect.gallery(result, 0)) == len(result.rows)
+
+
+def test_inspecting_an_upload_finds_latents(ex):
+    image = ex.bundle.generator.base("a green circle", 1).image
+    assert inspect.inspect_upload(ex, image).rows
+    with pytest.raises(ExplorerError, match="Upload"):
+        inspect.inspect_upload(ex, None)
+
+
+def test_strength_slider_is_exponential_signed_and_invertible():
+    assert alpha_from_position(0.0) == 0.0 and alpha_from_position(1.0) == pytest.approx(MAX_ALPHA)
+    assert alpha_from_position(-1.0) == pytest.approx(-MAX_ALPHA) and 0 < alpha_from_position(0.1) < 0.5
+    for alpha in (-30.0, -1.0, 0.25, 3.0, 50.0):
+        assert alpha_from_position(position_from_alpha(alpha)) == pytest.approx(alpha)
+    for bad in (math.nan, 1.5, "0.3"):
+        with pytest.raises(ExplorerError):
+            alpha_from_position(bad)
+
+
+def test_url_state_round_trips():
+    view = ViewState(tab="steer", latent=12, alpha=3.0, mode="scale", prompt="a red star & more", seed=7)
+    assert parse_query(dict(parse_qsl(urlsplit(view.query()).query))) == view
+    assert parse_query({}) == ViewState()
+
+
+@pytest.mark.parametrize("bad", [{"tab": "admin"}, {"latent": "x"}, {"alpha": "1e6"}, {"alpha": "nan"}, {"mode": "melt"}, {"seed": "-4"}])
+def test_malformed_links_are_explained(bad):
+    with pytest.raises(ExplorerError):
+        parse_query(bad)
+
+
+def test_a_copied_link_restores_the_same_view(ex):
+    restored = views.restore(ex, {"tab": "steer", "latent": "4", "alpha": "3", "prompt": "a red star", "seed": "2"})
+    tab, latent, steered, position, mode, prompt, seed = restored
+    assert (tab, latent, steered, mode, prompt, seed) == ("steer", 4, "4", "add", "a red star", 2)
+    query = views.link(tab, latent, steered, position, mode, prompt, seed)
+    assert views.restore(ex, dict(parse_qsl(query[1:]))) == pytest.approx(restored)
+    assert views.link("browse", 6, "", 0.0, "add", "", 0) == "?tab=browse&latent=6"
+    assert views.link("steer", 6, "", 0.0, "add", "a red star", 0) == "?tab=steer&alpha=0&mode=add&prompt=a+red+star&seed=0"
+    assert views.restore(ex, {})[:2] == ("browse", views.default_latent(ex))
+
+
+def test_a_bundle_whose_model_cannot_load_still_browses(tmp_path):
+    explorer = open_explorer(str(ui_bundle_dir()), model_source=str(tmp_path / "no-model"))
+    assert not explorer.can_generate and "Generation is off" in explorer.notice
+    assert browse.latent_page(explorer, 1).latent == 1
+    assert browse.timeline_view(explorer, 1) == (None, 0, None, None, explorer.notice)
+    with pytest.raises(ExplorerError, match="Generation is off"):
+        steer_call(explorer)
+
+
+def test_a_missing_bundle_is_an_error(tmp_path):
+    with pytest.raises(ExplorerError, match="bundle"):
+        open_explorer(str(tmp_path / "nothing"))
+
+
+def test_maps_are_drawn_over_upscaled_images():
+    image = np.zeros((32, 32, 3), np.uint8)
+    assert upscale(image).size == (192, 192)
+    heat = np.zeros((8, 8))
+    heat[0, 0] = 2.0
+    drawn = np.asarray(overlay(image, heat))
+    assert drawn[0, 0].sum() > 0 and drawn[-1, -1].sum() == 0

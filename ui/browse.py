@@ -1,0 +1,105 @@
+"""The Browse tab's handlers: search the latent list and build a latent's page from the atlas (no model calls)."""
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+from PIL import Image
+
+from backend.bundle import label_text
+from ui.explorer import Explorer
+from ui.images import mark_patch, overlay
+from ui.latents import list_latents
+from ui.plots import histogram_figure, profile_figure
+from ui.state import parse_int
+from ui.timeline import Timeline, frame, timelines
+
+TOP_N = 8
+SIMILAR_N = 8
+SIMILAR_HEADERS = ["latent", "label", "cosine"]
+
+
+def search(ex: Explorer, query: str = "", sort: str = "frequency", labelled_only: bool = False,
+           min_frequency: float = 0.0) -> tuple[list[list], str]:
+    """The latent list for the search box, sort menu and filters."""
+    return list_latents(ex.bundle, ex.table, query, sort, labelled_only, min_frequency)
+
+
+def latent_id(ex: Explorer, value) -> int:
+    """A latent id from a number box, a table cell or a URL, checked against the bundle."""
+    return ex.bundle.check_latent(parse_int(value, "Latent id", -(10**9), 10**9))
+
+
+@dataclass
+class LatentPage:
+    """Everything the Browse tab shows for one latent."""
+
+    latent: int
+    header: str  # markdown
+    top_images: list[tuple[Image.Image, str]]
+    top_patches: list[tuple[Image.Image, str]]
+    histogram: go.Figure
+    profile: go.Figure
+    similar: list[list]  # rows of SIMILAR_HEADERS
+
+    def outputs(self) -> tuple:
+        """The page as the tuple of values the Gradio outputs take, in field order."""
+        return (self.latent, self.header, self.top_images, self.top_patches, self.histogram, self.profile, self.similar)
+
+
+def header(ex: Explorer, j: int) -> str:
+    """Markdown title and stats line of latent j."""
+    atlas, table = ex.bundle.atlas, ex.table
+    label = label_text(ex.bundle.labels[j]) or "no label (no factor is enriched among its top images)"
+    stats = (f"fires at {table.frequency[j]:.2%} of positions · mean {float(atlas['mean'][j]):.3g} · "
+             f"max {table.max_activation[j]:.3g} · typical activation s = {float(atlas['typical'][j]):.3g} · "
+             f"peaks at step {table.peak_step[j]} · residual share {float(atlas['residual_share'][j]):.0%}")
+    if table.max_activation[j] <= 0:
+        stats = "never fired on the atlas images (a dead latent)"
+    return f"## Latent {j}\n**{label}**\n\n{stats}"
+
+
+def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
+    """Latent page: top images with maps, top patches, histogram, temporal profile, similar latents."""
+    bundle = ex.bundle
+    j = latent_id(ex, value)
+    vmax = float(ex.table.max_activation[j])
+    tops = bundle.top_images(j, n)
+    maps = bundle.top_image_maps(j, n).numpy()
+    top_images = [(overlay(bundle.thumbnails[i], maps[rank], vmax), f"image {i} · {score:.2f} · {bundle.images[i]['prompt']}")
+                  for rank, (i, score) in enumerate(tops)]
+    grid = tuple(bundle.manifest["shapes"]["grid"])
+    top_patches = [(mark_patch(bundle.thumbnails[i], r, c, grid), f"image {i} ({r}, {c}) · {score:.2f}")
+                   for i, r, c, score in bundle.top_patches(j, n)]
+    similar = [[int(k), ex.table.labels[k], round(cos, 3)] for k, cos in bundle.similar_latents(j, SIMILAR_N)]
+    return LatentPage(
+        latent=j, header=header(ex, j), top_images=top_images, top_patches=top_patches,
+        histogram=histogram_figure(bundle.atlas["histogram"][j].numpy(), vmax),
+        profile=profile_figure(bundle.atlas["profile"][j].float().numpy(), ex.recorded_steps, float(bundle.atlas["residual_share"][j])),
+        similar=similar,
+    )
+
+
+def top_image_of(ex: Explorer, value) -> tuple[str, int]:
+    """Prompt and seed of latent j's most activating atlas image (the default for steering and maps over time)."""
+    j = latent_id(ex, value)
+    tops = ex.bundle.top_images(j, 1)
+    info = ex.bundle.images[tops[0][0] if tops else 0]
+    return info["prompt"], int(info["seed"])
+
+
+def latent_timeline(ex: Explorer, value) -> Timeline:
+    """Regenerate latent j's top atlas image and map the latent over its denoising steps (a model call)."""
+    j = latent_id(ex, value)
+    prompt, seed = top_image_of(ex, j)
+    generator = ex.generator()
+    run = generator.base(prompt, seed)
+    return timelines(generator, run, [j], [f"Latent {j} on “{prompt}” (seed {seed})"])[0]
+
+
+def timeline_view(ex: Explorer, value) -> tuple:
+    """Timeline state, slider position (the last step), the two frame images and a caption; a notice without a model."""
+    if not ex.can_generate:
+        return None, 0, None, None, ex.notice
+    line = latent_timeline(ex, value)
+    last = len(line.frames) - 1
+    return (line, last, *frame(line, last))

@@ -1,0 +1,67 @@
+"""The latent list: per-latent stats as numpy columns, searched, filtered and sorted for the Browse tab."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.errors import ExplorerError
+
+SORTS = ("frequency", "max activation", "purity", "peak step", "latent id")
+HEADERS = ["latent", "label", "freq.", "max", "purity", "peak"]
+MAX_QUERY = 200
+
+
+@dataclass
+class LatentTable:
+    """Per-latent columns: frequency, max activation, label purity, peak step (sampler step), label text."""
+
+    frequency: np.ndarray
+    max_activation: np.ndarray
+    purity: np.ndarray
+    peak_step: np.ndarray
+    labels: list[str]
+
+    @classmethod
+    def of(cls, bundle) -> "LatentTable":
+        """The table of a bundle with an atlas."""
+        atlas = bundle.atlas
+        steps = np.asarray(bundle.manifest["schedule"]["recorded_steps"])
+        return cls(
+            frequency=atlas["frequency"].float().numpy(),
+            max_activation=atlas["max"].float().numpy(),
+            purity=np.array([label.get("purity") or 0.0 for label in bundle.labels], dtype=np.float64),
+            peak_step=steps[atlas["profile"].float().numpy().argmax(1)],
+            labels=[f"{label['factor']} {label['value']}" if label.get("factor") else "" for label in bundle.labels],
+        )
+
+    def sort_key(self, sort: str) -> np.ndarray:
+        """Values to sort by, larger first (earlier first for the peak step and the id)."""
+        keys = {"frequency": self.frequency, "max activation": self.max_activation, "purity": self.purity,
+                "peak step": -self.peak_step.astype(np.float64), "latent id": -np.arange(len(self.labels), dtype=np.float64)}
+        if sort not in keys:
+            raise ExplorerError(f"Sort by one of {', '.join(SORTS)}, not {sort!r}.")
+        return keys[sort]
+
+    def row(self, j: int) -> list:
+        """One table row: id, label, frequency, max activation, purity, peak step."""
+        return [j, self.labels[j], round(float(self.frequency[j]), 4), round(float(self.max_activation[j]), 3),
+                round(float(self.purity[j]), 2), int(self.peak_step[j])]
+
+
+def list_latents(bundle, table: LatentTable, query: str = "", sort: str = "frequency", labelled_only: bool = False,
+                 min_frequency: float = 0.0, limit: int = 200) -> tuple[list[list], str]:
+    """Rows of the latents matching `query` (an id or label words) and the filters, sorted; and a one-line summary."""
+    query = query or ""
+    if len(query) > MAX_QUERY:
+        raise ExplorerError(f"The search text is {len(query)} characters long; use at most {MAX_QUERY}.")
+    if not isinstance(min_frequency, int | float) or not 0.0 <= min_frequency <= 1.0:
+        raise ExplorerError(f"Minimum frequency must be between 0 and 1, got {min_frequency!r}.")
+    ids = np.asarray(bundle.search_latents(query), dtype=np.int64)
+    keep = table.frequency[ids] >= min_frequency
+    if labelled_only:
+        keep &= np.array([bool(table.labels[j]) for j in ids], dtype=bool)
+    ids = ids[keep]
+    ids = ids[np.argsort(-table.sort_key(sort)[ids], kind="stable")]
+    shown = ids[:limit]
+    summary = f"{len(ids)} of {len(table.labels)} latents match" + (f"; showing the first {limit}" if len(ids) > limit else "")
+    return [table.row(int(j)) for j in shown], summary

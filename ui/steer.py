@@ -1,0 +1,92 @@
+"""The Steer tab's handler: up to three latents, a step window and a mask, applied to one prompt and seed."""
+
+import numpy as np
+from PIL import Image
+
+from backend.errors import ExplorerError
+from backend.steering import Steer
+from ui.explorer import Explorer
+from ui.images import difference, upscale
+from ui.state import MAX_SEED, STEER_MODES, alpha_from_position, parse_int
+
+MASKS = ("everywhere", "where it fired", "region")
+CELLS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+MAX_PROMPT_CHARS = 500
+HISTORY = 8
+SLOTS = 3  # latents steered at once
+
+
+def check_prompt(prompt) -> str:
+    """`prompt` stripped, refusing non-text, empty and absurdly long prompts before they reach the tokenizer."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ExplorerError("The prompt is empty; type a description of the image.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ExplorerError(f"The prompt is {len(prompt)} characters long; use at most {MAX_PROMPT_CHARS}.")
+    return prompt.strip()
+
+
+def check_guidance(value) -> float:
+    """Guidance scale as a float, refusing NaN and non-numbers (the generator checks the range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ExplorerError(f"Guidance scale must be a number, got {value!r}.")
+    return float(value)
+
+
+def steers_from(ex: Explorer, controls) -> list[Steer]:
+    """Steers from flat (latent, slider position, mode) triples; a slot with no latent is skipped."""
+    if len(controls) % 3:
+        raise ExplorerError("Each steered latent needs a latent id, a strength and a mode.")
+    steers = []
+    for latent, position, mode in zip(controls[::3], controls[1::3], controls[2::3]):
+        if latent is None or latent == "":
+            continue
+        if mode not in STEER_MODES:
+            raise ExplorerError(f"Steering mode must be one of {', '.join(STEER_MODES)}, got {mode!r}.")
+        j = ex.bundle.check_latent(parse_int(latent, "Latent id", -(10**9), 10**9))
+        alpha = 0.0 if mode == "ablate" else alpha_from_position(position)
+        steers.append(Steer(j, alpha, "scale" if mode == "ablate" else mode))
+    return steers
+
+
+def region_mask(cells) -> np.ndarray:
+    """A 3x3 float mask from the names of the chosen grid cells."""
+    cells = list(cells or [])
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        raise ExplorerError(f"Unknown region cells {unknown}; choose from {', '.join(CELLS)}.")
+    if not cells:
+        raise ExplorerError("The mask is a region, but no cell is ticked; tick at least one cell of the grid.")
+    return np.isin(np.array(CELLS), cells).reshape(3, 3).astype(np.float32)
+
+
+def mask_from(mode: str, cells):
+    """The generator's mask argument for a mask choice: "all", "fired" or a 2-D region."""
+    if mode not in MASKS:
+        raise ExplorerError(f"Mask must be one of {', '.join(MASKS)}, got {mode!r}.")
+    return {"everywhere": "all", "where it fired": "fired"}.get(mode) or region_mask(cells)
+
+
+def describe(steers: list[Steer]) -> str:
+    """One line per steered latent, e.g. 'latent 12: add α = +3.20 s'."""
+    if not steers:
+        return "No latent chosen: steered = base."
+    def one(s: Steer) -> str:
+        if s.mode == "scale" and s.strength == 0:
+            return f"latent {s.latent}: ablated"
+        return f"latent {s.latent}: {s.mode} α = {s.strength:+.2f}" + (" × s" if s.mode == "add" else "")
+
+    return " · ".join(one(s) for s in steers)
+
+
+def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history, *controls
+          ) -> tuple[Image.Image, Image.Image, Image.Image, list, str]:
+    """Base, steered and difference images, the history with this result first, and what was applied."""
+    prompt = check_prompt(prompt)
+    seed = parse_int(seed, "Seed", 0, MAX_SEED)
+    window = (parse_int(start, "Window start", 0, ex.num_steps - 1), parse_int(end, "Window end", 0, ex.num_steps - 1))
+    steers = steers_from(ex, controls)
+    result = ex.generator().generate(prompt, seed, steers, window=window, mask=mask_from(mask, cells),
+                                     guidance_scale=check_guidance(guidance))
+    summary = describe(steers)
+    history = [(upscale(result.steered), f"{prompt} · seed {seed} · {summary}")] + list(history or [])[: HISTORY - 1]
+    return upscale(result.base), upscale(result.steered), difference(result.base, result.steered), history, summary

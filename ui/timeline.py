@@ -1,0 +1,47 @@
+"""Maps over denoising time: a latent's prefix-encoded map at each recorded step, over x0_t and the final image."""
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from backend.errors import ExplorerError
+from ui.images import overlay
+
+
+@dataclass
+class Timeline:
+    """Frames of one latent on one image: per recorded step, (map over x0_t, map over the final image)."""
+
+    latent: int
+    steps: list[int]  # sampler step of each frame
+    frames: list[tuple[Image.Image, Image.Image]]
+    title: str
+
+
+def timelines(generator, run, latents: list[int], titles: list[str]) -> list[Timeline]:
+    """Each latent's maps over time on `run`, each coloured on its own scale (its maximum over all steps)."""
+    maps = generator.maps_over_time(run, latents).numpy()  # [L, T, H, W]
+    steps = list(generator.recorded_steps)
+    x0 = generator.x0_images(run) if run.result.x0_predictions is not None else [run.image] * len(steps)
+    final = run.image
+    return [Timeline(latent=j, steps=steps, title=title,
+                     frames=[(overlay(x0[t], m[t], float(m.max())), overlay(final, m[t], float(m.max()))) for t in range(len(steps))])
+            for j, m, title in zip(latents, maps, titles)]
+
+
+def frame(line: Timeline | None, index) -> tuple[Image.Image | None, Image.Image | None, str]:
+    """The frame at slider position `index`: map over x0_t, map over the final image, and a caption."""
+    if line is None:
+        return None, None, "Maps over time appear here once the model has regenerated the image."
+    if not isinstance(index, int | float) or not 0 <= index < len(line.frames):
+        raise ExplorerError(f"Step index must be between 0 and {len(line.frames) - 1}, got {index!r}.")
+    t = int(index)
+    x0, final = line.frames[t]
+    return x0, final, f"{line.title} · recorded step {t + 1}/{len(line.frames)} (sampler step {line.steps[t]})"
+
+
+def next_index(line: Timeline | None, index) -> int:
+    """The slider position after `index`, wrapping around (the play button's tick)."""
+    if line is None or not line.frames:
+        return 0
+    return (int(index or 0) + 1) % len(line.frames)

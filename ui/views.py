@@ -1,0 +1,40 @@
+"""Whole-view handlers: the view a link restores on load, and the link of the current view."""
+
+from ui.browse import latent_id, top_image_of
+from ui.explorer import Explorer
+from ui.state import ViewState, alpha_from_position, parse_int, parse_query, position_from_alpha
+
+DEFAULT_ALPHA = 5.0
+
+
+def default_latent(ex: Explorer) -> int:
+    """The latent shown before the user picks one: the most frequent."""
+    return int(ex.table.frequency.argmax())
+
+
+def restore(ex: Explorer, params: dict) -> tuple[str, int, str, float, str, str, int]:
+    """From URL query parameters: tab, browse latent, steered latent, its slider position and mode, prompt, seed."""
+    view = parse_query(params)
+    latent = default_latent(ex) if view.latent is None else latent_id(ex, view.latent)
+    prompt, seed = top_image_of(ex, latent)
+    alpha = DEFAULT_ALPHA if view.alpha is None else view.alpha
+    steered = str(latent) if view.tab == "steer" and view.latent is not None else ""
+    return (view.tab, latent, steered, position_from_alpha(alpha), view.mode or "add",
+            view.prompt or prompt, seed if view.seed is None else view.seed)
+
+
+def link(tab: str, latent, steered, position, mode, prompt, seed) -> str:
+    """The query string that restores the current view (`restore` reads it back)."""
+    if tab == "steer":
+        steered = str(steered or "").strip()
+        return ViewState(tab="steer", latent=parse_int(steered, "Latent id", 0, 10**9) if steered else None,
+                         alpha=round(alpha_from_position(position), 3),
+                         mode=mode, prompt=prompt or None, seed=None if seed is None else int(seed)).query()
+    return ViewState(tab=tab, latent=None if latent is None else int(latent)).query()
+
+
+def send_to_steer(ex: Explorer, value) -> tuple[str, float, str, str, int]:
+    """Steer controls for latent j: the latent, a default strength, add mode, and its top image's prompt and seed."""
+    j = latent_id(ex, value)
+    prompt, seed = top_image_of(ex, j)
+    return str(j), position_from_alpha(DEFAULT_ALPHA), "add", prompt, seed
