@@ -209,11 +209,12 @@ class Build:
         with torch.no_grad():
             rows = encoding.to_rows(first["traj"].float())
             recon = sae.decode(sae.encode(rows))
-            traj, traj_hat = first["traj"].float(), encoding.from_rows(recon)
+            traj = first["traj"].float()
             self.summary["fvu_sae_input"] = round(float(fraction_of_variance_unexplained(rows, recon)), 4)
-            self.summary["fvu_activation_per_step"] = [
-                round(float(fraction_of_variance_unexplained(traj[:, t], traj_hat[:, t])), 4) for t in range(traj.shape[1])
-            ]
+            for name, traj_hat in (("rollout", encoding.from_rows(recon)), ("one_step", encoding.one_step_reconstruction(recon, traj))):
+                self.summary[f"fvu_activation_{name}_per_step"] = [
+                    round(float(fraction_of_variance_unexplained(traj[:, t], traj_hat[:, t])), 4) for t in range(traj.shape[1])
+                ]
         Bundle.save(
             cfg.out, sae=sae, dynamics=encoding.dynamics, variant=cfg.variant, site=cfg.site,
             model={"source": cfg.model}, grid=tuple(shard_info(self.train_dir, names[0])["grid"]),

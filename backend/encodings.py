@@ -61,6 +61,18 @@ class TrajectoryEncoding:
         blocks = rows.reshape(-1, self.steps, self.dim) * scales
         return self.dynamics.deresidualize(blocks) if self.variant == "residualized" else blocks
 
+    def one_step_reconstruction(self, rows_hat: Tensor, traj: Tensor) -> Tensor:
+        """Trajectories from reconstructed rows, each step predicted from the true previous one.
+
+        For the residualized variant â_{t+1} = r̂_{t+1} + A_t a_t + b_t: the error of step t is the
+        SAE's alone, while `from_rows` lets earlier errors compound through the dynamics.
+        """
+        if self.variant != "residualized":
+            return self.from_rows(rows_hat)
+        blocks = rows_hat.reshape(-1, self.steps, self.dim) * self.block_scales().to(rows_hat.device, rows_hat.dtype)[:, None]
+        predicted = torch.cat([torch.zeros_like(traj[:, :1]), self.dynamics.predict_next(traj)], dim=1)
+        return blocks + predicted
+
     def block_deltas(self, W_dec: Tensor) -> Tensor:
         """What each latent writes directly into each step's block, in activation units: Tensor[n_latents, T, d]."""
         scales = self.block_scales().to(W_dec.device, W_dec.dtype)[:, None]

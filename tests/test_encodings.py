@@ -51,3 +51,20 @@ def test_prefix_rows_at_the_last_step_equal_the_full_rows(dynamics_and_traj):
     assert torch.equal(prefix[-1], encoding.to_rows(traj[:7]))
     first_block = prefix[0].reshape(7, dyn.steps, -1)
     assert (first_block[:, 1:] == 0).all() and torch.equal(first_block[:, 0], traj[:7, 0] / dyn.scales[0])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_step_reconstruction_of_exact_rows_is_the_trajectory(dynamics_and_traj, variant):
+    dyn, traj = dynamics_and_traj
+    encoding = TrajectoryEncoding(variant, dyn)
+    assert torch.allclose(encoding.one_step_reconstruction(encoding.to_rows(traj), traj), traj, atol=1e-10)
+
+
+def test_one_step_reconstruction_does_not_compound_errors(dynamics_and_traj):
+    dyn, traj = dynamics_and_traj
+    encoding = TrajectoryEncoding("residualized", dyn)
+    rows = encoding.to_rows(traj)
+    noisy = rows + 0.1 * torch.randn(rows.shape, generator=torch.Generator().manual_seed(3), dtype=rows.dtype)
+    one_step_error = (encoding.one_step_reconstruction(noisy, traj) - traj).reshape(len(traj), dyn.steps, -1)
+    expected = ((noisy - rows).reshape(len(traj), dyn.steps, -1) * dyn.scales[:, None])
+    assert torch.allclose(one_step_error, expected, atol=1e-10)
