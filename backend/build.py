@@ -6,6 +6,7 @@ so an interrupted build resumes where it stopped.
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -19,11 +20,12 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from backend.atlas import AtlasAccumulator, label_latents, temporal_profiles
-from backend.bundle import Bundle, write_manifest
+from backend.bundle import Bundle, rewrite_manifest
 from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shard, read_shards, shard_info, shard_names
 from backend.dynamics import DynamicsAccumulator, LinearDynamics
 from backend.encodings import VARIANTS, TrajectoryEncoding
 from backend.errors import ExplorerError
+from backend.hooks import SITE_MODULES
 from backend.io import write_json, write_safetensors
 from backend.models import DiffusionModel, load_model
 from backend.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, train_sae
@@ -83,11 +85,15 @@ class BuildConfig:
 def parse_config(argv=None) -> BuildConfig:
     """BuildConfig from the command line; --help lists every field with its help text."""
     parser = argparse.ArgumentParser(prog="python -m backend.build", description=__doc__)
+    choices = {"variant": VARIANTS, "site": tuple(SITE_MODULES)}
     for f in dataclasses.fields(BuildConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"],
+                            choices=choices.get(f.name))
     config = BuildConfig(**vars(parser.parse_args(argv)))
     if not config.model or not config.out:
         parser.error("--model and --out are required")
+    if config.recorded_steps == 1 or not 0 <= config.recorded_steps <= config.num_steps:
+        parser.error("--recorded-steps must be 0 (all) or between 2 and --num-steps: the dynamics need two steps")
     return config
 
 
@@ -101,8 +107,14 @@ def load_prompts(config: BuildConfig) -> tuple[list[str], list[dict[str, str]]]:
         return prompts, [parse_caption(p) for p in prompts]
     if not config.prompts:
         raise ExplorerError("Pass --prompts FILE or --shapes-prompts N.")
-    lines = [line.strip() for line in Path(config.prompts).read_text().splitlines()]
-    return [line for line in lines if line], []
+    try:
+        lines = [line.strip() for line in Path(config.prompts).read_text().splitlines()]
+    except OSError as err:
+        raise ExplorerError(f"Cannot read the prompts file {config.prompts!r}: {err.strerror}.") from err
+    prompts = [line for line in lines if line]
+    if not prompts:
+        raise ExplorerError(f"The prompts file {config.prompts!r} has no prompts.")
+    return prompts, []
 
 
 class Build:
@@ -153,8 +165,19 @@ class Build:
     def n_atlas(self) -> int:
         return min(self.config.atlas_images or len(self.prompts), len(self.prompts))
 
+    def check_stage(self, stage: str, settings: dict) -> None:
+        """Refuse to resume a stage whose saved outputs were made with other settings."""
+        path = self.work / f"{stage}.settings.json"
+        if path.exists() and json.loads(path.read_text()) != settings:
+            raise ExplorerError(f"{self.work} holds a {stage} stage made with other settings ({path.name}); "
+                                "pass a new --work-dir or delete that stage's outputs.")
+        if self.rank == 0:
+            write_json(path, settings)
+
     def collect(self) -> None:
         cfg = self.config
+        prompts_sha = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()
+        self.check_stage("collect", {"model": cfg.model, "prompts_sha256": prompts_sha, "positions_per_image": cfg.positions_per_image})
         shard = {"rank": self.rank, "world_size": self.world_size}
         collect_trajectories(self.get_model(), self.prompts, self.train_dir, cfg.collect_config(cfg.positions_per_image or None), **shard)
         if self.atlas_dir != self.train_dir:
@@ -163,6 +186,9 @@ class Build:
 
     def dynamics(self) -> LinearDynamics:
         path = self.work / "dynamics.safetensors"
+        self.check_stage("dynamics", {"ridge": self.config.ridge})
+        if not shard_names(self.train_dir):
+            raise ExplorerError(f"No trajectory shards in {self.train_dir}; run the collect stage first.")
         if not path.exists() and self.rank == 0:
             acc = None
             for shard in read_shards(self.train_dir):
@@ -181,6 +207,7 @@ class Build:
 
     def train(self) -> None:
         cfg, encoding = self.config, self.encoding()
+        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "lr", "sae_batch_size", "seed")})
         names = shard_names(self.train_dir)
         batches_in = [-(-shard_info(self.train_dir, name)["rows"] // cfg.sae_batch_size) for name in names]
 
@@ -199,8 +226,7 @@ class Build:
 
         first = read_shard(self.train_dir, names[0])
         init_sample = encoding.to_rows(first["traj"].float())[:4096]
-        train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, batch_size=cfg.sae_batch_size,
-                                      epochs=cfg.epochs, seed=cfg.seed)
+        train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.seed)
         sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors",
                                  device=self.device, progress=self.rank == 0)
         if self.rank != 0:
@@ -229,7 +255,7 @@ class Build:
         grid = bundle.manifest["shapes"]["grid"]
         positions = grid[0] * grid[1]
         acc = AtlasAccumulator(bundle.n_latents, self.n_atlas, positions, self.config.top_n)
-        state_path = self.work / "atlas-state.safetensors"
+        state_path = self.work / f"atlas-state-{bundle.manifest['files']['sae/sae.safetensors'][:16]}.safetensors"  # per SAE
         done = 0
         if state_path.exists():
             saved = load_file(state_path)
@@ -263,7 +289,8 @@ class Build:
         write_json(root / "atlas" / "images.json", images)
         labels = label_latents(tables["top_image_id"], tables["top_image_score"], self.factors[: self.n_atlas]) if self.factors else [{}] * bundle.n_latents
         write_json(root / "atlas" / "latents.json", labels)
-        write_manifest(root, {k: v for k, v in bundle.manifest.items() if k not in ("files", "versions", "format_version")})
+        rewrite_manifest(root)
+        state_path.unlink()
         self.summary["dead_latents"] = int((tables["frequency"] == 0).sum())
         self.summary["labelled_latents"] = sum(1 for label in labels if label.get("factor"))
 
@@ -279,7 +306,7 @@ class Build:
             if len(rows) > EXACT_LIMIT:  # flat indexes are rebuilt at load; only approximate ones are stored
                 (root / "index").mkdir(exist_ok=True)
                 index.save(root / "index" / f"{name}.faiss")
-        write_manifest(root, {k: v for k, v in bundle.manifest.items() if k not in ("files", "versions", "format_version")})
+        rewrite_manifest(root)
 
     def run(self) -> dict:
         """Run the configured stages in order; returns the summary."""
@@ -304,8 +331,12 @@ class Build:
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = parse_config(argv)
-    build = Build(config)
-    summary = build.run()
+    try:
+        build = Build(config)
+        summary = build.run()
+    except ExplorerError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
     if distributed():
         dist.barrier()
         dist.destroy_process_group()

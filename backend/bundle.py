@@ -10,6 +10,7 @@ import json
 import logging
 import operator
 import platform
+import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
+CORE_FILES = ("sae/sae.safetensors", "sae/config.json", "dynamics.safetensors")
 REQUIRED_KEYS = ("format_version", "model", "site", "schedule", "variant", "shapes", "sae", "files")
 
 
@@ -46,7 +48,8 @@ def resolve_source(source: str | Path) -> Path:
     path = Path(source)
     if path.is_dir():
         return path
-    if path.exists() or str(source).startswith((".", "/")) or str(source).count("/") != 1:
+    looks_local = path.exists() or str(source).startswith((".", "/")) or str(source).count("/") != 1 or path.parent.is_dir()
+    if looks_local:
         raise ExplorerError(f"No bundle directory at {str(source)!r}; pass a bundle directory or a hub repo id like 'user/name'.")
     from huggingface_hub import snapshot_download
 
@@ -55,6 +58,12 @@ def resolve_source(source: str | Path) -> Path:
     except Exception as err:
         mode = "in the local cache (offline mode)" if hub_offline() else "on the Hugging Face Hub"
         raise ExplorerError(f"Bundle {str(source)!r} was not found {mode}: {type(err).__name__}. Pass a local bundle directory instead.") from err
+
+
+def rewrite_manifest(root: str | Path) -> dict:
+    """Re-hash a bundle after a stage added files, keeping what its manifest says."""
+    manifest = json.loads((Path(root) / MANIFEST).read_text())
+    return write_manifest(root, {k: v for k, v in manifest.items() if k not in ("files", "versions", "format_version")})
 
 
 def write_manifest(root: str | Path, info: dict) -> dict:
@@ -87,6 +96,8 @@ class Bundle:
         encoding = TrajectoryEncoding(variant, dynamics)
         if sae.d_in != encoding.d_in():
             raise ExplorerError(f"SAE input width {sae.d_in} does not match the {variant} encoding's {encoding.d_in()}.")
+        for stale in ("atlas", "index"):  # built from an earlier SAE: they would pass the new manifest's hashes
+            shutil.rmtree(root / stale, ignore_errors=True)
         sae.save(root / "sae", dtype=torch.float16)
         write_safetensors(root / "dynamics.safetensors", {k: v.float() for k, v in dynamics.state_dict().items()})
         info = {
@@ -102,6 +113,9 @@ class Bundle:
         """Open a bundle directory or hub repo id, verifying every file's sha256 first."""
         root = resolve_source(source)
         manifest = cls._read_manifest(root)
+        unlisted = [name for name in CORE_FILES if name not in manifest["files"]]
+        if unlisted:
+            raise ExplorerError(f"{root / MANIFEST} does not list {', '.join(unlisted)}; the bundle is incomplete, rebuild it.")
         for name, digest in manifest["files"].items():
             path = cls._inside(root, name)
             if not path.is_file():
@@ -292,17 +306,19 @@ class Bundle:
     # --- maps and generation -------------------------------------------------------------------
 
     def codes(self, traj: Tensor) -> Tensor:
-        """SAE codes of trajectories Tensor[P, T, C]: Tensor[P, n_latents]."""
+        """SAE codes of trajectories Tensor[P, T, C]: Tensor[P, n_latents] (per_step: max over steps)."""
         with torch.no_grad():
-            return self.sae.encode(self.encoding.to_rows(traj))
+            codes = self.sae.encode(self.encoding.to_rows(traj))
+        if self.encoding.variant == "per_step":
+            codes = codes.reshape(traj.shape[0], traj.shape[1], -1).amax(1)
+        return codes
 
     def maps_over_time(self, traj: Tensor, latents: list[int]) -> Tensor:
         """Prefix-encoded ReLU pre-activations of `latents` after each step: Tensor[len(latents), T, H, W]."""
         latents = [self.check_latent(j) for j in latents]
         with torch.no_grad():
-            prefix = self.encoding.prefix_rows(traj)  # [T, P, d_in]
-            rows = self.sae.W_enc[latents]  # [L, d_in]
-            pre = (prefix - self.sae.b_pre) @ rows.T + self.sae.b_enc[latents]  # [T, P, L]
+            weights = self.sae.W_enc[latents]  # [L, d_in]
+            pre = self.encoding.prefix_pre_activations(traj, weights, self.sae.b_enc[latents] - weights @ self.sae.b_pre)
         grid = self.manifest["shapes"]["grid"]
         return pre.relu().permute(2, 0, 1).reshape(len(latents), pre.shape[0], *grid)
 

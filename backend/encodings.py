@@ -86,14 +86,16 @@ class TrajectoryEncoding:
         delta = self.block_deltas(W_dec)
         return self.dynamics.propagate(delta) if self.variant == "residualized" else delta
 
-    def prefix_rows(self, traj: Tensor) -> Tensor:
-        """Rows known up to each step t, later blocks zero: Tensor[T, N, T*d] (DESIGN.md step 6).
+    def prefix_pre_activations(self, traj: Tensor, weights: Tensor, bias: Tensor) -> Tensor:
+        """Pre-activations of some latents from the trajectory known up to each step t: Tensor[T, P, L].
 
-        For the residualized variant, zeroing later residuals means "the rest follows the linear
-        dynamics". Only defined for the temporal variants.
+        DESIGN.md step 6: later blocks of the input are set to zero (for the residualized
+        variant: "the rest follows the linear dynamics"). The encoder is linear, so that is
+        `bias` plus a running sum over blocks of each block's contribution; `weights` are the
+        latents' encoder rows Tensor[L, d_in], `bias` is b_enc − W_enc·b_pre for them. For the
+        per_step variant each step's own pre-activation is returned.
         """
-        if self.variant == "per_step":
-            raise ValueError("prefix encoding needs a temporal variant")
-        rows = self.to_rows(traj).reshape(-1, self.steps, self.dim)
-        mask = torch.tril(torch.ones(self.steps, self.steps, dtype=rows.dtype, device=rows.device))  # [t, s]: s ≤ t
-        return (mask[:, None, :, None] * rows[None]).flatten(2)
+        blocks = self.to_rows(traj).reshape(-1, self.steps, self.dim)  # [P, T, d]
+        per_step_weights = weights.reshape(len(weights), -1, self.dim).expand(-1, self.steps, -1)  # [L, T, d]
+        contributions = torch.einsum("ptd,ltd->tpl", blocks, per_step_weights)
+        return (contributions if self.variant == "per_step" else contributions.cumsum(0)) + bias

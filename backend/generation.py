@@ -44,7 +44,7 @@ class Generation:
 class Generator:
     """Runs the bundle's model at the bundle's site and schedule; one model call at a time."""
 
-    def __init__(self, bundle, model: DiffusionModel, cache_size: int = 32):
+    def __init__(self, bundle, model: DiffusionModel, cache_size: int = 8):
         self.bundle, self.model = bundle, model
         schedule = bundle.manifest["schedule"]
         self.num_steps = int(schedule["num_steps"])
@@ -54,7 +54,7 @@ class Generator:
         self.grid = tuple(bundle.manifest["shapes"]["grid"])
         self._cache: OrderedDict[tuple, BaseRun] = OrderedDict()
         self._cache_size = cache_size
-        self._lock = threading.Lock()  # hooks live on the shared UNet: calls must not interleave
+        self._lock = threading.RLock()  # hooks live on the shared UNet: calls must not interleave
 
     def _guidance(self, guidance_scale: float | None) -> float:
         g = self.default_guidance if guidance_scale is None else float(guidance_scale)
@@ -67,48 +67,67 @@ class Generator:
         check_prompts(self.model, [prompt])
         guidance = self._guidance(guidance_scale)
         key = (prompt, int(seed), guidance)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        recorder = TrajectoryRecorder(self.site, self.recorded_steps)
-        with self._lock:
+        with self._lock:  # one lock for cache and model: two requests for one key sample once
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            recorder = TrajectoryRecorder(self.site, self.recorded_steps)
             result = sample(self.model, prompt, seed=int(seed), num_steps=self.num_steps, guidance_scale=guidance,
                             hooks=[recorder], keep_latents=True, keep_x0=True)
-        traj = recorder.trajectories()[0]  # [P, T, C]
-        run = BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
-        self._cache[key] = run
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return run
+            traj = recorder.trajectories()[0]  # [P, T, C]
+            run = BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
+            self._cache[key] = run
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return run
+
+    @staticmethod
+    def _region(mask) -> Tensor | None:
+        """A user region as Tensor[h, w] of weights in [0, 1] (None for a named mask), or a clear error."""
+        if isinstance(mask, str):
+            if mask not in MASKS:
+                raise ExplorerError(f"Mask must be one of {', '.join(MASKS)} or a region, got {mask!r}.")
+            return None
+        try:
+            region = torch.as_tensor(mask, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise ExplorerError("A region mask must be a 2-D array of numbers over the image.") from None
+        if region.ndim != 2 or region.numel() == 0 or not torch.isfinite(region).all() or region.min() < 0 or region.max() > 1:
+            raise ExplorerError("A region mask must be a non-empty 2-D array of weights between 0 and 1.")
+        return region
 
     def _mask(self, mask, steers: list[Steer], run: BaseRun) -> Tensor:
         """Positions to edit, Tensor[P]: all, where any steered latent fired in the base, or a user region."""
-        if isinstance(mask, str):
-            if mask == "all":
-                return torch.ones(run.codes.shape[0])
-            return (run.codes[:, [s.latent for s in steers]] > 0).any(1).float()
-        region = torch.as_tensor(mask, dtype=torch.float32)
-        region = torch.nn.functional.interpolate(region[None, None], size=self.grid, mode="area")[0, 0]
-        return region.flatten()
+        region = self._region(mask)
+        if region is not None:
+            return torch.nn.functional.interpolate(region[None, None], size=self.grid, mode="area")[0, 0].flatten()
+        if mask == "all":
+            return torch.ones(run.codes.shape[0])
+        return (run.codes[:, [s.latent for s in steers]] > 0).any(1).float()
 
     def generate(self, prompt: str, seed: int, steering: list[Steer], window: tuple[int, int] | None = None,
                  mask="all", guidance_scale: float | None = None) -> Generation:
         """Steered image beside its base; sampler steps before the window are taken from the base run."""
-        steers = [s if isinstance(s, Steer) else Steer(**s) for s in steering]
+        try:
+            steers = [s if isinstance(s, Steer) else Steer(**s) for s in steering]
+        except TypeError as err:
+            raise ExplorerError(f"Each steering entry needs latent, strength and optionally mode: {err}") from None
+        typical = self.bundle.typical_activation  # needs the atlas: fail before any model work
         for steer in steers:
-            self.bundle.check_latent(steer.latent)
-        start, end = window if window is not None else (0, self.num_steps - 1)
+            j = self.bundle.check_latent(steer.latent)
+            if steer.mode == "add" and not typical[j] > 0:
+                raise ExplorerError(f"Latent {j} never fired on the atlas images, so it has no typical activation to add in units of.")
+        try:
+            start, end = window if window is not None else (0, self.num_steps - 1)
+        except (TypeError, ValueError):
+            raise ExplorerError(f"Step window must be a pair (start, end), got {window!r}.") from None
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end < self.num_steps):
             raise ExplorerError(f"Step window must satisfy 0 ≤ start ≤ end < {self.num_steps}, got {window!r}.")
-        if isinstance(mask, str) and mask not in MASKS:
-            raise ExplorerError(f"Mask must be one of {', '.join(MASKS)} or a region, got {mask!r}.")
-        if not isinstance(mask, str) and torch.as_tensor(mask).ndim != 2:
-            raise ExplorerError("A region mask must be a 2-D array over the image.")
+        self._region(mask)
         run = self.base(prompt, seed, guidance_scale)
         if not steers:
             return Generation(base=run.image, steered=run.image, base_run=run, steered_images=run.result.images)
-        deltas = steering_deltas(steers, self.bundle.feature_trajectories, self.bundle.typical_activation,
-                                 run.codes, self._mask(mask, steers, run))
+        deltas = steering_deltas(steers, self.bundle.feature_trajectories, typical, run.codes, self._mask(mask, steers, run))
         hook = SteeringHook(self.site, deltas, self.recorded_steps, (start, end))
         with self._lock:
             steered = sample(self.model, prompt, seed=int(seed), num_steps=self.num_steps,
@@ -141,11 +160,9 @@ class Generator:
                 with attached(self.model.unet, [recorder], step, slice(0, 1)):
                     self.model.unet(x_t, t, encoder_hidden_states=embeddings)
         traj = recorder.trajectories()[0]
-        images = (x0.float().cpu() / 2 + 0.5).clamp(0, 1) if self.model.vae is None else decode(self.model, x0)
-        result = SampleResult(images=images, timesteps=scheduler.timesteps)
+        result = SampleResult(images=decode(self.model, x0), timesteps=scheduler.timesteps)
         return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
 
     def maps_over_time(self, run: BaseRun, latents: list[int]) -> Tensor:
         """Prefix-encoded maps (DESIGN.md step 6): Tensor[len(latents), T, H, W]."""
-        latents = [self.bundle.check_latent(j) for j in latents]
         return self.bundle.maps_over_time(run.traj, latents)

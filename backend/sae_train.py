@@ -26,7 +26,6 @@ class SAETrainConfig:
     n_latents: int = 1024
     k: int = 32
     lr: float | None = None  # None: 2e-4 scaled by 1/sqrt(n_latents / 16384), as in Gao et al.
-    batch_size: int = 1024
     epochs: int = 1
     warmup_steps: int = 100
     aux_k: int | None = None  # None: min(d_in // 2, n_latents // 2)
@@ -66,8 +65,7 @@ def aux_k_loss(sae: TopKSAE, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor
     error = (x - x_hat).detach()
     dead_pre = pre.masked_fill(~dead, float("-inf"))
     aux_codes = topk_codes(dead_pre, min(aux_k, n_dead))  # masked entries come out as relu(-inf) = 0
-    error_hat = aux_codes @ sae.W_dec.T
-    return (error_hat - error).pow(2).sum() / (error - error.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return fraction_of_variance_unexplained(error, aux_codes @ sae.W_dec.T)
 
 
 class SAETrainer:
@@ -110,8 +108,7 @@ class SAETrainer:
             return fraction_of_variance_unexplained(x, x_hat), x.new_zeros(()), fired
         error = (x - x_hat).detach()
         aux_idx = pre.masked_fill(~dead, float("-inf")).topk(min(self.aux_k, n_dead), dim=1).indices
-        error_hat = decode_selected(sae, aux_idx, encode_selected(sae, x, aux_idx, pre))
-        aux = (error_hat - error).pow(2).sum() / (error - error.mean(0)).pow(2).sum().clamp_min(1e-12)
+        aux = fraction_of_variance_unexplained(error, decode_selected(sae, aux_idx, encode_selected(sae, x, aux_idx, pre)))
         return fraction_of_variance_unexplained(x, x_hat), aux, fired
 
     def step(self, x: Tensor) -> dict[str, float]:
@@ -193,7 +190,7 @@ def train_sae(
     trainer.init_from_data(init_sample.to(device))
     start_epoch, history = 0, []
     if checkpoint is not None and checkpoint.exists():
-        state = load_file(checkpoint)
+        state = load_file(checkpoint, device=str(device))
         trainer.load_state_dict(state)
         start_epoch = int(state["epochs_done"])
         log.info("resuming SAE training after epoch %d", start_epoch)
@@ -206,7 +203,8 @@ def train_sae(
                 history.append(metrics)
                 bar.update()
                 bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", dead=metrics["dead"])
-            log.info("epoch %d: fvu %.4f, dead %d", epoch, metrics["fvu"], metrics["dead"])
+            if history:
+                log.info("epoch %d: fvu %.4f, dead %d", epoch, history[-1]["fvu"], history[-1]["dead"])
             if checkpoint is not None and (not distributed() or dist.get_rank() == 0):
                 write_safetensors(checkpoint, trainer.state_dict() | {"epochs_done": torch.tensor(epoch + 1)})
             if distributed():

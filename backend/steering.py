@@ -59,7 +59,7 @@ class SteeringHook(SiteHook):
             return None
         b, c, h, w = output.shape
         delta = interpolate_over_steps(self.deltas, self.recorded_steps, step)  # [P, C]
-        return output + delta.T.reshape(1, c, h, w).to(output.dtype)
+        return output + delta.T.reshape(1, c, h, w).to(output.device, output.dtype)
 
 
 def steering_deltas(

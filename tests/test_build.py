@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 import backend.sae_train as sae_train
 from backend.build import Build, BuildConfig, parse_config
 from backend.bundle import Bundle
-from backend.collect import shard_names
+from backend.collect import read_shards, shard_names
 from tests.tiny_models import tiny_model
 
 PROMPTS = [f"a {c} {s} in the {p}" for c in ("red", "blue") for s in ("circle", "star") for p in ("top", "left", "center")]
@@ -16,11 +16,11 @@ def model():
     return tiny_model()
 
 
-def config(tmp_path, **overrides):
+def config(tmp_path, prompts=PROMPTS, **overrides):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n\n")
-    values = dict(model="tiny", out=str(tmp_path / "bundle"), prompts=str(prompts), num_steps=3, images_per_shard=4,
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\n".join(prompts) + "\n\n")
+    values = dict(model="tiny", out=str(tmp_path / "bundle"), prompts=str(prompt_file), num_steps=3, images_per_shard=4,
                   n_latents=32, k=4, epochs=2, sae_batch_size=128, top_n=4)
     return BuildConfig(**(values | overrides))
 
@@ -105,3 +105,44 @@ def test_missing_required_options_exit_with_usage(capsys):
     with pytest.raises(SystemExit):
         parse_config([])
     assert "--model and --out are required" in capsys.readouterr().err
+
+
+def test_resuming_with_other_settings_is_refused(model, tmp_path):
+    from backend.errors import ExplorerError
+
+    Build(config(tmp_path, stages="collect,dynamics"), model=model).run()
+    with pytest.raises(ExplorerError, match="dynamics stage made with other settings"):
+        Build(config(tmp_path, stages="collect,dynamics", ridge=0.5), model=model).run()
+    with pytest.raises(ExplorerError, match="collect stage made with other settings"):
+        Build(config(tmp_path, prompts=PROMPTS[:-1], stages="collect"), model=model).run()
+
+
+def test_rerunning_the_atlas_after_retraining_uses_the_new_sae(model, tmp_path):
+    Build(config(tmp_path), model=model).run()
+    first = Bundle.load(tmp_path / "bundle").atlas["top_image_score"].clone()
+    (tmp_path / "bundle.work" / "sae-train.safetensors").unlink()
+    Build(config(tmp_path, stages="train,atlas", epochs=3), model=model).run()
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert not torch.equal(bundle.atlas["top_image_score"], first)
+    fresh = bundle.codes(next(read_shards(tmp_path / "bundle.work" / "collect"))["traj"][:64].float())
+    assert torch.allclose(fresh.amax(0), bundle.atlas["image_profile"][0].float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "m", "--out", "o", "--variant", "sideways"], "invalid choice"),
+    (["--model", "m", "--out", "o", "--recorded-steps", "1"], "need two steps"),
+])
+def test_bad_options_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_missing_or_empty_prompt_files_are_clear_errors(tmp_path):
+    from backend.errors import ExplorerError
+
+    with pytest.raises(ExplorerError, match="Cannot read the prompts file"):
+        Build(BuildConfig(model="m", out=str(tmp_path / "b"), prompts=str(tmp_path / "missing.txt")))
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ExplorerError, match="has no prompts"):
+        Build(BuildConfig(model="m", out=str(tmp_path / "b"), prompts=str(tmp_path / "empty.txt")))

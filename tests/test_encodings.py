@@ -44,13 +44,19 @@ def test_feature_trajectory_is_the_effect_of_one_unit_of_a_latent(dynamics_and_t
         assert torch.allclose(phi[j], effect[0], atol=1e-10)
 
 
-def test_prefix_rows_at_the_last_step_equal_the_full_rows(dynamics_and_traj):
+def test_prefix_pre_activations_equal_encoding_inputs_with_later_blocks_zeroed(dynamics_and_traj):
     dyn, traj = dynamics_and_traj
     encoding = TrajectoryEncoding("residualized", dyn)
-    prefix = encoding.prefix_rows(traj[:7])
-    assert torch.equal(prefix[-1], encoding.to_rows(traj[:7]))
-    first_block = prefix[0].reshape(7, dyn.steps, -1)
-    assert (first_block[:, 1:] == 0).all() and torch.equal(first_block[:, 0], traj[:7, 0] / dyn.scales[0])
+    g = torch.Generator().manual_seed(4)
+    W_enc = torch.randn(3, encoding.d_in(), generator=g, dtype=torch.float64)
+    b_enc, b_pre = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(encoding.d_in(), generator=g, dtype=torch.float64)
+    got = encoding.prefix_pre_activations(traj[:7], W_enc, b_enc - W_enc @ b_pre)
+    rows = encoding.to_rows(traj[:7]).reshape(7, dyn.steps, -1)
+    for t in range(dyn.steps):
+        prefix = rows.clone()
+        prefix[:, t + 1 :] = 0  # the input as known after step t
+        expected = (prefix.flatten(1) - b_pre) @ W_enc.T + b_enc
+        assert torch.allclose(got[t], expected, atol=1e-10)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

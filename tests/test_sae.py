@@ -52,8 +52,8 @@ def planted_dictionary(n=20000, d=32, n_true=64, k_true=3, seed=0):
 
 def test_sae_recovers_a_planted_sparse_dictionary():
     x, D = planted_dictionary()
-    cfg = SAETrainConfig(n_latents=128, k=4, batch_size=256, epochs=8, lr=3e-3, warmup_steps=20, dead_after_tokens=5000)
-    sae, history = train_sae(tensor_batches(x, cfg.batch_size), x.shape[1], cfg, x[:2000], progress=False)
+    cfg = SAETrainConfig(n_latents=128, k=4, epochs=8, lr=3e-3, warmup_steps=20, dead_after_tokens=5000)
+    sae, history = train_sae(tensor_batches(x, 256), x.shape[1], cfg, x[:2000], progress=False)
     best_cosine = (D.T @ sae.W_dec.detach()).amax(1)
     assert (best_cosine > 0.9).float().mean() >= 0.9
     with torch.no_grad():
@@ -94,8 +94,8 @@ def test_load_reports_a_mismatched_config(tmp_path):
 def test_training_resumed_from_a_checkpoint_file_equals_uninterrupted_training(tmp_path):
     x, _ = planted_dictionary(n=2048, seed=3)
     batches = tensor_batches(x, 128)
-    one_epoch = SAETrainConfig(n_latents=64, k=4, batch_size=128, epochs=1)
-    two_epochs = SAETrainConfig(n_latents=64, k=4, batch_size=128, epochs=2)
+    one_epoch = SAETrainConfig(n_latents=64, k=4, epochs=1)
+    two_epochs = SAETrainConfig(n_latents=64, k=4, epochs=2)
     train_sae(batches, x.shape[1], one_epoch, x[:500], progress=False, checkpoint=tmp_path / "state.safetensors")
     resumed, _ = train_sae(batches, x.shape[1], two_epochs, x[:500], progress=False, checkpoint=tmp_path / "state.safetensors")
     straight, _ = train_sae(batches, x.shape[1], two_epochs, x[:500], progress=False)

@@ -40,11 +40,16 @@ def test_add_mode_changes_the_image(bundle):
     assert not torch.equal(result.steered_images, bundle.generator.base("a red circle", 0).result.images)
 
 
-def test_ablation_subtracts_the_latents_own_contribution(bundle):
+def test_ablation_edit_lowers_the_latent_where_it_fired(bundle):
     j = strongest_latent(bundle)
     base = bundle.generator.base("a red circle", 0)
-    deltas = steering_deltas([Steer(j, 0.0, "scale")], bundle.feature_trajectories, bundle.typical_activation, base.codes, torch.ones(base.codes.shape[0]))
-    assert torch.allclose(deltas, -base.codes[:, j][None, :, None] * bundle.feature_trajectories[j][:, None, :])
+    fired = base.codes[:, j] > 0
+    deltas = steering_deltas([Steer(j, 0.0, "scale")], bundle.feature_trajectories, bundle.typical_activation,
+                             base.codes, torch.ones(base.codes.shape[0]))  # [T, P, C]
+    edited = base.traj + deltas.permute(1, 0, 2)  # the recorded trajectory with the edit applied
+    pre = lambda traj: bundle.sae.pre_activations(bundle.encoding.to_rows(traj))[:, j]  # noqa: E731
+    assert (pre(edited)[fired] < pre(base.traj)[fired]).all()
+    assert torch.equal(edited[~fired], base.traj[~fired])  # z = 0 there: nothing to remove
 
 
 def test_steps_before_the_window_are_not_recomputed(bundle):
@@ -76,7 +81,10 @@ def test_bad_strengths_are_rejected(strength):
 
 def test_bad_requests_are_rejected_and_change_nothing(bundle):
     cached = len(bundle.generator._cache)
-    for bad in (dict(steering=[Steer(999, 1.0)]), dict(steering=[], window=(3, 1)), dict(steering=[], mask="somewhere")):
+    bad_requests = (dict(steering=[Steer(999, 1.0)]), dict(steering=[], window=(3, 1)), dict(steering=[], mask="somewhere"),
+                    dict(steering=[{"latent": 1, "alpha": 2}]), dict(steering=[], mask=[[0, 1], [1]]),
+                    dict(steering=[], mask=[[float("nan")]]), dict(steering=[], window=5))
+    for bad in bad_requests:
         with pytest.raises(ExplorerError):
             bundle.generate("a red circle", 0, **bad)
     with pytest.raises(ExplorerError, match="empty"):

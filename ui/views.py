@@ -2,7 +2,7 @@
 
 from ui.browse import latent_id, top_image_of
 from ui.explorer import Explorer
-from ui.state import ViewState, alpha_from_position, parse_int, parse_query, position_from_alpha
+from ui.state import MAX_SEED, ViewState, alpha_from_position, parse_int, parse_query, position_from_alpha
 
 DEFAULT_ALPHA = 5.0
 
@@ -29,7 +29,7 @@ def link(tab: str, latent, steered, position, mode, prompt, seed) -> str:
         steered = str(steered or "").strip()
         return ViewState(tab="steer", latent=parse_int(steered, "Latent id", 0, 10**9) if steered else None,
                          alpha=round(alpha_from_position(position), 3),
-                         mode=mode, prompt=prompt or None, seed=None if seed is None else int(seed)).query()
+                         mode=mode, prompt=prompt or None, seed=None if seed is None else parse_int(seed, "Seed", 0, MAX_SEED)).query()
     return ViewState(tab=tab, latent=None if latent is None else int(latent)).query()
 
 
