@@ -337,10 +337,11 @@ def main(argv=None) -> None:
     except ExplorerError as err:
         log.error("%s", err)
         raise SystemExit(2) from None
+    rank = build.rank
     if distributed():
         dist.barrier()
         dist.destroy_process_group()
-    if build.rank == 0:
+    if rank == 0:
         print(json.dumps(summary, indent=2))
 
 
