@@ -6,9 +6,6 @@ import faiss
 import numpy as np
 
 EXACT_LIMIT = 100_000  # below this many rows a flat (exact) index answers in milliseconds
-# One query at a time is the app's workload; FAISS's OpenMP threads then only wait on each other,
-# and on a busy 2-core machine a flat search of 10k rows took 17 ms with 2 threads, 0.1 ms with 1.
-faiss.omp_set_num_threads(1)
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
@@ -60,7 +57,15 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each [n_queries, k]; queries are normalized here."""
         k = min(k, len(self))
-        return self.index.search(normalize_rows(np.atleast_2d(queries)), k)
+        # One query at a time is the app's workload; FAISS's OpenMP threads then only wait on each other
+        # (a flat search of 10k rows: 17 ms with 2 threads, 0.1 ms with 1, on a busy 2-core machine).
+        # The setting is per thread and shared with torch, so it is restored afterwards.
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(normalize_rows(np.atleast_2d(queries)), k)
+        finally:
+            faiss.omp_set_num_threads(previous)
 
     def save(self, path: str | Path) -> None:
         faiss.write_index(self.index, str(path))
