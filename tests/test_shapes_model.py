@@ -1,0 +1,95 @@
+"""The shapes model: built from config within its budget, exported in the diffusers layout, resumed exactly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.models import load_model
+from backend.sampler import sample
+from backend.shapes.captions import build_tokenizer
+from backend.shapes.export import MODEL_PARTS, save_export
+from backend.shapes.model import ModelConfig, build_scheduler, build_text_encoder, build_unet
+from backend.shapes.train import Trainer, TrainConfig
+
+TINY = ModelConfig(block_out_channels=(8, 16, 16, 16), attention_heads=2, text_hidden=16, text_layers=1, text_heads=2)
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-model"
+
+
+def test_default_model_fits_the_weight_budget():
+    tokenizer = build_tokenizer()
+    config = ModelConfig()
+    modules = (build_unet(config), build_text_encoder(config, tokenizer))
+    fp16_bytes = 2 * sum(p.numel() for m in modules for p in m.parameters())
+    assert fp16_bytes <= 40e6
+
+
+def test_text_encoder_matches_tokenizer():
+    tokenizer = build_tokenizer()
+    encoder = build_text_encoder(TINY, tokenizer)
+    assert encoder.config.vocab_size == len(tokenizer)
+    assert encoder.config.max_position_embeddings == tokenizer.model_max_length
+    assert encoder.config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_scheduler_is_zero_snr_v_prediction():
+    scheduler = build_scheduler(TINY)
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.alphas_cumprod[-1] == 0
+
+
+def test_export_loads_and_samples(tmp_path):
+    tokenizer = build_tokenizer()
+    weights = {f"unet.{k}": v for k, v in build_unet(TINY).state_dict().items()}
+    weights |= {f"text_encoder.{k}": v for k, v in build_text_encoder(TINY, tokenizer).state_dict().items()}
+    path = save_export(weights, TINY, tokenizer, tmp_path / "export", step=0)
+    assert all((path / part).exists() for part in MODEL_PARTS)
+    model = load_model(str(path), device="cpu")
+    assert model.vae is None and model.unet.dtype == torch.float32
+    images = sample(model, ["a red circle in the center"], seed=0, num_steps=2, guidance_scale=4.0).images
+    assert images.shape == (1, 3, 32, 32)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _trainer(run_dir: Path, resume: bool) -> Trainer:
+    config = TrainConfig(run_dir=str(run_dir), resume=resume, batch_size=2, warmup_steps=1)
+    return Trainer(config, TINY, torch.device("cpu"))
+
+
+def test_resume_continues_exactly(tmp_path, one_thread):
+    straight = _trainer(tmp_path / "a", resume=False)
+    for _ in range(3):
+        straight.train_step()
+    interrupted = _trainer(tmp_path / "b", resume=False)
+    interrupted.train_step()
+    interrupted.save_checkpoint()
+    resumed = _trainer(tmp_path / "b", resume=True)
+    resumed.load_checkpoint()
+    for _ in range(2):
+        resumed.train_step()
+    assert resumed.step == straight.step == 3
+    for key, value in straight.state_tensors().items():
+        assert torch.equal(value, resumed.state_tensors()[key]), key
+    for key, value in straight.ema.shadow.items():
+        assert torch.equal(value, resumed.ema.shadow[key]), key
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="checkpoints/shapes-model is absent; train and copy it with "
+                    "`python -m backend.shapes.train --export-to checkpoints/shapes-model`")
+def test_shipped_model_draws_the_colours_it_is_asked_for():
+    from backend.shapes.classify import load_classifier
+
+    model = load_model(str(SHIPPED), device="cpu")
+    colours = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "white"]
+    prompts = [f"a large {c} circle in the center on a black background" for c in colours]
+    images = sample(model, prompts, seed=0, num_steps=20, guidance_scale=4.0).images
+    predicted = [p["colour"] for p in load_classifier().predict(images)]
+    assert sum(p == c for p, c in zip(predicted, colours)) >= 7, predicted
