@@ -1,5 +1,6 @@
 """A CLIP tokenizer over a closed vocabulary, so small models need no downloaded vocab files."""
 
+import json
 from collections.abc import Iterable
 
 from transformers import CLIPTokenizer
@@ -11,9 +12,11 @@ def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 16) -> CL
     """Build a CLIPTokenizer whose BPE merges spell each word as one token.
 
     CLIP's BPE splits a word into characters, the last one marked `</w>`, and merges
-    pairs by rank. Merging left to right, one merge per prefix, makes every word a single
-    token; every intermediate piece is in the vocabulary, so no input maps to unknown
-    except characters outside the words.
+    pairs by rank. Merging left to right, one merge per prefix, spells most words; every
+    intermediate piece is in the vocabulary, so no input maps to unknown except characters
+    outside the words. A pair merged early for one word ("r" + "i" for "right") can leave a
+    later word ("triangle") in pieces no merge joins: `_complete_merges` appends the merges
+    those words still need.
     """
     words = sorted({w.lower() for w in words})
     pieces: list[str] = []
@@ -42,4 +45,20 @@ def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 16) -> CL
     vocab = {piece: i for i, piece in enumerate(pieces)}
     for token in SPECIAL_TOKENS:
         vocab[token] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return _complete_merges(CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length), words)
+
+
+def _complete_merges(tokenizer: CLIPTokenizer, words: list[str]) -> CLIPTokenizer:
+    """Append BPE merges until each of `words` is one token.
+
+    Merges appended last fire only when no other merge applies, so they never change a
+    word that already tokenizes whole.
+    """
+    vocab = dict(tokenizer.get_vocab())
+    merges = [tuple(m) for m in json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]]
+    for word in words:
+        while len(pieces := tokenizer.tokenize(word)) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=tokenizer.model_max_length)
+    return tokenizer

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 
 from backend.shapes.captions import (
-    MAX_TOKENS, build_tokenizer, canonical_caption, complete_merges, make_caption, parse_caption,
+    MAX_TOKENS, build_tokenizer, canonical_caption, make_caption, parse_caption,
 )
 from backend.shapes.dataset import make_example, training_batch
 from backend.shapes.render import FACTOR_NAMES, FACTOR_VALUES, HELD_OUT_PAIRS, Factors, render, sample_factors
-from backend.tokenizer import build_clip_tokenizer
 
 SEEDS = range(1500)
 
@@ -95,9 +94,3 @@ def test_training_batch_is_a_pure_function_of_its_step():
     assert a_captions == b_captions and "" in a_captions
     assert a_images.equal(b_images) and not a_images.equal(c_images)
     assert a_images.shape == (8, 3, 32, 32) and a_images.min() >= -1 and a_images.max() <= 1
-
-
-def test_complete_merges_makes_every_word_one_token():
-    words = ["an", "cyan", "right", "triangle", "ring"]
-    tokenizer = complete_merges(build_clip_tokenizer(words), words)
-    assert all(len(tokenizer.tokenize(w)) == 1 for w in words)

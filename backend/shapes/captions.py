@@ -1,6 +1,5 @@
 """Captions of shapes images: several templates and paraphrases, a parser back to factors, the vocabulary."""
 
-import json
 import re
 
 import numpy as np
@@ -78,28 +77,9 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def complete_merges(tokenizer: CLIPTokenizer, words: list[str]) -> CLIPTokenizer:
-    """Append BPE merges until each of `words` is one token.
-
-    build_clip_tokenizer ranks merges word by word, so a pair merged early for one word
-    ("r" + "i" for "right") can leave a later word ("triangle") in pieces that no merge
-    joins. Merges appended last fire only when no other merge applies, so they never
-    change a word that already tokenizes whole.
-    """
-    vocab = dict(tokenizer.get_vocab())
-    merges = [tuple(m) for m in json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]]
-    for word in words:
-        while len(pieces := tokenizer.tokenize(word)) > 1:
-            merges.append((pieces[0], pieces[1]))
-            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-            tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=tokenizer.model_max_length)
-    return tokenizer
-
-
 def build_tokenizer() -> CLIPTokenizer:
     """The CLIP tokenizer of the shapes world: one token per caption word."""
-    words = vocabulary()
-    return complete_merges(build_clip_tokenizer(words, model_max_length=MAX_TOKENS), words)
+    return build_clip_tokenizer(vocabulary(), model_max_length=MAX_TOKENS)
 
 
 def parse_caption(caption: str) -> dict[str, str]:
