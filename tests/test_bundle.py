@@ -107,3 +107,15 @@ def test_unknown_latent_ids_are_rejected(tmp_path, bad):
     bundle = make_bundle(tmp_path)
     with pytest.raises(ExplorerError, match="Latent"):
         bundle.feature_trajectory(bad)
+
+
+def test_atomic_writes_leave_no_temporary_files_and_usual_permissions(tmp_path):
+    import os
+
+    from backend.io import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "a.json").st_mode & 0o777 == 0o666 & ~umask
