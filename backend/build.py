@@ -224,8 +224,9 @@ class Build:
 
             return itertools.islice(rows(), steps)
 
-        first = read_shard(self.train_dir, names[0])
-        init_sample = encoding.to_rows(first["traj"].float())[:4096]
+        traj = read_shard(self.train_dir, names[0])["traj"].float()  # also the sample the summary's FVU is measured on
+        rows = encoding.to_rows(traj)
+        init_sample = rows[:4096]
         train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.seed)
         sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors",
                                  device=self.device, progress=self.rank == 0)
@@ -233,9 +234,7 @@ class Build:
             self.barrier()
             return
         with torch.no_grad():
-            rows = encoding.to_rows(first["traj"].float())
             recon = sae.decode(sae.encode(rows))
-            traj = first["traj"].float()
             self.summary["fvu_sae_input"] = round(float(fraction_of_variance_unexplained(rows, recon)), 4)
             for name, traj_hat in (("rollout", encoding.from_rows(recon)), ("one_step", encoding.one_step_reconstruction(recon, traj))):
                 self.summary[f"fvu_activation_{name}_per_step"] = [

@@ -110,7 +110,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         with gr.Row():
                             start = gr.Slider(0, ex.num_steps - 1, value=0, step=1, label="Window start (sampler step)")
                             end = gr.Slider(0, ex.num_steps - 1, value=ex.num_steps - 1, step=1, label="Window end")
-                        mask = gr.Radio(list(steer.MASKS), value="everywhere", label="Where")
+                        mask = gr.Radio(list(steer.MASK_CHOICES), value="everywhere", label="Where")
                         cells = gr.CheckboxGroup(list(steer.CELLS), label="Region (3×3 grid, for 'region')")
                         generate = gr.Button("Generate", variant="primary", elem_id="steer-generate")
                     with gr.Column(scale=3):

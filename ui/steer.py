@@ -9,7 +9,7 @@ from ui.explorer import Explorer
 from ui.images import difference, upscale
 from ui.state import MAX_SEED, STEER_MODES, alpha_from_position, parse_int
 
-MASKS = ("everywhere", "where it fired", "region")
+MASK_CHOICES = ("everywhere", "where it fired", "region")
 CELLS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 MAX_PROMPT_CHARS = 500
 HISTORY = 8
@@ -61,8 +61,8 @@ def region_mask(cells) -> np.ndarray:
 
 def mask_from(mode: str, cells):
     """The generator's mask argument for a mask choice: "all", "fired" or a 2-D region."""
-    if mode not in MASKS:
-        raise ExplorerError(f"Mask must be one of {', '.join(MASKS)}, got {mode!r}.")
+    if mode not in MASK_CHOICES:
+        raise ExplorerError(f"Mask must be one of {', '.join(MASK_CHOICES)}, got {mode!r}.")
     return {"everywhere": "all", "where it fired": "fired"}.get(mode) or region_mask(cells)
 
 
