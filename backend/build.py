@@ -4,7 +4,6 @@ Every stage writes to a work directory beside the bundle and skips what is alrea
 so an interrupted build resumes where it stopped.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import itertools
@@ -12,7 +11,7 @@ import json
 import os
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from safetensors.torch import load_file
 
 from backend.atlas import AtlasAccumulator, label_latents, temporal_profiles
 from backend.bundle import Bundle, rewrite_manifest
+from backend.cli import config_parser, option
 from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shard, read_shards, shard_info, shard_names
 from backend.dynamics import DynamicsAccumulator, LinearDynamics
 from backend.encodings import VARIANTS, TrajectoryEncoding
@@ -37,11 +37,6 @@ STAGES = ("collect", "dynamics", "train", "atlas", "index")
 PARALLEL_STAGES = ("collect", "dynamics", "train")  # the others are quick and run on rank 0 alone
 
 
-def option(default, help: str):
-    """A config field that is also a documented command-line option."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class BuildConfig:
     """Everything a build needs; each field is a command-line option of the same name."""
@@ -55,7 +50,7 @@ class BuildConfig:
     num_steps: int = option(20, "DDIM steps per image")
     recorded_steps: int = option(0, "how many of the steps to record, evenly spaced (0: every step)")
     guidance_scale: float = option(4.0, "classifier-free guidance scale")
-    seed: int = option(0, "image i uses seed + i")
+    seed: int = option(0, "image i uses seed + i (and, in the shapes world, caption seed + i)")
     positions_per_image: int = option(0, "spatial positions per image kept for training (0: all)")
     atlas_images: int = option(0, "images in the atlas, the first ones of the prompt list (0: all)")
     images_per_shard: int = option(64, "images per trajectory shard")
@@ -67,6 +62,7 @@ class BuildConfig:
     epochs: int = option(2, "passes over the trajectories")
     sae_batch_size: int = option(1024, "rows per SAE step")
     lr: float = option(0.0, "SAE learning rate (0: scaled from the number of latents)")
+    sae_seed: int = option(0, "seed of the SAE's initialization and data order")
     top_n: int = option(16, "top images and patches kept per latent")
     device: str = option("", "cpu or cuda (default: cuda when available)")
     stages: str = option(",".join(STAGES), "comma-separated stages to run")
@@ -84,11 +80,7 @@ class BuildConfig:
 
 def parse_config(argv=None) -> BuildConfig:
     """BuildConfig from the command line; --help lists every field with its help text."""
-    parser = argparse.ArgumentParser(prog="python -m backend.build", description=__doc__)
-    choices = {"variant": VARIANTS, "site": tuple(SITE_MODULES)}
-    for f in dataclasses.fields(BuildConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"],
-                            choices=choices.get(f.name))
+    parser = config_parser(BuildConfig, "python -m backend.build", __doc__, {"variant": VARIANTS, "site": tuple(SITE_MODULES)})
     config = BuildConfig(**vars(parser.parse_args(argv)))
     if not config.model or not config.out:
         parser.error("--model and --out are required")
@@ -207,15 +199,15 @@ class Build:
 
     def train(self) -> None:
         cfg, encoding = self.config, self.encoding()
-        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "lr", "sae_batch_size", "seed")})
+        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "lr", "sae_batch_size", "sae_seed")})
         names = shard_names(self.train_dir)
         batches_in = [-(-shard_info(self.train_dir, name)["rows"] // cfg.sae_batch_size) for name in names]
 
         def batches(epoch: int):
             """This rank's share of the shards, in an epoch-seeded order; every rank takes the same number of steps."""
-            order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).tolist()
+            order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.sae_seed * 7919 + epoch)).tolist()
             steps = min(sum(batches_in[i] for i in order[r :: self.world_size]) for r in range(self.world_size))
-            generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 104729 + self.rank)
+            generator = torch.Generator().manual_seed(cfg.sae_seed * 7919 + epoch * 104729 + self.rank)
 
             def rows():
                 for i in order[self.rank :: self.world_size]:
@@ -227,7 +219,7 @@ class Build:
         traj = read_shard(self.train_dir, names[0])["traj"].float()  # also the sample the summary's FVU is measured on
         rows = encoding.to_rows(traj)
         init_sample = rows[:4096]
-        train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.seed)
+        train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.sae_seed)
         sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors",
                                  device=self.device, progress=self.rank == 0)
         if self.rank != 0:

@@ -64,11 +64,11 @@ class TrajectoryRecorder(SiteHook):
 
     site: str
     steps: Sequence[int]
-    records: list[Tensor] = field(default_factory=list)  # one [B, C, H, W] per recorded step, in order
+    records: list[Tensor] = field(default_factory=list)  # one [B, C, H, W] per recorded step, in order, on the UNet's device
 
     def __call__(self, step: int, output: Tensor, cond: slice) -> None:
         if step in self.steps:
-            self.records.append(output[cond].detach().float().cpu())
+            self.records.append(output[cond].detach().to(torch.float32, copy=True))  # stays on the device: no sync per step
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -79,7 +79,7 @@ class TrajectoryRecorder(SiteHook):
         """Recorded activations per image and position: Tensor[B, H*W, T, C]."""
         if len(self.records) != len(self.steps):
             raise RuntimeError(f"recorded {len(self.records)} of {len(self.steps)} steps at {self.site}")
-        stacked = torch.stack(self.records, dim=1)  # [B, T, C, H, W]
+        stacked = torch.stack(self.records, dim=1).cpu()  # [B, T, C, H, W]
         b, t, c, h, w = stacked.shape
         return stacked.permute(0, 3, 4, 1, 2).reshape(b, h * w, t, c)
 

@@ -58,8 +58,10 @@ class SteeringHook(SiteHook):
         if not self.window[0] <= step <= self.window[1]:
             return None
         b, c, h, w = output.shape
+        if self.deltas.device != output.device or self.deltas.dtype != output.dtype:  # once per run, not per step
+            self.deltas = self.deltas.to(output.device, output.dtype)
         delta = interpolate_over_steps(self.deltas, self.recorded_steps, step)  # [P, C]
-        return output + delta.T.reshape(1, c, h, w).to(output.device, output.dtype)
+        return output + delta.T.reshape(1, c, h, w)
 
 
 def steering_deltas(

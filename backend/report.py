@@ -1,0 +1,257 @@
+"""EVALUATION.md and its plots from the results of `python -m backend.evaluate`.
+
+Every sentence about who wins is computed from the numbers, so a rerun that changes them
+changes the text with them.
+"""
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from backend.controllability import success_rates  # noqa: E402
+from backend.io import atomic_path  # noqa: E402
+
+FACTORS = ("colour", "shape", "size", "position", "background")
+WINDOW_ORDER = ("all", "early", "middle", "late")
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = [v for v in values if v == v]  # drop NaN
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    mean, spread = mean_spread(values)
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def group(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Runs by (site, variant), in the order first seen."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run["site"], run["variant"]].append(run)
+    return groups
+
+
+def summary_metrics(runs: list[dict], strength: float) -> dict[str, list[float]]:
+    """One number per run for each headline metric (lower is better unless the name says success)."""
+    metrics = defaultdict(list)
+    for run in runs:
+        metrics["FVU activation"].append(statistics.fmean(run["fvu_activation"]))
+        metrics["FVU activation, one-step"].append(statistics.fmean(run["fvu_activation_one_step"]))
+        metrics["FVU residual"].append(statistics.fmean(run["fvu_residual"]))
+        metrics["dead (train)"].append(run["dead_fraction_train"])
+        metrics["σ_label / random"].append(statistics.fmean(run["sigma_label"][f] / run["sigma_random"][f] for f in FACTORS))
+        metrics["labelled share"].append(run["labelled_share"])
+        steer = success_rates(run["trials"], "strength", window="all").get(strength)
+        metrics["steering reached"].append(steer["reached"] if steer else float("nan"))
+        metrics["steering clean"].append(steer["clean"] if steer else float("nan"))
+        ablate = success_rates(run["trials"], "window", kind="ablate").get("all")
+        metrics["ablation success"].append(ablate["reached"] if ablate else float("nan"))
+    return metrics
+
+
+HIGHER_IS_BETTER = {"labelled share", "steering reached", "steering clean", "ablation success"}
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _band(ax, per_run: list[list[float]], label: str) -> None:
+    """Mean over seeds with a min–max band."""
+    steps = range(1, len(per_run[0]) + 1)
+    columns = list(zip(*per_run))
+    ax.plot(steps, [statistics.fmean(c) for c in columns], marker=".", label=label)
+    ax.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns], alpha=0.2)
+
+
+def plot_fvu(results: dict, sites: list[str], variants: list[str], path: Path) -> None:
+    groups = group(results["runs"])
+    fig, axes = plt.subplots(2, len(sites), figsize=(5 * len(sites), 7), squeeze=False, layout="constrained")
+    for col, site in enumerate(sites):
+        for row, (key, title) in enumerate((("fvu_activation", "activation space"), ("fvu_residual", "residual space"))):
+            ax = axes[row][col]
+            for variant in variants:
+                _band(ax, [run[key] for run in groups[site, variant]], variant)
+            ax.set(title=f"{site}: FVU, {title}", xlabel="recorded step t", ylabel="FVU (test images)", yscale="log")
+            ax.legend()
+    _save(fig, path)
+
+
+def plot_r2(results: dict, sites: list[str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    for site in sites:
+        r2 = results["r2_per_step"][site]
+        ax.plot(range(1, len(r2) + 1), r2, marker=".", label=site)
+    ax.set(title="R² of the linear dynamics, step t → t+1", xlabel="t", ylabel="R² (held-out positions)")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_purity(results: dict, sites: list[str], variants: list[str], path: Path) -> None:
+    groups = group(results["runs"])
+    fig, axes = plt.subplots(1, len(sites), figsize=(6 * len(sites), 3.5), squeeze=False, layout="constrained")
+    width = 0.8 / len(variants)
+    for col, site in enumerate(sites):
+        ax = axes[0][col]
+        for i, variant in enumerate(variants):
+            runs = groups[site, variant]
+            ratios = [mean_spread([r["sigma_label"][f] / r["sigma_random"][f] for r in runs]) for f in FACTORS]
+            ax.bar([x + i * width for x in range(len(FACTORS))], [m for m, _ in ratios], width, yerr=[s for _, s in ratios],
+                   label=variant)
+        ax.set_xticks([x + width * (len(variants) - 1) / 2 for x in range(len(FACTORS))], FACTORS)
+        ax.axhline(1.0, color="gray", linestyle=":")
+        ax.set(title=f"{site}: σ_label / random (lower: purer)", ylabel="ratio")
+        ax.legend(loc="lower left", fontsize="small")
+    _save(fig, path)
+
+
+def plot_steering(results: dict, sites: list[str], variants: list[str], path: Path) -> None:
+    """Success vs strength and vs window; solid: reached and clean, dashed: reached."""
+    groups = group(results["runs"])
+    strength = results["config"]["window_strength"]
+    fig, axes = plt.subplots(2, len(sites), figsize=(5 * len(sites), 7), squeeze=False, layout="constrained")
+    for col, site in enumerate(sites):
+        for variant in variants:
+            runs = groups[site, variant]
+            for ax, rates, keys in (
+                (axes[0][col], [success_rates(r["trials"], "strength", window="all") for r in runs], None),
+                (axes[1][col], [success_rates(r["trials"], "window", strength=strength) for r in runs], WINDOW_ORDER),
+            ):
+                keys = [k for k in keys or sorted({k for rate in rates for k in rate}) if any(k in rate for rate in rates)]
+                x = [f"{k:g}" if isinstance(k, float) else k for k in keys]  # categorical: strengths are log-spaced
+                clean = ax.errorbar(x, *_mean_and_spread(rates, keys, "clean"), marker="o", capsize=3, label=variant)
+                ax.plot(x, _mean_and_spread(rates, keys, "reached")[0], linestyle="--", color=clean.lines[0].get_color())
+        axes[0][col].set(title=f"{site}: success vs α (whole schedule)", xlabel="α (× typical activation)",
+                         ylabel="clean (dashed: reached)", ylim=(-0.05, 1.05))
+        axes[1][col].set(title=f"{site}: success vs window (α = {strength:g})", xlabel="window",
+                         ylabel="clean (dashed: reached)", ylim=(-0.05, 1.05))
+        for ax in axes[:, col]:
+            ax.legend()
+    _save(fig, path)
+
+
+def _mean_and_spread(rates_per_run: list[dict], keys: list, measure: str) -> tuple[list[float], list[float]]:
+    stats = [mean_spread([rates[key][measure] for rates in rates_per_run if key in rates]) for key in keys]
+    return [m for m, _ in stats], [s for _, s in stats]
+
+
+def findings(results: dict, sites: list[str], variants: list[str], strength: float) -> list[str]:
+    """Per site and metric: which variant is best, and where the residualized one stands."""
+    groups = group(results["runs"])
+    lines = []
+    for site in sites:
+        per_variant = {v: summary_metrics(groups[site, v], strength) for v in variants}
+        for metric in next(iter(per_variant.values())):
+            means = {v: mean_spread(per_variant[v][metric])[0] for v in variants}
+            means = {v: m for v, m in means.items() if m == m}
+            if not means:
+                continue
+            pick = max if metric in HIGHER_IS_BETTER else min
+            best = pick(means, key=means.get)
+            text = ", ".join(f"{v} {means[v]:.3f}" for v in variants if v in means)
+            verdict = "the residualized variant is best" if best == "residualized" else f"best is {best}, not the residualized variant"
+            lines.append(f"- {site}, {metric}: {verdict} ({text}).")
+    return lines
+
+
+def write_report(results: dict, out: Path) -> Path:
+    """Write EVALUATION.md and four PNG plots into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = results["config"]
+    sites = list(results["r2_per_step"])
+    variants = list(dict.fromkeys(run["variant"] for run in results["runs"]))
+    strength = float(cfg["window_strength"])
+    plot_fvu(results, sites, variants, out / "eval-fvu.png")
+    plot_r2(results, sites, out / "eval-r2.png")
+    plot_purity(results, sites, variants, out / "eval-purity.png")
+    plot_steering(results, sites, variants, out / "eval-steering.png")
+    groups = group(results["runs"])
+    header = ["site", "variant", "seeds", "FVU act.", "FVU act. 1-step", "FVU resid.", "dead (train)", "σ/random",
+              "labelled", "steer reached", "steer clean", "ablation ok"]
+    rows = []
+    for (site, variant), runs in groups.items():
+        m = summary_metrics(runs, strength)
+        rows.append([site, variant, str(len(runs))] + [fmt(m[k]) for k in m])
+    sigma_rows = [[site, variant] + [fmt([r["sigma_label"][f] for r in runs], 2) for f in FACTORS] for (site, variant), runs in groups.items()]
+    random_row = {f: groups[next(iter(groups))][0]["sigma_random"][f] for f in FACTORS}
+    text = f"""# Evaluation: residualized vs temporal-concat vs per-step SAEs
+
+Reproduce with `python -m backend.evaluate` (this file and the `eval-*.png` plots beside it).
+Model `{cfg['model']}`; {cfg['train_images']} training captions (SAE training and the atlas that labels latents),
+{cfg['test_images']} other test captions (reconstruction); {cfg['num_steps']} DDIM steps, guidance {cfg['guidance_scale']:g},
+all steps recorded; {cfg['n_latents']} latents, k = {cfg['k']}, {cfg['epochs']} epochs for every variant; SAE seeds
+{cfg['seeds']}. Device: {results['device']}. Values are mean ± standard deviation over seeds.
+
+## What is measured
+
+- **FVU act.**: fraction of variance unexplained of the site's activations, per step, averaged over
+  steps, on test images. For the residualized variant every step is decoded from the SAE's
+  reconstruction alone, so errors compound through the dynamics; **1-step** instead predicts each
+  step from the true previous activation (for the other variants the two are equal).
+- **FVU resid.**: the same in residual space, r_1 = a_1, r_(t+1) = a_(t+1) − A_t a_t − b_t, for
+  every variant: how much of what the linear dynamics cannot predict the SAE keeps.
+- **dead**: share of latents that never fired on the training images.
+- **σ/random**: Revelio's σ_label adapted to the factors: per factor, the standard deviation of the
+  factor's value index over each latent's top-10 images, averaged over the {cfg['sigma_latents']} most
+  active latents, divided by the same for random 10-image sets (1 = no purer than chance; lower
+  is purer), then averaged over the five factors. **labelled**: share of latents with a label.
+- **steer reached / clean**: steering success. The purest latent labelled `factor = value`
+  (factors {cfg['steer_factors']}, {cfg['targets_per_factor']} values each) is added at α × its typical activation
+  (here α = {strength:g}, whole schedule) to {cfg['images_per_target']} atlas images per value showing another value;
+  *reached* when the classifier then reads the target value, *clean* when besides every other
+  factor reads as in the base image. **ablation ok**: all latents labelled with an image's own
+  value are scaled to 0; success when the classifier no longer reads that value.
+
+## Results
+
+{_table(header, rows)}
+
+σ_label per factor (random 10-image sets: {", ".join(f"{f} {random_row[f]:.2f}" for f in FACTORS)}):
+
+{_table(["site", "variant", *FACTORS], sigma_rows)}
+
+R² of the linear dynamics per step (held-out positions): {"; ".join(f"{s}: min {min(results['r2_per_step'][s]):.3f}, median {statistics.median(results['r2_per_step'][s]):.3f}" for s in sites)}.
+
+![FVU per step](eval-fvu.png)
+
+![R² per step](eval-r2.png)
+
+![Label purity](eval-purity.png)
+
+![Steering success](eval-steering.png)
+
+## What the numbers show
+
+{chr(10).join(findings(results, sites, variants, strength))}
+
+Steering and ablation rates rest on few trials: {_trial_counts(results, strength)}. A difference of
+one or two trials is within chance.
+"""
+    path = out / "EVALUATION.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def _trial_counts(results: dict, strength: float) -> str:
+    """How many add (at `strength`, whole schedule) and ablation trials each run had, min to max."""
+    adds = [success_rates(r["trials"], "strength", window="all").get(strength, {"n": 0})["n"] for r in results["runs"]]
+    ablations = [success_rates(r["trials"], "window", kind="ablate").get("all", {"n": 0})["n"] for r in results["runs"]]
+    return f"{min(adds)} to {max(adds)} add trials and {min(ablations)} to {max(ablations)} ablation trials per run"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

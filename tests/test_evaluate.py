@@ -1,0 +1,79 @@
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from backend import evaluate
+from backend.evaluate import Evaluation, EvaluateConfig, parse_config
+from backend.report import write_report
+
+TINY = dict(model="checkpoints/shapes-model", sites="up_ft1", variants="residualized,per_step", seeds="0,1", train_images=20,
+            test_images=3, num_steps=4, n_latents=48, k=6, epochs=1, sigma_latents=24, strengths="5",
+            window_strength=5.0, targets_per_factor=1, images_per_target=1)
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    config = EvaluateConfig(**TINY, work_dir=str(root / "work"), out=str(root / "docs"))
+    runner = Evaluation(config)
+    return runner, config, runner.run()
+
+
+def test_every_variant_and_seed_is_measured_at_every_step(evaluation):
+    _, config, results = evaluation
+    runs = results["runs"]
+    assert [(r["variant"], r["seed"]) for r in runs] == [("residualized", 0), ("residualized", 1), ("per_step", 0), ("per_step", 1)]
+    for run in runs:
+        assert len(run["fvu_activation"]) == len(run["fvu_residual"]) == config.num_steps
+        assert all(v >= 0 for v in run["fvu_activation"] + run["fvu_residual"]) and 0 <= run["dead_fraction"] <= 1
+        assert set(run["sigma_label"]) == {"shape", "colour", "size", "position", "background"}
+        assert all(t["kind"] in ("add", "ablate") for t in run["trials"])
+    per_step = [r for r in runs if r["variant"] == "per_step"]
+    assert all(r["fvu_activation"] == r["fvu_activation_one_step"] for r in per_step)
+    assert runs[0]["fvu_activation"] != runs[1]["fvu_activation"]  # seeds train different SAEs
+    assert len(results["r2_per_step"]["up_ft1"]) == config.num_steps - 1
+
+
+def test_report_has_a_row_per_variant_and_valid_plots(evaluation):
+    _, config, results = evaluation
+    text = (Path(config.out) / "EVALUATION.md").read_text()
+    assert "| up_ft1 | residualized | 2 |" in text and "| up_ft1 | per_step | 2 |" in text
+    assert "- up_ft1, FVU residual:" in text and "steering clean" in text
+    for name in ("eval-fvu.png", "eval-r2.png", "eval-purity.png", "eval-steering.png"):
+        with Image.open(Path(config.out) / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+
+
+def test_a_rerun_reuses_finished_runs(evaluation, monkeypatch):
+    runner, config, results = evaluation
+    monkeypatch.setattr(evaluate, "Build", None)  # any training or collection would fail
+    monkeypatch.setattr(Evaluation, "prepare_site", lambda self, site: (None, None, results["r2_per_step"][site]))
+    assert runner.run()["runs"] == results["runs"]
+    saved = json.loads((Path(config.work_dir) / "results.json").read_text())
+    assert saved["runs"] == results["runs"]
+
+
+def test_report_prose_follows_the_numbers(evaluation, tmp_path):
+    _, _, results = evaluation
+    flipped = json.loads(json.dumps(results))
+    for run in flipped["runs"]:  # make per_step reconstruct far better than residualized
+        run["fvu_residual"] = [0.01 if run["variant"] == "per_step" else 0.9] * len(run["fvu_residual"])
+    text = write_report(flipped, tmp_path).read_text()
+    assert "- up_ft1, FVU residual: best is per_step, not the residualized variant" in text
+
+
+@pytest.mark.parametrize("argv, message", [(["--sites", "up_ft9"], "unknown site"), (["--variants", "pca"], "unknown variant")])
+def test_bad_options_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_every_option_is_documented(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    out = capsys.readouterr().out
+    for name in EvaluateConfig.__dataclass_fields__:
+        assert f"--{name.replace('_', '-')}" in out
