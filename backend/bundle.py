@@ -241,6 +241,27 @@ class Bundle:
         ids, scores = self.atlas["top_image_id"][j, :n], self.atlas["top_image_score"][j, :n]
         return [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and s > 0]
 
+    def quantile_images(self, j: int, bins: int = 4, per_bin: int = 2) -> list[tuple[int, int, float]]:
+        """Atlas images from across latent j's activation range (sae_vis shows these beside the top-k).
+
+        The images where j fired, ordered by their max activation, are cut into `bins` groups of
+        equal count; from each, `per_bin` images evenly spread over it. Returns (bin, image_id,
+        activation), weakest bin first, so one sees what a weak activation means too.
+        """
+        j = self.check_latent(j)
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 20:
+            raise ExplorerError(f"Ask for between 1 and 20 quantile bins, got {bins!r}.")
+        per_bin = self._check_count(per_bin)
+        activations = self.atlas["image_profile"][:, j].float()
+        fired = activations.nonzero().flatten()
+        order = fired[activations[fired].argsort()]
+        picked = []
+        for b, group in enumerate(order.tensor_split(bins)):
+            if len(group):
+                spots = torch.linspace(0, len(group) - 1, min(per_bin, len(group))).round().long().unique()
+                picked += [(b, int(i), float(activations[i])) for i in group[spots]]
+        return picked
+
     def top_image_maps(self, j: int, n: int = 16) -> Tensor:
         """Spatial maps z[p, j] of latent j on its top images: Tensor[n, H, W]."""
         j, n = self.check_latent(j), self._check_count(n)

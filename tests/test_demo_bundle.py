@@ -51,3 +51,29 @@ def test_adding_a_red_latent_turns_green_shapes_away_from_green(bundle, classifi
         assert base["colour"] == "green"
         moved += steered["colour"] != "green"
     assert moved >= 2
+
+
+@pytest.mark.parametrize("bins, per_bin", [(4, 2), (3, 5), (1, 1)])
+def test_quantile_images_come_from_each_equal_count_slice_of_the_activation_range(bundle, bins, per_bin):
+    import numpy as np
+
+    j = int(bundle.atlas["frequency"].argmax())
+    activations = bundle.atlas["image_profile"][:, j].float().numpy()
+    fired = np.flatnonzero(activations > 0)
+    slices = np.array_split(fired[np.argsort(activations[fired], kind="stable")], bins)
+    picked = bundle.quantile_images(j, bins, per_bin)
+    assert [b for b, _, _ in picked] == sorted(b for b, _, _ in picked)
+    for b in range(bins):
+        in_bin = [(i, a) for bb, i, a in picked if bb == b]
+        assert len(in_bin) == min(per_bin, len(slices[b]))
+        for i, a in in_bin:
+            assert activations[slices[b][0]] <= a <= activations[slices[b][-1]] and a == pytest.approx(activations[i])
+    assert picked[0][2] <= picked[-1][2]
+
+
+@pytest.mark.parametrize("bins, per_bin", [(0, 2), (21, 2), (4, 0), (True, 2), (4, 10**6)])
+def test_bad_quantile_requests_are_explained(bundle, bins, per_bin):
+    from backend.errors import ExplorerError
+
+    with pytest.raises(ExplorerError):
+        bundle.quantile_images(0, bins, per_bin)

@@ -36,9 +36,10 @@ def test_search_through_the_api(client):
 
 
 def test_a_latent_page_through_the_api(client):
-    latent, header, top_images, patches, histogram, profile, similar = client.predict(5, api_name="/latent_page")
+    latent, header, top_images, patches, quantiles, histogram, profile, similar = client.predict(5, api_name="/latent_page")
     assert latent == 5 and header.startswith("## Latent 5")
     assert top_images and all(item["image"] for item in top_images)
+    assert quantiles and all(item["caption"].startswith("q ") for item in quantiles)
     assert similar["data"] and all(row[0] != 5 for row in similar["data"])
 
 

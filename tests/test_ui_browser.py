@@ -37,6 +37,7 @@ def test_search_open_a_latent_and_steer_it(page):
     first.click()
     page.locator("#latent-header h2", has_text=f"Latent {latent}").wait_for()
     page.get_by_text("recorded step 3/3").wait_for()  # the maps over time, from the regenerated top image
+    page.locator("#quantile-images", has_text="q 75–100 %").wait_for()  # examples across the activation range
     page.screenshot(path=SHOTS / "browse.png", full_page=True)
 
     page.locator("#to-steer").click()

@@ -112,7 +112,9 @@ def test_latent_page_shows_the_atlas_view_of_the_latent(ex):
     assert sum(page.histogram.data[0].y) == int(ex.bundle.atlas["histogram"][j].sum())
     assert list(page.profile.data[0].x) == ex.recorded_steps
     assert page.similar and all(row[0] != j for row in page.similar)
-    assert len(page.outputs()) == 7
+    assert len(page.quantile_images) == len(ex.bundle.quantile_images(j, browse.QUANTILE_BINS, browse.PER_BIN)) > 0
+    assert page.quantile_images[0][1].startswith("q 0–25 %") and page.quantile_images[-1][1].startswith("q 75–100 %")
+    assert len(page.outputs()) == 8
 
 
 @pytest.mark.parametrize("bad", [-1, 32, 10**12, "abc", None, 1.5, math.nan, "3; drop"])

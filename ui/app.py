@@ -85,6 +85,8 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         header = gr.Markdown(elem_id="latent-header")
                         top_gallery = gr.Gallery(label="Top images (map overlaid)", columns=4, height=330, elem_id="top-images")
                         patches = gr.Gallery(label="Top patches (cell outlined)", columns=4, height=330)
+                        quantiles = gr.Gallery(label="Examples across its activation range (weakest quarter first)", columns=4,
+                                               height=330, elem_id="quantile-images")
                         with gr.Row():
                             histogram = gr.Plot(label="Activation histogram")
                             profile = gr.Plot(label="Temporal profile")
@@ -149,7 +151,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
         query.change(search, list_inputs, [table, summary], api_name="search", **BROWSE)
         for control in (sort, labelled, min_freq):
             control.change(search, list_inputs, [table, summary], api_name=False, **BROWSE)
-        page_outputs = [latent_box, header, top_gallery, patches, histogram, profile, similar]
+        page_outputs = [latent_box, header, top_gallery, patches, quantiles, histogram, profile, similar]
         timeline_outputs = [timeline_state, step, x0_image, final_image, step_caption]
 
         def open_page(value):

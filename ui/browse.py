@@ -7,13 +7,14 @@ from PIL import Image
 
 from backend.bundle import label_text
 from ui.explorer import Explorer
-from ui.images import mark_patch, overlay
+from ui.images import mark_patch, overlay, upscale
 from ui.latents import list_latents
 from ui.plots import histogram_figure, profile_figure
 from ui.state import parse_int
 from ui.timeline import Timeline, frame, timelines
 
 TOP_N = 8
+QUANTILE_BINS, PER_BIN = 4, 2
 SIMILAR_N = 8
 SIMILAR_HEADERS = ["latent", "label", "cosine"]
 
@@ -37,13 +38,15 @@ class LatentPage:
     header: str  # markdown
     top_images: list[tuple[Image.Image, str]]
     top_patches: list[tuple[Image.Image, str]]
+    quantile_images: list[tuple[Image.Image, str]]  # weakest quarter first
     histogram: go.Figure
     profile: go.Figure
     similar: list[list]  # rows of SIMILAR_HEADERS
 
     def outputs(self) -> tuple:
         """The page as the tuple of values the Gradio outputs take, in field order."""
-        return (self.latent, self.header, self.top_images, self.top_patches, self.histogram, self.profile, self.similar)
+        return (self.latent, self.header, self.top_images, self.top_patches, self.quantile_images, self.histogram, self.profile,
+                self.similar)
 
 
 def header(ex: Explorer, j: int) -> str:
@@ -58,8 +61,14 @@ def header(ex: Explorer, j: int) -> str:
     return f"## Latent {j}\n**{label}**\n\n{stats}"
 
 
+def quantile_name(b: int) -> str:
+    """"q 25–50 %": which share of the latent's firing images, weakest first, bin b stands for."""
+    width = 100 // QUANTILE_BINS
+    return f"q {b * width}–{(b + 1) * width} %"
+
+
 def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
-    """Latent page: top images with maps, top patches, histogram, temporal profile, similar latents."""
+    """Latent page: top images with maps, top patches, examples by quantile, histogram, temporal profile, similar latents."""
     bundle = ex.bundle
     j = latent_id(ex, value)
     vmax = float(ex.table.max_activation[j])
@@ -70,9 +79,11 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
     grid = tuple(bundle.manifest["shapes"]["grid"])
     top_patches = [(mark_patch(bundle.thumbnails[i], r, c, grid), f"image {i} ({r}, {c}) · {score:.2f}")
                    for i, r, c, score in bundle.top_patches(j, n)]
+    quantile_images = [(upscale(bundle.thumbnails[i]), f"{quantile_name(b)} · image {i} · {score:.2f}")
+                       for b, i, score in bundle.quantile_images(j, QUANTILE_BINS, PER_BIN)]
     similar = [[int(k), ex.table.labels[k], round(cos, 3)] for k, cos in bundle.similar_latents(j, SIMILAR_N)]
     return LatentPage(
-        latent=j, header=header(ex, j), top_images=top_images, top_patches=top_patches,
+        latent=j, header=header(ex, j), top_images=top_images, top_patches=top_patches, quantile_images=quantile_images,
         histogram=histogram_figure(bundle.atlas["histogram"][j].numpy(), vmax),
         profile=profile_figure(bundle.atlas["profile"][j].float().numpy(), ex.recorded_steps, float(bundle.atlas["residual_share"][j])),
         similar=similar,
