@@ -150,8 +150,9 @@ class Evaluation:
 
     def run(self) -> dict:
         cfg = self.config
+        training = Path(cfg.model) / "training.json"  # written by backend.shapes.train's export: which step the weights are
         results = {"config": dataclasses.asdict(cfg), "device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-                   "r2_per_step": {}, "runs": []}
+                   "model_training": json.loads(training.read_text()) if training.is_file() else {}, "r2_per_step": {}, "runs": []}
         for site in _list(cfg.sites):
             shared, test_traj, results["r2_per_step"][site] = self.prepare_site(site)
             for variant in _list(cfg.variants):

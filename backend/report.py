@@ -189,7 +189,7 @@ def write_report(results: dict, out: Path) -> Path:
     text = f"""# Evaluation: residualized vs temporal-concat vs per-step SAEs
 
 Reproduce with `python -m backend.evaluate` (this file and the `eval-*.png` plots beside it).
-Model `{cfg['model']}`; {cfg['train_images']} training captions (SAE training and the atlas that labels latents),
+Model `{cfg['model']}`{_model_step(results)}; {cfg['train_images']} training captions (SAE training and the atlas that labels latents),
 {cfg['test_images']} other test captions (reconstruction); {cfg['num_steps']} DDIM steps, guidance {cfg['guidance_scale']:g},
 all steps recorded; {cfg['n_latents']} latents, k = {cfg['k']}, {cfg['epochs']} epochs for every variant; SAE seeds
 {cfg['seeds']}. Device: {results['device']}. Values are mean ± standard deviation over seeds.
@@ -243,6 +243,11 @@ one or two trials is within chance.
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+def _model_step(results: dict) -> str:
+    step = results.get("model_training", {}).get("step")
+    return f" (training step {step})" if step is not None else ""
 
 
 def _trial_counts(results: dict, strength: float) -> str:

@@ -40,6 +40,8 @@ def test_report_has_a_row_per_variant_and_valid_plots(evaluation):
     _, config, results = evaluation
     text = (Path(config.out) / "EVALUATION.md").read_text()
     assert "| up_ft1 | residualized | 2 |" in text and "| up_ft1 | per_step | 2 |" in text
+    step = json.loads(Path(config.model, "training.json").read_text())["step"]
+    assert f"Model `{config.model}` (training step {step})" in text
     assert "- up_ft1, FVU residual:" in text and "steering clean" in text
     for name in ("eval-fvu.png", "eval-r2.png", "eval-purity.png", "eval-steering.png"):
         with Image.open(Path(config.out) / name) as image:
