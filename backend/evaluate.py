@@ -65,6 +65,11 @@ class EvaluateConfig:
     targets_per_factor: int = option(2, "target values per steered factor (those with the purest latents)")
     images_per_target: int = option(2, "images steered per target value and condition")
 
+    def run_settings(self) -> dict:
+        """What a finished run's result depends on, apart from its site, variant and seed."""
+        where = {"work_dir", "out", "sites", "variants", "seeds"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in where}
+
     def build_config(self, site: str, work: Path, **overrides) -> BuildConfig:
         values = dict(model=self.model, out=str(work / "bundle"), work_dir=str(work), site=site, shapes_prompts=self.train_images,
                       num_steps=self.num_steps, guidance_scale=self.guidance_scale, n_latents=self.n_latents, k=self.k,
@@ -115,6 +120,17 @@ class Evaluation:
         self.work = Path(config.work_dir)
         self.model = load_model(config.model, device="cpu")
         self.classifier = load_classifier()
+        training = Path(config.model) / "training.json"  # written by backend.shapes.train's export: which step the weights are
+        self.model_training = json.loads(training.read_text()) if training.is_file() else {}
+        self.settings = config.run_settings() | {"model_training": self.model_training}  # new weights at the same path count
+
+    def check_work_dir(self) -> None:
+        """Refuse a work directory whose trajectories and runs were made with other settings or weights."""
+        path = self.work / "settings.json"
+        if path.exists() and json.loads(path.read_text()) != self.settings:
+            raise ExplorerError(f"{self.work} holds an evaluation made with other settings or model weights ({path.name}); "
+                                "pass a new --work-dir or delete it.")
+        write_json(path, self.settings)
 
     def prepare_site(self, site: str) -> tuple[Path, torch.Tensor, list[float]]:
         """Training trajectories and dynamics (shared by the site's runs), and the test trajectories."""
@@ -150,9 +166,9 @@ class Evaluation:
 
     def run(self) -> dict:
         cfg = self.config
-        training = Path(cfg.model) / "training.json"  # written by backend.shapes.train's export: which step the weights are
+        self.check_work_dir()
         results = {"config": dataclasses.asdict(cfg), "device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-                   "model_training": json.loads(training.read_text()) if training.is_file() else {}, "r2_per_step": {}, "runs": []}
+                   "model_training": self.model_training, "r2_per_step": {}, "runs": []}
         for site in _list(cfg.sites):
             shared, test_traj, results["r2_per_step"][site] = self.prepare_site(site)
             for variant in _list(cfg.variants):

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from backend import evaluate
+from backend.errors import ExplorerError
 from backend.evaluate import Evaluation, EvaluateConfig, parse_config
 from backend.report import write_report
 
@@ -79,3 +80,12 @@ def test_every_option_is_documented(capsys):
     out = capsys.readouterr().out
     for name in EvaluateConfig.__dataclass_fields__:
         assert f"--{name.replace('_', '-')}" in out
+
+
+def test_a_rerun_with_other_settings_is_refused(evaluation, monkeypatch):
+    _, config, results = evaluation
+    changed = EvaluateConfig(**(vars(config) | {"n_latents": config.n_latents * 2}))
+    monkeypatch.setattr(Evaluation, "prepare_site", lambda self, site: (None, None, results["r2_per_step"][site]))
+    monkeypatch.setattr(evaluate, "load_model", lambda *a, **k: None)
+    with pytest.raises(ExplorerError, match="other settings"):
+        Evaluation(changed).run()
