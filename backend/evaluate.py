@@ -80,6 +80,8 @@ class EvaluateConfig:
 def parse_config(argv=None) -> EvaluateConfig:
     parser = config_parser(EvaluateConfig, "python -m backend.evaluate", __doc__)
     config = EvaluateConfig(**vars(parser.parse_args(argv)))
+    if config.num_steps < 3:
+        parser.error("--num-steps must be at least 3: steering windows are the schedule's thirds")
     for site in _list(config.sites):
         if site not in SITE_MODULES:
             parser.error(f"unknown site {site!r}; choose from {', '.join(SITE_MODULES)}")

@@ -67,7 +67,8 @@ def test_report_prose_follows_the_numbers(evaluation, tmp_path):
     assert "- up_ft1, FVU residual: best is per_step, not the residualized variant" in text
 
 
-@pytest.mark.parametrize("argv, message", [(["--sites", "up_ft9"], "unknown site"), (["--variants", "pca"], "unknown variant")])
+@pytest.mark.parametrize("argv, message", [(["--sites", "up_ft9"], "unknown site"), (["--variants", "pca"], "unknown variant"),
+                                           (["--num-steps", "2"], "at least 3")])
 def test_bad_options_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_config(argv)
