@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from backend.errors import ExplorerError
 from backend.models import load_model
 from backend.sampler import sample
 from backend.shapes.captions import build_tokenizer
@@ -93,3 +94,45 @@ def test_shipped_model_draws_the_colours_it_is_asked_for():
     images = sample(model, prompts, seed=0, num_steps=20, guidance_scale=4.0).images
     predicted = [p["colour"] for p in load_classifier().predict(images)]
     assert sum(p == c for p, c in zip(predicted, colours)) >= 7, predicted
+
+
+def test_init_from_export_starts_at_its_weights_step_and_tokenizer(tmp_path, one_thread):
+    source = _trainer(tmp_path / "source", resume=False)
+    for _ in range(2):
+        source.train_step()
+    export = save_export(source.ema.shadow, TINY, source.tokenizer, tmp_path / "export", step=source.step)
+    config = TrainConfig(run_dir=str(tmp_path / "next"), init_from=str(export), batch_size=2, warmup_steps=4)
+    trainer = Trainer(config, TINY, torch.device("cpu"))
+    assert trainer.step == trainer.first_step == 2
+    assert trainer.tokenizer.get_vocab() == source.tokenizer.get_vocab()
+    for key, value in source.ema.shadow.items():  # the export is fp16: weights and EMA start at its rounding
+        expected = value.half().float() if value.is_floating_point() else value
+        assert torch.equal(trainer.state_tensors()[key], expected), key
+        assert torch.equal(trainer.ema.shadow[key], expected), key
+    trainer.train_step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.lr / 4)  # a fresh optimizer warms up again
+    trainer.save_checkpoint()
+    resumed = Trainer(TrainConfig(run_dir=str(tmp_path / "next"), resume=True, batch_size=2, warmup_steps=4), TINY, torch.device("cpu"))
+    resumed.load_checkpoint()
+    assert (resumed.step, resumed.first_step) == (3, 2)
+
+
+def test_init_from_refuses_weights_of_another_architecture(tmp_path):
+    tokenizer = build_tokenizer()
+    weights = {f"unet.{k}": v for k, v in build_unet(TINY).state_dict().items()}
+    weights |= {f"text_encoder.{k}": v for k, v in build_text_encoder(TINY, tokenizer).state_dict().items()}
+    export = save_export(weights, TINY, tokenizer, tmp_path / "export", step=5)
+    wider = ModelConfig(block_out_channels=(8, 16, 16, 32), attention_heads=2, text_hidden=16, text_layers=1, text_heads=2)
+    with pytest.raises(ExplorerError, match="do not fit the model flags"):
+        Trainer(TrainConfig(run_dir=str(tmp_path / "run"), init_from=str(export)), wider, torch.device("cpu"))
+    with pytest.raises(ExplorerError, match="not a shapes-model export"):
+        Trainer(TrainConfig(run_dir=str(tmp_path / "run2"), init_from=str(tmp_path)), TINY, torch.device("cpu"))
+
+
+def test_layout_share_of_timesteps_comes_from_the_top_band(tmp_path):
+    trainer = Trainer(TrainConfig(run_dir=str(tmp_path), layout_share=0.5, layout_band=100), TINY, torch.device("cpu"))
+    t = trainer.timesteps(20_000, torch.Generator().manual_seed(0))
+    top = (t >= 900).float().mean().item()
+    assert top == pytest.approx(0.5 + 0.5 * 0.1, abs=0.015)  # the band itself plus uniform draws that land in it
+    assert t.min() >= 0 and t.max() <= 999
+    assert (t < 900).float().mean().item() == pytest.approx(0.45, abs=0.015)
