@@ -43,10 +43,14 @@ def interpolate_over_steps(values: Tensor, recorded_steps: list[int], step: int)
 
 @dataclass
 class SteeringHook(SiteHook):
-    """Adds a precomputed per-position edit to the site's output at steps inside the window.
+    """Adds a precomputed per-position edit to the site's conditional output at steps inside the window.
 
     `deltas` [T, P, C] is the change of a_t at each recorded step and position (already
-    masked and summed over latents); it is added to every row of the CFG batch.
+    masked and summed over latents). Codes, typical activations and φ all describe the
+    conditional half (capture records only it), so only those rows are edited. The same edit on
+    the unconditional rows would cancel most of it: guidance u + g·(c − u) moves by δ for
+    δ on both rows, by g·δ for δ on c alone, and the unconditional run never had the feature
+    that a scale edit removes.
     """
 
     site: str
@@ -61,7 +65,9 @@ class SteeringHook(SiteHook):
         if self.deltas.device != output.device or self.deltas.dtype != output.dtype:  # once per run, not per step
             self.deltas = self.deltas.to(output.device, output.dtype)
         delta = interpolate_over_steps(self.deltas, self.recorded_steps, step)  # [P, C]
-        return output + delta.T.reshape(1, c, h, w)
+        edited = output.clone()
+        edited[cond] += delta.T.reshape(1, c, h, w)
+        return edited
 
 
 def steering_deltas(

@@ -7,7 +7,7 @@ from backend.build import Build, BuildConfig
 from backend.bundle import Bundle
 from backend.errors import ExplorerError
 from backend.hooks import site_module
-from backend.steering import Steer, interpolate_over_steps, steering_deltas
+from backend.steering import Steer, SteeringHook, interpolate_over_steps, steering_deltas
 from tests.tiny_models import tiny_model
 
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "square")]
@@ -50,6 +50,17 @@ def test_ablation_edit_lowers_the_latent_where_it_fired(bundle):
     pre = lambda traj: bundle.sae.pre_activations(bundle.encoding.to_rows(traj))[:, j]  # noqa: E731
     assert (pre(edited)[fired] < pre(base.traj)[fired]).all()
     assert torch.equal(edited[~fired], base.traj[~fired])  # z = 0 there: nothing to remove
+
+
+def test_the_edit_goes_to_the_conditional_rows_only():
+    deltas = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)  # [T, P = 2x2, C]
+    hook = SteeringHook("up_ft1", deltas, recorded_steps=[0, 2], window=(1, 2))
+    output = torch.randn(4, 3, 2, 2)  # CFG batch of two images: unconditional rows 0-1, conditional rows 2-3
+    edited = hook(2, output, slice(2, 4))
+    assert torch.equal(edited[:2], output[:2])
+    expected = output[2:] + deltas[1].T.reshape(1, 3, 2, 2)
+    assert torch.equal(edited[2:], expected)
+    assert hook(1, output, slice(2, 4)) is not None and hook(0, output, slice(2, 4)) is None  # outside the window
 
 
 def test_steps_before_the_window_are_not_recomputed(bundle):
