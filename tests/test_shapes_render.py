@@ -94,3 +94,21 @@ def test_training_batch_is_a_pure_function_of_its_step():
     assert a_captions == b_captions and "" in a_captions
     assert a_images.equal(b_images) and not a_images.equal(c_images)
     assert a_images.shape == (8, 3, 32, 32) and a_images.min() >= -1 and a_images.max() <= 1
+
+
+def test_position_captions_name_the_position_alone():
+    tokenizer = build_tokenizer()
+    for seed in range(300):
+        _, caption, factors = make_example(seed, position_only=True)
+        assert parse_caption(caption) == {"position": factors["position"]}, caption
+        assert tokenizer.unk_token_id not in tokenizer(caption).input_ids[1:-1]  # (CLIP's unknown token is its end token)
+
+
+def test_position_caption_share_replaces_that_share_of_captions_and_no_pixels():
+    full_images, full = training_batch(2, 400, data_seed=0, caption_dropout=0.0)
+    images, captions = training_batch(2, 400, data_seed=0, caption_dropout=0.0, position_caption_share=0.3)
+    assert images.equal(full_images)
+    short = [c for c, f in zip(captions, full) if c != f]
+    assert 0.22 <= len(short) / len(captions) <= 0.38
+    assert all(parse_caption(c).keys() == {"position"} for c in short)
+    assert training_batch(2, 400, data_seed=0, caption_dropout=0.0, position_caption_share=0.3)[1] == captions

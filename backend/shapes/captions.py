@@ -60,6 +60,12 @@ def make_caption(factors: Factors, rng: np.random.Generator) -> str:
     return _fix_articles(caption)
 
 
+def position_caption(factors: Factors, rng: np.random.Generator) -> str:
+    """A caption naming the object's position alone, as the list-like templates say it ("top left corner")."""
+    spots = _spot(factors.position)
+    return spots[rng.integers(len(spots))]
+
+
 def canonical_caption(factors: Factors) -> str:
     """The plain full caption of `factors` (first template, first paraphrase), used for evaluation."""
     caption = TEMPLATES[0].format(size=factors.size, colour=factors.colour, shape=factors.shape,

@@ -51,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     caption_dropout: float = 0.1  # share of empty captions, which classifier-free guidance needs
+    position_caption_share: float = 0.3  # share of captions naming only the position, so position words get learned
     layout_share: float = 0.3  # share of each batch whose timesteps come from the schedule's top layout_band
     layout_band: int = 100  # top timesteps, where the noisy input no longer shows where the object is (Trainer.timesteps)
     ema_decay: float = 0.999
@@ -218,7 +219,8 @@ class Trainer:
 
     def train_step(self) -> float:
         """One optimizer step on the batch of the current step."""
-        images, captions = training_batch(self.step, self.config.batch_size, self.config.data_seed, self.config.caption_dropout)
+        images, captions = training_batch(self.step, self.config.batch_size, self.config.data_seed, self.config.caption_dropout,
+                                          position_caption_share=self.config.position_caption_share)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step - self.first_step, self.config)
         loss = self.loss(images, captions)
