@@ -20,9 +20,9 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # after the write: mkstemp makes 0600, and so does safetensors' own file creation
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -112,10 +112,14 @@ def test_unknown_latent_ids_are_rejected(tmp_path, bad):
 def test_atomic_writes_leave_no_temporary_files_and_usual_permissions(tmp_path):
     import os
 
-    from backend.io import write_json
+    import torch
+
+    from backend.io import write_json, write_safetensors
 
     write_json(tmp_path / "a.json", {"x": 1})
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    write_safetensors(tmp_path / "b.safetensors", {"x": torch.zeros(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.safetensors"]
     umask = os.umask(0)
     os.umask(umask)
-    assert os.stat(tmp_path / "a.json").st_mode & 0o777 == 0o666 & ~umask
+    for name in ("a.json", "b.safetensors"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
