@@ -53,6 +53,25 @@ def test_adding_a_red_latent_turns_green_shapes_away_from_green(bundle, classifi
     assert moved >= 2
 
 
+def test_ablating_the_latents_labelled_green_takes_green_away(bundle, classifier):
+    """Ablation is causal too: scaling to 0 every latent labelled green (over the whole run) changes the
+    classified colour of most green shapes, and scaling them by 1 changes nothing. One latent alone is
+    not enough on this model: colour is spread over many latents (docs/SHAPES.md)."""
+    from backend.controllability import images_showing, labelled_latents
+
+    greens = labelled_latents(bundle, "colour")["green"]
+    moved = 0
+    for image_id in images_showing(bundle, "colour", "green", 6):
+        image = bundle.images[image_id]
+        result = bundle.generate(image["prompt"], image["seed"], [Steer(j, 0.0, "scale") for j in greens])
+        base, ablated = classifier.predict(torch.cat([result.base_run.result.images, result.steered_images]))
+        assert base["colour"] == "green"
+        moved += ablated["colour"] != "green"
+        kept = bundle.generate(image["prompt"], image["seed"], [Steer(j, 1.0, "scale") for j in greens])
+        assert torch.equal(kept.steered_images, result.base_run.result.images)
+    assert moved >= 3
+
+
 @pytest.mark.parametrize("bins, per_bin", [(4, 2), (3, 5), (1, 1)])
 def test_quantile_images_come_from_each_equal_count_slice_of_the_activation_range(bundle, bins, per_bin):
     import numpy as np

@@ -83,17 +83,37 @@ def test_resume_continues_exactly(tmp_path, one_thread):
         assert torch.equal(value, resumed.ema.shadow[key]), key
 
 
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason="checkpoints/shapes-model is absent; train and copy it with "
-                    "`python -m backend.shapes.train --export-to checkpoints/shapes-model`")
-def test_shipped_model_draws_the_colours_it_is_asked_for():
+needs_shipped = pytest.mark.skipif(not SHIPPED.is_dir(), reason="checkpoints/shapes-model is absent; train and copy it with "
+                                   "`python -m backend.shapes.train --export-to checkpoints/shapes-model`")
+
+
+@pytest.fixture(scope="module")
+def shipped_readings():
+    """Classifier readings of what the shipped model draws for its test captions: {factor: [(asked, read)]}."""
+    from backend.shapes.captions import canonical_caption
     from backend.shapes.classify import load_classifier
+    from backend.shapes.render import COLOURS, POSITIONS, SHAPES, Factors
 
     model = load_model(str(SHIPPED), device="cpu")
-    colours = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "white"]
-    prompts = [f"a large {c} circle in the center on a black background" for c in colours]
-    images = sample(model, prompts, seed=0, num_steps=20, guidance_scale=4.0).images
-    predicted = [p["colour"] for p in load_classifier().predict(images)]
-    assert sum(p == c for p, c in zip(predicted, colours)) >= 7, predicted
+    colours = list(COLOURS)
+    asked = [Factors(SHAPES[i % len(SHAPES)], c, "large", "center", "black") for i, c in enumerate(colours)]  # no held-out pair
+    asked += [Factors("square", colours[i % len(colours)], "medium", p, "black") for i, p in enumerate(POSITIONS)]
+    images = sample(model, [canonical_caption(a) for a in asked], seed=0, num_steps=20, guidance_scale=4.0).images
+    read = load_classifier().predict(images)
+    return {name: [(getattr(a, name), r[name]) for a, r in zip(asked, read)] for name in ("colour", "shape", "position")}
+
+
+@needs_shipped
+def test_shipped_model_draws_the_colours_and_shapes_it_is_asked_for(shipped_readings):
+    for factor in ("colour", "shape"):
+        pairs = shipped_readings[factor]
+        assert sum(asked == read for asked, read in pairs) >= len(pairs) - 1, (factor, pairs)
+
+
+@needs_shipped
+def test_shipped_model_puts_objects_where_it_is_asked(shipped_readings):
+    pairs = shipped_readings["position"]
+    assert sum(asked == read for asked, read in pairs) >= len(pairs) - 2, pairs
 
 
 def test_init_from_export_starts_at_its_weights_step_and_tokenizer(tmp_path, one_thread):
