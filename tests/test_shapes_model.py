@@ -1,5 +1,8 @@
 """The shapes model: built from config within its budget, exported in the diffusers layout, resumed exactly."""
 
+import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from backend.sampler import sample
 from backend.shapes.captions import build_tokenizer
 from backend.shapes.export import MODEL_PARTS, save_export
 from backend.shapes.model import ModelConfig, build_scheduler, build_text_encoder, build_unet
-from backend.shapes.train import Trainer, TrainConfig
+from backend.shapes.train import Trainer, TrainConfig, prepare_run
 
 TINY = ModelConfig(block_out_channels=(8, 16, 16, 16), attention_heads=2, text_hidden=16, text_layers=1, text_heads=2)
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-model"
@@ -117,24 +120,41 @@ def test_shipped_model_puts_objects_where_it_is_asked(shipped_readings):
 
 
 def test_init_from_export_starts_at_its_weights_step_and_tokenizer(tmp_path, one_thread):
-    source = _trainer(tmp_path / "source", resume=False)
-    for _ in range(2):
-        source.train_step()
-    export = save_export(source.ema.shadow, TINY, source.tokenizer, tmp_path / "export", step=source.step)
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(["zebra"])  # an export's own vocabulary, which build_tokenizer() would not give
+    weights = {f"unet.{k}": v for k, v in build_unet(TINY).state_dict().items()}
+    weights |= {f"text_encoder.{k}": v for k, v in build_text_encoder(TINY, tokenizer).state_dict().items()}
+    export = save_export(weights, TINY, tokenizer, tmp_path / "export", step=2)
     config = TrainConfig(run_dir=str(tmp_path / "next"), init_from=str(export), batch_size=2, warmup_steps=4)
     trainer = Trainer(config, TINY, torch.device("cpu"))
     assert trainer.step == trainer.first_step == 2
-    assert trainer.tokenizer.get_vocab() == source.tokenizer.get_vocab()
-    for key, value in source.ema.shadow.items():  # the export is fp16: weights and EMA start at its rounding
+    assert trainer.tokenizer.get_vocab() == tokenizer.get_vocab()
+    for key, value in weights.items():  # the export is fp16: weights and EMA start at its rounding
         expected = value.half().float() if value.is_floating_point() else value
         assert torch.equal(trainer.state_tensors()[key], expected), key
         assert torch.equal(trainer.ema.shadow[key], expected), key
     trainer.train_step()
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.lr / 4)  # a fresh optimizer warms up again
     trainer.save_checkpoint()
-    resumed = Trainer(TrainConfig(run_dir=str(tmp_path / "next"), resume=True, batch_size=2, warmup_steps=4), TINY, torch.device("cpu"))
+    shutil.rmtree(export)  # a resumed run needs only its own directory
+    resumed = Trainer(dataclasses.replace(config, resume=True), TINY, torch.device("cpu"))
     resumed.load_checkpoint()
     assert (resumed.step, resumed.first_step) == (3, 2)
+    resumed.train_step()
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(config.lr * 2 / 4)
+
+
+def test_a_run_from_before_the_new_settings_resumes_as_it_was_trained(tmp_path):
+    run = tmp_path / "run"
+    config, model_config = prepare_run(TrainConfig(run_dir=str(run)), TINY)
+    stored = json.loads((run / "config.json").read_text())
+    for name in ("init_from", "layout_share", "position_caption_share"):
+        del stored["train"][name]
+    (run / "config.json").write_text(json.dumps(stored))
+    (run / "latest.json").write_text("{}")
+    resumed, _ = prepare_run(TrainConfig(run_dir=str(run), resume=True), TINY)
+    assert (resumed.layout_share, resumed.position_caption_share, resumed.init_from) == (0.0, 0.0, "")
+    assert resumed.batch_size == config.batch_size
 
 
 def test_init_from_refuses_weights_of_another_architecture(tmp_path):

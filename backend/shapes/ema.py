@@ -28,7 +28,8 @@ class EMA:
                 else:
                     shadow.copy_(v)
 
-    def module_state(self, name: str) -> dict[str, torch.Tensor]:
-        """The averaged state dict of one module."""
-        prefix = name + "."
-        return {k[len(prefix):]: v for k, v in self.shadow.items() if k.startswith(prefix)}
+
+def module_state(weights: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The state dict of module `name` out of weights keyed `<module>.<state-dict key>`."""
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -12,6 +12,7 @@ from transformers import CLIPTokenizer
 
 from backend.errors import ExplorerError
 from backend.io import write_json
+from backend.shapes.ema import module_state
 from backend.shapes.model import ModelConfig, build_scheduler, build_text_encoder, build_unet
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,7 @@ def save_export(weights: dict[str, torch.Tensor], model_config: ModelConfig, tok
     shutil.rmtree(tmp, ignore_errors=True)
     unet, text_encoder = build_unet(model_config), build_text_encoder(model_config, tokenizer)
     for name, module in (("unet", unet), ("text_encoder", text_encoder)):
-        prefix = name + "."
-        module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        module.load_state_dict(module_state(weights, name))
         module.to(torch.float16).save_pretrained(tmp / name, safe_serialization=True)
     tokenizer.save_pretrained(tmp / "tokenizer")
     build_scheduler(model_config).save_pretrained(tmp / "scheduler")

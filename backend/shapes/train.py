@@ -28,7 +28,7 @@ from backend.errors import ExplorerError
 from backend.io import write_json, write_safetensors
 from backend.shapes.captions import build_tokenizer
 from backend.shapes.dataset import training_batch
-from backend.shapes.ema import EMA
+from backend.shapes.ema import EMA, module_state
 from backend.shapes.evaluate import evaluate_export
 from backend.shapes.export import copy_best_export, save_export
 from backend.shapes.model import ModelConfig, build_scheduler, build_text_encoder, build_unet
@@ -53,7 +53,7 @@ class TrainConfig:
     caption_dropout: float = 0.1  # share of empty captions, which classifier-free guidance needs
     position_caption_share: float = 0.3  # share of captions naming only the position, so position words get learned
     layout_share: float = 0.3  # share of each batch whose timesteps come from the schedule's top layout_band
-    layout_band: int = 100  # top timesteps, where the noisy input no longer shows where the object is (Trainer.timesteps)
+    layout_band: int = 100  # top timesteps, where the noisy input hardly shows where the object is (Trainer.timesteps)
     ema_decay: float = 0.999
     max_steps: int = 0  # 0: run until killed
     checkpoint_minutes: float = 5.0
@@ -67,6 +67,8 @@ class TrainConfig:
 
 # Flags a resumed run takes from the command line; all others come from its config.json.
 SCHEDULE_FIELDS = ("run_dir", "max_steps", "checkpoint_minutes", "export_minutes", "eval_images", "threads")
+# What a run made before a setting existed did instead: its resume goes on that way, not with today's default.
+SETTINGS_BEFORE_THEY_EXISTED = {"init_from": "", "layout_share": 0.0, "position_caption_share": 0.0}
 
 
 def field_help(cls) -> dict[str, str]:
@@ -145,6 +147,7 @@ def load_export_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
     files = {"unet": path / "unet" / "diffusion_pytorch_model.safetensors",
              "text_encoder": path / "text_encoder" / "model.safetensors"}
     missing = [str(f) for f in files.values() if not f.is_file()]
+    missing += [] if (path / "tokenizer").is_dir() else [str(path / "tokenizer")]
     if missing:
         raise ExplorerError(f"{path} is not a shapes-model export: missing {', '.join(missing)}.")
     weights = {f"{name}.{k}": v.float() for name, f in files.items() for k, v in load_file(f).items()}
@@ -181,9 +184,8 @@ class Trainer:
     def load_weights(self, weights: dict[str, torch.Tensor], step: int) -> None:
         """Start from `weights` (live and EMA alike) at training step `step`."""
         for name, module in self.modules.items():
-            prefix = name + "."
             try:
-                module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+                module.load_state_dict(module_state(weights, name))
             except RuntimeError as err:
                 raise ExplorerError(f"--init-from weights do not fit the model flags ({name}): {err}") from err
         self.ema.shadow = {k: v.to(self.device).clone() for k, v in weights.items()}
@@ -257,13 +259,12 @@ class Trainer:
         path = self.run_dir / latest["checkpoint"]
         weights = load_file(path / "model.safetensors", device=str(self.device))
         for name, module in self.modules.items():
-            prefix = name + "."
-            module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+            module.load_state_dict(module_state(weights, name))
         self.ema.shadow = load_file(path / "ema.safetensors", device=str(self.device))
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
         state = json.loads((path / "state.json").read_text())
         self.step, self.train_seconds = state["step"], state["train_seconds"]
-        self.first_step = state["first_step"]
+        self.first_step = state.get("first_step", 0)  # checkpoints from before --init-from all began at 0
         log.info("resumed from %s at step %d", path, self.step)
 
     def export(self) -> Path:
@@ -290,7 +291,7 @@ def prepare_run(config: TrainConfig, model_config: ModelConfig) -> tuple[TrainCo
         if not (run_dir / "latest.json").is_file():
             raise ExplorerError(f"No checkpoint to resume in {run_dir}; drop --resume to start a new run.")
         stored = json.loads(saved.read_text())
-        train = {**stored["train"], **{k: getattr(config, k) for k in SCHEDULE_FIELDS}, "resume": True}
+        train = {**SETTINGS_BEFORE_THEY_EXISTED, **stored["train"], **{k: getattr(config, k) for k in SCHEDULE_FIELDS}, "resume": True}
         model = {k: tuple(v) if isinstance(v, list) else v for k, v in stored["model"].items()}
         return TrainConfig(**train), ModelConfig(**model)
     if (run_dir / "latest.json").exists():
@@ -356,10 +357,10 @@ def main(argv: list[str] | None = None) -> None:
             copy_best_export(Path(config.run_dir), Path(config.export_to))
             return
         config, model_config = prepare_run(config, model_config)
-    except ExplorerError as err:
+        setup_logging(Path(config.run_dir))
+        train(config, model_config)
+    except ExplorerError as err:  # bad flags, run directory or --init-from export: a message, not a traceback
         sys.exit(str(err))
-    setup_logging(Path(config.run_dir))
-    train(config, model_config)
 
 
 if __name__ == "__main__":
