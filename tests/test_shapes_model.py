@@ -20,6 +20,12 @@ TINY = ModelConfig(block_out_channels=(8, 16, 16, 16), attention_heads=2, text_h
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-model"
 
 
+def tiny_weights(tokenizer) -> dict[str, torch.Tensor]:
+    """Fresh weights of the tiny model, keyed `<module>.<parameter>` as training and exports key them."""
+    weights = {f"unet.{k}": v for k, v in build_unet(TINY).state_dict().items()}
+    return weights | {f"text_encoder.{k}": v for k, v in build_text_encoder(TINY, tokenizer).state_dict().items()}
+
+
 def test_default_model_fits_the_weight_budget():
     tokenizer = build_tokenizer()
     config = ModelConfig()
@@ -44,8 +50,7 @@ def test_scheduler_is_zero_snr_v_prediction():
 
 def test_export_loads_and_samples(tmp_path):
     tokenizer = build_tokenizer()
-    weights = {f"unet.{k}": v for k, v in build_unet(TINY).state_dict().items()}
-    weights |= {f"text_encoder.{k}": v for k, v in build_text_encoder(TINY, tokenizer).state_dict().items()}
+    weights = tiny_weights(tokenizer)
     path = save_export(weights, TINY, tokenizer, tmp_path / "export", step=0)
     assert all((path / part).exists() for part in MODEL_PARTS)
     model = load_model(str(path), device="cpu")
@@ -122,8 +127,7 @@ def test_shipped_model_puts_objects_where_it_is_asked(shipped_readings):
 def test_init_from_export_starts_at_its_weights_step_and_tokenizer(tmp_path, one_thread):
     tokenizer = build_tokenizer()
     tokenizer.add_tokens(["zebra"])  # an export's own vocabulary, which build_tokenizer() would not give
-    weights = {f"unet.{k}": v for k, v in build_unet(TINY).state_dict().items()}
-    weights |= {f"text_encoder.{k}": v for k, v in build_text_encoder(TINY, tokenizer).state_dict().items()}
+    weights = tiny_weights(tokenizer)
     export = save_export(weights, TINY, tokenizer, tmp_path / "export", step=2)
     config = TrainConfig(run_dir=str(tmp_path / "next"), init_from=str(export), batch_size=2, warmup_steps=4)
     trainer = Trainer(config, TINY, torch.device("cpu"))
@@ -146,7 +150,7 @@ def test_init_from_export_starts_at_its_weights_step_and_tokenizer(tmp_path, one
 
 def test_a_run_from_before_the_new_settings_resumes_as_it_was_trained(tmp_path):
     run = tmp_path / "run"
-    config, model_config = prepare_run(TrainConfig(run_dir=str(run)), TINY)
+    config, _ = prepare_run(TrainConfig(run_dir=str(run)), TINY)
     stored = json.loads((run / "config.json").read_text())
     for name in ("init_from", "layout_share", "position_caption_share"):
         del stored["train"][name]
@@ -159,8 +163,7 @@ def test_a_run_from_before_the_new_settings_resumes_as_it_was_trained(tmp_path):
 
 def test_init_from_refuses_weights_of_another_architecture(tmp_path):
     tokenizer = build_tokenizer()
-    weights = {f"unet.{k}": v for k, v in build_unet(TINY).state_dict().items()}
-    weights |= {f"text_encoder.{k}": v for k, v in build_text_encoder(TINY, tokenizer).state_dict().items()}
+    weights = tiny_weights(tokenizer)
     export = save_export(weights, TINY, tokenizer, tmp_path / "export", step=5)
     wider = ModelConfig(block_out_channels=(8, 16, 16, 32), attention_heads=2, text_hidden=16, text_layers=1, text_heads=2)
     with pytest.raises(ExplorerError, match="do not fit the model flags"):

@@ -146,8 +146,7 @@ def load_export_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
     """The fp32 weights of an export, keyed `<module>.<parameter>`, and the training step it was taken at."""
     files = {"unet": path / "unet" / "diffusion_pytorch_model.safetensors",
              "text_encoder": path / "text_encoder" / "model.safetensors"}
-    missing = [str(f) for f in files.values() if not f.is_file()]
-    missing += [] if (path / "tokenizer").is_dir() else [str(path / "tokenizer")]
+    missing = [str(f) for f in (*files.values(), path / "tokenizer") if not f.exists()]
     if missing:
         raise ExplorerError(f"{path} is not a shapes-model export: missing {', '.join(missing)}.")
     weights = {f"{name}.{k}": v.float() for name, f in files.items() for k, v in load_file(f).items()}
