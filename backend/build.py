@@ -8,8 +8,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +18,26 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from backend.atlas import AtlasAccumulator, label_latents, temporal_profiles
-from backend.bundle import Bundle, rewrite_manifest
 from backend.cli import config_parser, option
-from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shard, read_shards, shard_info, shard_names
-from backend.dynamics import DynamicsAccumulator, LinearDynamics
-from backend.encodings import VARIANTS, TrajectoryEncoding
+from backend.diffusion.collect import (
+    CollectConfig,
+    collect_trajectories,
+    evenly_spaced_steps,
+    read_shard,
+    read_shards,
+    shard_info,
+    shard_names,
+)
+from backend.diffusion.hooks import SITE_MODULES
+from backend.diffusion.models import DiffusionModel, load_model
 from backend.errors import ExplorerError
-from backend.hooks import SITE_MODULES
 from backend.io import write_json, write_safetensors
-from backend.models import DiffusionModel, load_model
-from backend.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, train_sae
-from backend.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
+from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
+from backend.method.encodings import VARIANTS, TrajectoryEncoding
+from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, train_sae
+from backend.serving.atlas import AtlasAccumulator, label_latents, temporal_profiles
+from backend.serving.bundle import Bundle, rewrite_manifest
+from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
 log = logging.getLogger(__name__)
 

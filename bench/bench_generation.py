@@ -20,12 +20,12 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.collect import evenly_spaced_steps  # noqa: E402
-from backend.hooks import TrajectoryRecorder  # noqa: E402
-from backend.models import DiffusionModel  # noqa: E402
-from backend.sampler import sample  # noqa: E402
-from backend.steering import SteeringHook  # noqa: E402
-from backend.tokenizer import build_clip_tokenizer  # noqa: E402
+from backend.diffusion.collect import evenly_spaced_steps  # noqa: E402
+from backend.diffusion.hooks import TrajectoryRecorder  # noqa: E402
+from backend.diffusion.models import DiffusionModel  # noqa: E402
+from backend.diffusion.sampler import sample  # noqa: E402
+from backend.diffusion.steering import SteeringHook  # noqa: E402
+from backend.diffusion.tokenizer import build_clip_tokenizer  # noqa: E402
 from bench.common import device_name, time_calls  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"

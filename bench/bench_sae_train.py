@@ -1,4 +1,4 @@
-"""SAE training step: the dense reference vs the sparse fast path (backend/sae_kernels.py), same run, same data.
+"""SAE training step: the dense reference vs the sparse fast path (backend/method/sae_kernels.py), same run, same data.
 
 Prints rows/s for each, the ratio, and how far the two are apart after the same steps.
 Usage: python bench/bench_sae_train.py [--d-in 2560] [--latents 4096] [--k 32] [--batch 1024] [--steps 5] [--device cpu]
@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.sae import TopKSAE  # noqa: E402
-from backend.sae_train import SAETrainConfig, SAETrainer  # noqa: E402
+from backend.method.sae import TopKSAE  # noqa: E402
+from backend.method.sae_train import SAETrainConfig, SAETrainer  # noqa: E402
 from bench.common import device_name, time_calls  # noqa: E402
 
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.search import VectorIndex, exact_search, normalize_rows, recall_at_k  # noqa: E402
+from backend.serving.search import VectorIndex, exact_search, normalize_rows, recall_at_k  # noqa: E402
 from bench.common import device_name, percentile, time_calls  # noqa: E402
 
 

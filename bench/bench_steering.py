@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.bundle import Bundle  # noqa: E402
-from backend.models import load_model  # noqa: E402
-from backend.sampler import sample  # noqa: E402
-from backend.steering import Steer  # noqa: E402
+from backend.diffusion.models import load_model  # noqa: E402
+from backend.diffusion.sampler import sample  # noqa: E402
+from backend.diffusion.steering import Steer  # noqa: E402
+from backend.serving.bundle import Bundle  # noqa: E402
 from bench.common import device_name, time_calls  # noqa: E402
 
 PROMPT = "a large red circle in the center on a black background"

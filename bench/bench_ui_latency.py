@@ -13,10 +13,10 @@ import statistics
 from gradio_client import Client
 
 from app import DEFAULT_BUNDLE
+from bench.common import device_name, free_port, percentile, time_calls
 from ui.app import build_app
 from ui.browse import latent_page
 from ui.explorer import open_explorer
-from bench.common import device_name, free_port, percentile, time_calls
 
 
 def timed(fn, latents: list[int]) -> list[float]:

@@ -1,6 +1,6 @@
 import torch
 
-from backend.atlas import AtlasAccumulator, label_latents
+from backend.serving.atlas import AtlasAccumulator, label_latents
 
 
 def test_streamed_atlas_equals_brute_force_over_all_images():

@@ -2,10 +2,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import backend.sae_train as sae_train
+import backend.method.sae_train as sae_train
 from backend.build import Build, BuildConfig, parse_config
-from backend.bundle import Bundle
-from backend.collect import read_shards, shard_names
+from backend.diffusion.collect import read_shards, shard_names
+from backend.serving.bundle import Bundle
 from tests.tiny_models import tiny_model
 
 PROMPTS = [f"a {c} {s} in the {p}" for c in ("red", "blue") for s in ("circle", "star") for p in ("top", "left", "center")]
@@ -70,7 +70,7 @@ def test_interrupted_build_resumes_to_the_same_bundle(model, tmp_path, monkeypat
 
 
 def test_collect_stage_resumes_from_its_last_shard(model, tmp_path, monkeypatch):
-    import backend.collect as collect
+    import backend.diffusion.collect as collect
 
     cfg = config(tmp_path, stages="collect")
     real_write, real_sample = collect.write_safetensors, collect.sample

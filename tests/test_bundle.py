@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from backend.bundle import Bundle
-from backend.dynamics import LinearDynamics
 from backend.errors import ExplorerError
-from backend.sae import TopKSAE
+from backend.method.dynamics import LinearDynamics
+from backend.method.sae import TopKSAE
+from backend.serving.bundle import Bundle
 from tests.test_dynamics import linear_trajectories
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from backend.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shards, shard_names
+from backend.diffusion.collect import CollectConfig, collect_trajectories, evenly_spaced_steps, read_shards, shard_names
 from backend.errors import ExplorerError
 from tests.tiny_models import tiny_model
 

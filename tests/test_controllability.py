@@ -2,8 +2,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.controllability import (SteeringJudge, images_not_showing, images_showing, labelled_latents, step_windows,
-                                     success_rates)
+from backend.evaluation.controllability import (
+    SteeringJudge,
+    images_not_showing,
+    images_showing,
+    labelled_latents,
+    step_windows,
+    success_rates,
+)
 
 
 @pytest.mark.parametrize("num_steps", [6, 20, 25])

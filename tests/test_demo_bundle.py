@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.bundle import Bundle
-from backend.models import load_model
-from backend.steering import Steer
+from backend.diffusion.models import load_model
+from backend.diffusion.steering import Steer
+from backend.serving.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE, MODEL = ROOT / "checkpoints" / "shapes-bundle", ROOT / "checkpoints" / "shapes-model"
@@ -57,7 +57,7 @@ def test_ablating_the_latents_labelled_green_takes_green_away(bundle, classifier
     """Ablation is causal too: scaling to 0 every latent labelled green (over the whole run) changes the
     classified colour of at least half the green shapes, and scaling them by 1 changes nothing. One latent alone is
     not enough on this model: colour is spread over many latents (docs/SHAPES.md)."""
-    from backend.controllability import images_showing, labelled_latents
+    from backend.evaluation.controllability import images_showing, labelled_latents
 
     greens = labelled_latents(bundle, "colour")["green"]
     moved = 0

@@ -9,10 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from backend.bundle import Bundle
-from backend.collect import shard_names
-from backend.sae import TopKSAE
-from backend.sae_train import SAETrainConfig, SAETrainer
+from backend.diffusion.collect import shard_names
+from backend.method.sae import TopKSAE
+from backend.method.sae_train import SAETrainConfig, SAETrainer
+from backend.serving.bundle import Bundle
 from tests.ports import free_port
 from tests.tiny_models import save_in_sd_layout, tiny_model
 

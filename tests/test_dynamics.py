@@ -1,6 +1,6 @@
 import torch
 
-from backend.dynamics import DynamicsAccumulator, LinearDynamics
+from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
 
 
 def linear_trajectories(n=3000, steps=5, dim=6, noise=0.01, seed=0):

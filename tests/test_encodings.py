@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from backend.dynamics import LinearDynamics
-from backend.encodings import VARIANTS, TrajectoryEncoding
+from backend.method.dynamics import LinearDynamics
+from backend.method.encodings import VARIANTS, TrajectoryEncoding
 from tests.test_dynamics import linear_trajectories
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from backend import evaluate
 from backend.errors import ExplorerError
-from backend.evaluate import Evaluation, EvaluateConfig, parse_config
-from backend.report import write_report
+from backend.evaluation import evaluate
+from backend.evaluation.evaluate import EvaluateConfig, Evaluation, parse_config
+from backend.evaluation.report import write_report
 
 TINY = dict(model="checkpoints/shapes-model", sites="up_ft1", variants="residualized,per_step", seeds="0,1", train_images=20,
             test_images=3, num_steps=4, n_latents=48, k=6, epochs=1, sigma_latents=24, strengths="5",

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from backend.hooks import TrajectoryRecorder
-from backend.sae import TopKSAE
-from backend.sae_train import SAETrainConfig, SAETrainer
-from backend.sampler import sample
-from backend.steering import SteeringHook
+from backend.diffusion.hooks import TrajectoryRecorder
+from backend.diffusion.sampler import sample
+from backend.diffusion.steering import SteeringHook
+from backend.method.sae import TopKSAE
+from backend.method.sae_train import SAETrainConfig, SAETrainer
 from tests.tiny_models import tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend.dynamics import LinearDynamics
-from backend.encodings import VARIANTS, TrajectoryEncoding
-from backend.metrics import factor_codes, fvu_per_step, most_active_latents, random_sigma_label, reconstruction, sigma_label
-from backend.sae import TopKSAE
+from backend.evaluation.metrics import factor_codes, fvu_per_step, most_active_latents, random_sigma_label, reconstruction, sigma_label
+from backend.method.dynamics import LinearDynamics
+from backend.method.encodings import VARIANTS, TrajectoryEncoding
+from backend.method.sae import TopKSAE
 from tests.test_dynamics import linear_trajectories
 
 

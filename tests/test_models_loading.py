@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from backend.diffusion.models import load_model
+from backend.diffusion.sampler import sample
 from backend.errors import ExplorerError
-from backend.models import load_model
-from backend.sampler import sample
 from tests.tiny_models import save_in_sd_layout, tiny_model
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from backend.errors import ExplorerError
-from backend.sae import TopKSAE, topk_codes
-from backend.sae_train import SAETrainConfig, SAETrainer, fraction_of_variance_unexplained, tensor_batches, train_sae
+from backend.method.sae import TopKSAE, topk_codes
+from backend.method.sae_train import SAETrainConfig, SAETrainer, fraction_of_variance_unexplained, tensor_batches, train_sae
 
 
 def test_topk_codes_keep_exactly_k_positive_entries_per_row():

@@ -2,9 +2,9 @@ import copy
 
 import torch
 
-from backend.sae import TopKSAE
-from backend.sae_kernels import decode_selected, encode_selected
-from backend.sae_train import SAETrainConfig, SAETrainer
+from backend.method.sae import TopKSAE
+from backend.method.sae_kernels import decode_selected, encode_selected
+from backend.method.sae_train import SAETrainConfig, SAETrainer
 
 
 def test_sparse_encode_gradients_match_dense_autograd():

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from backend.diffusion.hooks import EditHook, TrajectoryRecorder, site_module
+from backend.diffusion.sampler import sample
 from backend.errors import ExplorerError
-from backend.hooks import EditHook, TrajectoryRecorder, site_module
-from backend.sampler import sample
 from tests.tiny_models import tiny_model
 
 SITE_SHAPES = {  # tiny UNet: 16x16 input, channels (8, 16, 16, 16)
@@ -84,7 +84,7 @@ def test_latent_space_model_decodes_through_its_vae():
 
 @pytest.mark.parametrize("prompt, message", [("", "empty"), ("   ", "empty"), ("a red circle " * 10, "tokens long")])
 def test_bad_prompts_are_rejected_with_a_clear_message(model, prompt, message):
-    from backend.sampler import check_prompts
+    from backend.diffusion.sampler import check_prompts
 
     with pytest.raises(ExplorerError, match=message):
         check_prompts(model, [prompt])

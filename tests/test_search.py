@@ -1,6 +1,6 @@
 import numpy as np
 
-from backend.search import VectorIndex, exact_search, normalize_rows, recall_at_k
+from backend.serving.search import VectorIndex, exact_search, normalize_rows, recall_at_k
 
 
 def test_flat_index_matches_numpy_brute_force():

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from backend.diffusion.models import load_model
+from backend.diffusion.sampler import sample
 from backend.errors import ExplorerError
-from backend.models import load_model
-from backend.sampler import sample
 from backend.shapes.captions import build_tokenizer
 from backend.shapes.export import MODEL_PARTS, save_export
 from backend.shapes.model import ModelConfig, build_scheduler, build_text_encoder, build_unet
-from backend.shapes.train import Trainer, TrainConfig, prepare_run
+from backend.shapes.train import TrainConfig, Trainer, prepare_run
 
 TINY = ModelConfig(block_out_channels=(8, 16, 16, 16), attention_heads=2, text_hidden=16, text_layers=1, text_heads=2)
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-model"

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from backend.shapes.captions import (
-    MAX_TOKENS, build_tokenizer, canonical_caption, make_caption, parse_caption,
+    MAX_TOKENS,
+    build_tokenizer,
+    canonical_caption,
+    make_caption,
+    parse_caption,
 )
 from backend.shapes.dataset import make_example, training_batch
 from backend.shapes.render import FACTOR_NAMES, FACTOR_VALUES, HELD_OUT_PAIRS, Factors, render, sample_factors

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from backend.build import Build, BuildConfig
-from backend.bundle import Bundle
+from backend.diffusion.hooks import site_module
+from backend.diffusion.steering import Steer, SteeringHook, interpolate_over_steps, steering_deltas
 from backend.errors import ExplorerError
-from backend.hooks import site_module
-from backend.steering import Steer, SteeringHook, interpolate_over_steps, steering_deltas
+from backend.serving.bundle import Bundle
 from tests.tiny_models import tiny_model
 
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "square")]

@@ -1,4 +1,4 @@
-from backend.tokenizer import build_clip_tokenizer
+from backend.diffusion.tokenizer import build_clip_tokenizer
 
 
 def test_every_word_is_one_token_even_when_early_merges_split_it():

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from backend.build import Build, BuildConfig
-from backend.bundle import Bundle
 from backend.errors import ExplorerError
+from backend.serving.bundle import Bundle
 from tests.tiny_models import tiny_model
 from ui import browse, inspect, steer, timeline, views
 from ui.explorer import Explorer, open_explorer

@@ -7,8 +7,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from backend.models import DiffusionModel
-from backend.tokenizer import build_clip_tokenizer
+from backend.diffusion.models import DiffusionModel
+from backend.diffusion.tokenizer import build_clip_tokenizer
 
 WORDS = "a an the red green blue circle square star in on top left right bottom center".split()
 

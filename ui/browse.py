@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 from PIL import Image
 
-from backend.bundle import label_text
+from backend.serving.bundle import label_text
 from ui.explorer import Explorer
 from ui.images import mark_patch, overlay, upscale
 from ui.latents import list_latents

@@ -1,16 +1,11 @@
 """What the app serves: a loaded bundle, its model when one could be loaded, and a notice saying what is off."""
 
-import logging
 from dataclasses import dataclass, field
 
-from backend.bundle import Bundle
 from backend.errors import ExplorerError
-from backend.models import load_model
+from backend.serving.bundle import Bundle
+from backend.serving.opener import open_bundle
 from ui.latents import LatentTable
-
-log = logging.getLogger(__name__)
-
-SLOW_ON_CPU = 200_000_000  # UNet parameters above which CPU generation takes minutes (SD 1.5 has 860M)
 
 
 @dataclass
@@ -48,17 +43,6 @@ class Explorer:
 
 
 def open_explorer(bundle_source: str, model_source: str | None = None, device: str | None = None) -> Explorer:
-    """Load the bundle (errors are fatal) and its model (errors only switch generation off, with a notice)."""
-    bundle = Bundle.load(bundle_source)
-    source = model_source or bundle.manifest["model"]["source"]
-    try:
-        model = load_model(source, device=device or None)
-    except Exception as err:  # a model that cannot load only switches generation off (a bad --device, too)
-        log.warning("generation off: %s", err)
-        return Explorer(bundle, notice=f"Generation is off: {err} Browsing works from the atlas.")
-    bundle.attach_model(model)
-    size = sum(p.numel() for p in model.unet.parameters())
-    notice = ""
-    if model.device.type != "cuda" and size > SLOW_ON_CPU:
-        notice = f"No GPU: this {size / 1e6:.0f}M-parameter model runs on the CPU, so each generation takes minutes. Browsing is instant."
-    return Explorer(bundle, notice=notice)
+    """The bundle ready to browse, with its model when one could be loaded (see `open_bundle`)."""
+    opened = open_bundle(bundle_source, model_source, device)
+    return Explorer(opened.bundle, notice=opened.notice)

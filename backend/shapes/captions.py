@@ -5,8 +5,8 @@ import re
 import numpy as np
 from transformers import CLIPTokenizer
 
-from backend.shapes.render import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Factors
-from backend.tokenizer import build_clip_tokenizer
+from backend.diffusion.tokenizer import build_clip_tokenizer
+from backend.shapes.render import COLOURS, POSITIONS, SHAPES, Factors
 
 # {size} {colour} {shape} {where}: position phrase ("in the top left"); {spot}: bare ("top left corner").
 TEMPLATES = (

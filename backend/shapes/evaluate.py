@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from backend.diffusion.models import DiffusionModel, load_model
+from backend.diffusion.sampler import sample, to_pil
 from backend.io import write_json
-from backend.models import DiffusionModel, load_model
-from backend.sampler import sample, to_pil
 from backend.shapes.captions import canonical_caption
 from backend.shapes.render import FACTOR_NAMES, Factors, sample_factors
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from backend.bundle import Bundle
-from backend.steering import Steer
+from backend.diffusion.steering import Steer
+from backend.serving.bundle import Bundle
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from backend.io import write_safetensors
-
-from backend.sae import TopKSAE, topk_codes
-from backend.sae_kernels import decode_selected, encode_selected
+from backend.method.sae import TopKSAE, topk_codes
+from backend.method.sae_kernels import decode_selected, encode_selected
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class SAETrainConfig:
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 200_000  # a latent that fired on none of the last this many rows is dead
     seed: int = 0
-    fast: bool = True  # sparse backward and decode (backend/sae_kernels.py); False: the dense reference
+    fast: bool = True  # sparse backward and decode (backend/method/sae_kernels.py); False: the dense reference
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else 2e-4 / (self.n_latents / 16384) ** 0.5

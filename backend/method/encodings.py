@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from backend.dynamics import LinearDynamics
+from backend.method.dynamics import LinearDynamics
 
 VARIANTS = ("residualized", "concat", "per_step")
 

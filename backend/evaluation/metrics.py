@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from backend.encodings import TrajectoryEncoding
-from backend.sae import TopKSAE
-from backend.sae_train import fraction_of_variance_unexplained
+from backend.method.encodings import TrajectoryEncoding
+from backend.method.sae import TopKSAE
+from backend.method.sae_train import fraction_of_variance_unexplained
 
 
 def fvu_per_step(traj: Tensor, traj_hat: Tensor) -> list[float]:

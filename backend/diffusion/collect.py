@@ -1,7 +1,6 @@
 """Stream trajectories at one site to disk in safetensors shards, resumable shard by shard."""
 
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,11 +10,11 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from backend.diffusion.hooks import TrajectoryRecorder
+from backend.diffusion.models import DiffusionModel
+from backend.diffusion.sampler import sample
 from backend.errors import ExplorerError
-from backend.hooks import TrajectoryRecorder
 from backend.io import sha256_file, write_json, write_safetensors
-from backend.models import DiffusionModel
-from backend.sampler import sample
 
 MANIFEST = "collect.json"
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from backend.sae import TopKSAE
+from backend.method.sae import TopKSAE
 
 
 class SparseGatherLinear(torch.autograd.Function):

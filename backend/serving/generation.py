@@ -8,12 +8,22 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from backend.diffusion.hooks import TrajectoryRecorder, attached
+from backend.diffusion.models import DiffusionModel
+from backend.diffusion.sampler import (
+    SampleResult,
+    check_prompts,
+    decode,
+    encode_image,
+    encode_prompts,
+    image_size,
+    initial_noise,
+    make_scheduler,
+    sample,
+    to_pil,
+)
+from backend.diffusion.steering import Steer, SteeringHook, steering_deltas  # Steer: the request type of Bundle.generate
 from backend.errors import ExplorerError
-from backend.hooks import TrajectoryRecorder, attached
-from backend.models import DiffusionModel
-from backend.sampler import (SampleResult, check_prompts, decode, encode_image, encode_prompts, image_size, initial_noise,
-                             make_scheduler, sample, to_pil)
-from backend.steering import Steer, SteeringHook, steering_deltas
 
 MASKS = ("all", "fired")
 

@@ -14,9 +14,9 @@ from diffusers import DDIMScheduler
 from PIL import Image
 from torch import Tensor
 
+from backend.diffusion.hooks import SiteHook, attached
+from backend.diffusion.models import DiffusionModel
 from backend.errors import ExplorerError
-from backend.hooks import SiteHook, attached
-from backend.models import DiffusionModel
 
 MAX_STEPS = 200
 

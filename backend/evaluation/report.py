@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from backend.controllability import success_rates  # noqa: E402
+from backend.evaluation.controllability import success_rates  # noqa: E402
 from backend.io import atomic_path  # noqa: E402
 
 FACTORS = ("colour", "shape", "size", "position", "background")

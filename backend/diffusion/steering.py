@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from backend.diffusion.hooks import SiteHook
 from backend.errors import ExplorerError
-from backend.hooks import SiteHook
 
 MAX_STRENGTH = 1000.0
 MODES = ("add", "scale")

@@ -1,0 +1,1 @@
+"""Everything that runs the diffusion model: loading, tokenizer, sampler, hooks at sites, steering, collection."""

@@ -1,0 +1,197 @@
+"""`python -m backend.evaluate`: residualized vs temporal-concat vs per-step SAEs on the shapes world.
+
+For each site: collect training and test trajectories once, fit the dynamics once, then train
+every variant with every seed at the same latent budget through the build pipeline, and measure
+reconstruction (test images), dead latents, label purity σ_label (atlas of the training images)
+and steering success (factor classifier). Results go to <work-dir>/results.json and, with plots,
+to <out>/EVALUATION.md. Each finished run is kept, so an interrupted evaluation resumes.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from backend.build import Build, BuildConfig
+from backend.cli import config_parser, option
+from backend.diffusion.collect import read_shards
+from backend.diffusion.hooks import SITE_MODULES
+from backend.diffusion.models import load_model
+from backend.errors import ExplorerError
+from backend.evaluation.controllability import steering_trials
+from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
+from backend.evaluation.report import write_report
+from backend.io import write_json
+from backend.method.encodings import VARIANTS
+from backend.serving.bundle import Bundle
+from backend.shapes.classify import load_classifier
+from backend.shapes.render import FACTOR_VALUES
+
+log = logging.getLogger(__name__)
+
+TEST_SEED = 1_000_000  # test captions and seeds start here, far from the training ones
+
+
+def _list(text: str, kind=str) -> list:
+    return [kind(x.strip()) for x in text.split(",") if x.strip()]
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluation's settings; each field is a command-line option of the same name."""
+
+    model: str = option("checkpoints/shapes-model", "shapes model directory")
+    work_dir: str = option("eval.work", "trajectories, SAEs and per-run results; a rerun resumes from them")
+    out: str = option("docs", "directory for EVALUATION.md and its plots")
+    sites: str = option("up_ft1,up_ft3", "comma-separated UNet sites")
+    variants: str = option(",".join(VARIANTS), "comma-separated SAE input variants")
+    seeds: str = option("0,1,2", "comma-separated SAE seeds, one SAE per variant and seed")
+    train_images: int = option(400, "shapes captions the SAEs train on; also the atlas that labels latents")
+    test_images: int = option(64, "other captions, for reconstruction measured on unseen images")
+    num_steps: int = option(20, "DDIM steps per image (all recorded)")
+    guidance_scale: float = option(4.0, "classifier-free guidance scale")
+    n_latents: int = option(1024, "SAE latents (the same budget for every variant)")
+    k: int = option(32, "active latents per row")
+    epochs: int = option(3, "passes over the training trajectories")
+    sigma_latents: int = option(256, "σ_label is measured over this many most active latents")
+    steer_factors: str = option("colour,background", "factors whose labelled latents are steered")
+    strengths: str = option("3,10,30", "add strengths (units of the latent's typical activation), whole schedule")
+    window_strength: float = option(10.0, "add strength for the early / middle / late window trials")
+    targets_per_factor: int = option(2, "target values per steered factor (those with the purest latents)")
+    images_per_target: int = option(2, "images steered per target value and condition")
+
+    def run_settings(self) -> dict:
+        """What a finished run's result depends on, apart from its site, variant and seed."""
+        where = {"work_dir", "out", "sites", "variants", "seeds"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in where}
+
+    def build_config(self, site: str, work: Path, **overrides) -> BuildConfig:
+        values = dict(model=self.model, out=str(work / "bundle"), work_dir=str(work), site=site, shapes_prompts=self.train_images,
+                      num_steps=self.num_steps, guidance_scale=self.guidance_scale, n_latents=self.n_latents, k=self.k,
+                      epochs=self.epochs, images_per_shard=100, batch_size=16)
+        return BuildConfig(**(values | overrides))
+
+
+def parse_config(argv=None) -> EvaluateConfig:
+    parser = config_parser(EvaluateConfig, "python -m backend.evaluate", __doc__)
+    config = EvaluateConfig(**vars(parser.parse_args(argv)))
+    if config.num_steps < 3:
+        parser.error("--num-steps must be at least 3: steering windows are the schedule's thirds")
+    for site in _list(config.sites):
+        if site not in SITE_MODULES:
+            parser.error(f"unknown site {site!r}; choose from {', '.join(SITE_MODULES)}")
+    for variant in _list(config.variants):
+        if variant not in VARIANTS:
+            parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return config
+
+
+def link_shared(shared: Path, run_work: Path) -> None:
+    """Give a run's work directory the site's collected trajectories and dynamics, by symlink."""
+    run_work.mkdir(parents=True, exist_ok=True)
+    for name in ("collect", "collect.settings.json", "dynamics.safetensors", "dynamics.settings.json"):
+        link = run_work / name
+        if not link.exists():
+            link.symlink_to((shared / name).resolve())
+
+
+def purity(bundle: Bundle, count: int) -> dict:
+    """σ_label per factor over the most active latents, the random-image baseline, and label coverage."""
+    tables = bundle.atlas
+    chosen = most_active_latents(tables["max"], count)
+    codes = factor_codes([image.get("factors", {}) for image in bundle.images], FACTOR_VALUES)
+    labelled = [label for label in bundle.labels if label.get("factor")]
+    return {
+        "sigma_label": {name: sigma_label(tables["top_image_id"][chosen], labels) for name, labels in codes.items()},
+        "sigma_random": {name: random_sigma_label(labels) for name, labels in codes.items()},
+        "labelled_share": len(labelled) / bundle.n_latents,
+        "labelled_purity": sum(label["purity"] for label in labelled) / max(1, len(labelled)),
+    }
+
+
+class Evaluation:
+    """The runs of one evaluation, sharing the model, the classifier and the work directory."""
+
+    def __init__(self, config: EvaluateConfig):
+        self.config = config
+        self.work = Path(config.work_dir)
+        self.model = load_model(config.model, device="cpu")
+        self.classifier = load_classifier()
+        training = Path(config.model) / "training.json"  # written by backend.shapes.train's export: which step the weights are
+        self.model_training = json.loads(training.read_text()) if training.is_file() else {}
+        self.settings = config.run_settings() | {"model_training": self.model_training}  # new weights at the same path count
+
+    def check_work_dir(self) -> None:
+        """Refuse a work directory whose trajectories and runs were made with other settings or weights."""
+        path = self.work / "settings.json"
+        if path.exists() and json.loads(path.read_text()) != self.settings:
+            raise ExplorerError(f"{self.work} holds an evaluation made with other settings or model weights ({path.name}); "
+                                "pass a new --work-dir or delete it.")
+        write_json(path, self.settings)
+
+    def prepare_site(self, site: str) -> tuple[Path, torch.Tensor, list[float]]:
+        """Training trajectories and dynamics (shared by the site's runs), and the test trajectories."""
+        shared = self.work / site / "train"
+        summary = Build(self.config.build_config(site, shared, stages="collect,dynamics"), self.model).run()
+        test = self.work / site / "test"
+        Build(self.config.build_config(site, test, shapes_prompts=self.config.test_images, seed=TEST_SEED, stages="collect"),
+              self.model).run()
+        test_traj = torch.cat([shard["traj"].float() for shard in read_shards(test / "collect")])
+        return shared, test_traj, summary["r2_per_step"]
+
+    def run_one(self, site: str, variant: str, seed: int, shared: Path, test_traj: torch.Tensor) -> dict:
+        """Train and measure one SAE; its result file makes a rerun skip it."""
+        cfg = self.config
+        run_work = self.work / site / f"{variant}-seed{seed}"
+        result_path = run_work / "result.json"
+        if result_path.exists():
+            return json.loads(result_path.read_text())
+        started = time.time()
+        link_shared(shared, run_work)
+        Build(cfg.build_config(site, run_work, variant=variant, sae_seed=seed, stages="train,atlas"), self.model).run()
+        bundle = Bundle.load(run_work / "bundle")
+        bundle.attach_model(self.model)
+        result = {"site": site, "variant": variant, "seed": seed}
+        result |= reconstruction(bundle.encoding, bundle.sae, test_traj)
+        result["dead_fraction_train"] = float((bundle.atlas["frequency"] == 0).float().mean())
+        result |= purity(bundle, cfg.sigma_latents)
+        result["trials"] = steering_trials(bundle, self.classifier, _list(cfg.steer_factors), _list(cfg.strengths, float),
+                                           cfg.window_strength, cfg.targets_per_factor, cfg.images_per_target)
+        result["seconds"] = round(time.time() - started, 1)
+        write_json(result_path, result)
+        return result
+
+    def run(self) -> dict:
+        cfg = self.config
+        self.check_work_dir()
+        results = {"config": dataclasses.asdict(cfg), "device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+                   "model_training": self.model_training, "r2_per_step": {}, "runs": []}
+        for site in _list(cfg.sites):
+            shared, test_traj, results["r2_per_step"][site] = self.prepare_site(site)
+            for variant in _list(cfg.variants):
+                for seed in _list(cfg.seeds, int):
+                    log.info("site %s, variant %s, seed %d", site, variant, seed)
+                    results["runs"].append(self.run_one(site, variant, seed, shared, test_traj))
+        write_json(self.work / "results.json", results)
+        write_report(results, Path(cfg.out))
+        return results
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = parse_config(argv)
+    try:
+        Evaluation(config).run()
+    except ExplorerError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+    print(f"wrote {Path(config.out) / 'EVALUATION.md'}")
+
+
+if __name__ == "__main__":
+    main()

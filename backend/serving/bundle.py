@@ -1,0 +1,363 @@
+"""A bundle: everything the app serves for one model × site, in one verified directory.
+
+Layout: `bundle.json` (versioned manifest with the sha256 of every other file),
+`sae/` (TopKSAE), `dynamics.safetensors` (LinearDynamics), and from the atlas stage on
+`atlas/` (tables, thumbnails, image and latent metadata) and `index/` (FAISS indexes too
+large to rebuild at load). Tensors are safetensors only; nothing is unpickled.
+"""
+
+import json
+import logging
+import operator
+import platform
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from backend.diffusion.models import DiffusionModel, hub_offline
+from backend.errors import ExplorerError
+from backend.io import sha256_file, write_json, write_safetensors
+from backend.method.dynamics import LinearDynamics
+from backend.method.encodings import TrajectoryEncoding
+from backend.method.sae import TopKSAE
+from backend.serving.search import VectorIndex
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+CORE_FILES = ("sae/sae.safetensors", "sae/config.json", "dynamics.safetensors")
+REQUIRED_KEYS = ("format_version", "model", "site", "schedule", "variant", "shapes", "sae", "files")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what produced a bundle, for debugging mismatches later."""
+    import diffusers
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+def resolve_source(source: str | Path) -> Path:
+    """A local bundle directory for `source`: the path itself, or a hub snapshot (offline flags respected)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    looks_local = path.exists() or str(source).startswith((".", "/")) or str(source).count("/") != 1 or path.parent.is_dir()
+    if looks_local:
+        raise ExplorerError(f"No bundle directory at {str(source)!r}; pass a bundle directory or a hub repo id like 'user/name'.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), local_files_only=hub_offline()))
+    except Exception as err:
+        mode = "in the local cache (offline mode)" if hub_offline() else "on the Hugging Face Hub"
+        raise ExplorerError(f"Bundle {str(source)!r} was not found {mode}: {type(err).__name__}. Pass a local bundle directory instead.") from err
+
+
+def rewrite_manifest(root: str | Path) -> dict:
+    """Re-hash a bundle after a stage added files, keeping what its manifest says."""
+    manifest = json.loads((Path(root) / MANIFEST).read_text())
+    return write_manifest(root, {k: v for k, v in manifest.items() if k not in ("files", "versions", "format_version")})
+
+
+def write_manifest(root: str | Path, info: dict) -> dict:
+    """Hash every file under `root` and write `bundle.json` last, so a bundle is complete once it has one."""
+    root = Path(root)
+    files = {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    manifest = info | {"format_version": FORMAT_VERSION, "versions": library_versions(), "files": files}
+    write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle. Build one with `Bundle.save`, open one with `Bundle.load`."""
+
+    root: Path
+    manifest: dict
+    sae: TopKSAE
+    encoding: TrajectoryEncoding
+
+    @classmethod
+    def save(cls, root: str | Path, *, sae: TopKSAE, dynamics: LinearDynamics, variant: str, site: str,
+             model: dict, schedule: dict, grid: tuple[int, int], extra: dict | None = None) -> "Bundle":
+        """Write the SAE, the dynamics and a manifest describing them; returns the loaded bundle."""
+        root = Path(root)
+        encoding = TrajectoryEncoding(variant, dynamics)
+        if sae.d_in != encoding.d_in():
+            raise ExplorerError(f"SAE input width {sae.d_in} does not match the {variant} encoding's {encoding.d_in()}.")
+        for stale in ("atlas", "index"):  # built from an earlier SAE: they would pass the new manifest's hashes
+            shutil.rmtree(root / stale, ignore_errors=True)
+        sae.save(root / "sae", dtype=torch.float16)
+        write_safetensors(root / "dynamics.safetensors", {k: v.float() for k, v in dynamics.state_dict().items()})
+        info = {
+            "model": model, "site": site, "schedule": schedule, "variant": variant,
+            "shapes": {"steps": encoding.steps, "dim": encoding.dim, "grid": list(grid)},
+            "sae": sae.config(),
+        } | (extra or {})
+        write_manifest(root, info)
+        return cls.load(root)
+
+    @classmethod
+    def load(cls, source: str | Path) -> "Bundle":
+        """Open a bundle directory or hub repo id, verifying every file's sha256 first."""
+        root = resolve_source(source)
+        manifest = cls._read_manifest(root)
+        unlisted = [name for name in CORE_FILES if name not in manifest["files"]]
+        if unlisted:
+            raise ExplorerError(f"{root / MANIFEST} does not list {', '.join(unlisted)}; the bundle is incomplete, rebuild it.")
+        for name, digest in manifest["files"].items():
+            path = cls._inside(root, name)
+            if not path.is_file():
+                raise ExplorerError(f"Bundle file {name} is missing from {root}; the bundle is incomplete, rebuild or re-download it.")
+            if sha256_file(path) != digest:
+                raise ExplorerError(f"Bundle file {name} in {root} is corrupt (sha256 mismatch); rebuild or re-download the bundle.")
+        try:
+            dynamics = LinearDynamics.from_state_dict(load_file(root / "dynamics.safetensors"))
+        except Exception as err:
+            raise ExplorerError(f"Bundle file dynamics.safetensors in {root} cannot be read: {err}") from err
+        sae = TopKSAE.load(root / "sae")
+        encoding = TrajectoryEncoding(manifest["variant"], dynamics)
+        shapes = manifest["shapes"]
+        if (encoding.steps, encoding.dim) != (shapes["steps"], shapes["dim"]) or sae.d_in != encoding.d_in():
+            raise ExplorerError(f"Bundle {root}: SAE, dynamics and bundle.json disagree on shapes; rebuild the bundle.")
+        return cls(root=root, manifest=manifest, sae=sae, encoding=encoding)
+
+    @staticmethod
+    def _read_manifest(root: Path) -> dict:
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except FileNotFoundError as err:
+            raise ExplorerError(f"{root} has no {MANIFEST}; it is not a bundle (or its build did not finish).") from err
+        except json.JSONDecodeError as err:
+            raise ExplorerError(f"{root / MANIFEST} is not valid JSON: {err}") from err
+        missing = [k for k in REQUIRED_KEYS if k not in manifest]
+        if missing:
+            raise ExplorerError(f"{root / MANIFEST} lacks {', '.join(missing)}; rebuild the bundle.")
+        if manifest["format_version"] != FORMAT_VERSION:
+            raise ExplorerError(f"Bundle format {manifest['format_version']} is not supported (this version reads {FORMAT_VERSION}); rebuild the bundle.")
+        return manifest
+
+    @staticmethod
+    def _inside(root: Path, name: str) -> Path:
+        """`root / name`, refusing names that point outside the bundle."""
+        path = (root / name).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise ExplorerError(f"Bundle manifest names {name!r}, a path outside the bundle; refusing to read it.")
+        return path
+
+    def file(self, name: str) -> Path:
+        """Path of a file the manifest lists."""
+        if name not in self.manifest["files"]:
+            raise ExplorerError(f"Bundle has no file {name!r}.")
+        return self._inside(self.root, name)
+
+    @property
+    def n_latents(self) -> int:
+        return self.sae.n_latents
+
+    def check_latent(self, j: int) -> int:
+        """`j` as an int, or a clear error when it is not a latent of this bundle."""
+        try:
+            j = operator.index(j)  # ints and integer tensors; not floats, strings or None
+        except TypeError:
+            raise ExplorerError(f"Latent id {j!r} is not an integer.") from None
+        if not 0 <= j < self.n_latents:
+            raise ExplorerError(f"Latent {j} does not exist; this bundle has latents 0 to {self.n_latents - 1}.")
+        return j
+
+    @cached_property
+    def feature_trajectories(self) -> Tensor:
+        """φ for every latent: Tensor[n_latents, T, d] (activation space, linear part)."""
+        with torch.no_grad():
+            return self.encoding.feature_trajectories(self.sae.W_dec)
+
+    def feature_trajectory(self, j: int) -> Tensor:
+        """φ_j,t over recorded steps: Tensor[T, d]."""
+        return self.feature_trajectories[self.check_latent(j)]
+
+    # --- atlas: read-only tables built by the atlas stage -------------------------------------
+
+    @property
+    def has_atlas(self) -> bool:
+        return "atlas/tables.safetensors" in self.manifest["files"]
+
+    @cached_property
+    def atlas(self) -> dict[str, Tensor]:
+        """Per-latent stats, top images and patches with maps, per-image profiles."""
+        if not self.has_atlas:
+            raise ExplorerError("This bundle has no atlas yet; run `python -m backend.build` through the atlas stage.")
+        return load_file(self.file("atlas/tables.safetensors"))
+
+    @cached_property
+    def thumbnails(self) -> Tensor:
+        """Atlas images as uint8 Tensor[n_images, h, w, 3]."""
+        return load_file(self.file("atlas/thumbnails.safetensors"))["thumbnails"]
+
+    @cached_property
+    def images(self) -> list[dict]:
+        """Per atlas image: prompt, seed and (shapes world) ground-truth factors."""
+        return json.loads(self.file("atlas/images.json").read_text())
+
+    @cached_property
+    def labels(self) -> list[dict]:
+        """Per latent: the most enriched factor value among its top images, with its purity."""
+        return json.loads(self.file("atlas/latents.json").read_text())
+
+    @property
+    def typical_activation(self) -> Tensor:
+        """s_j: mean activation of latent j over its top images (the unit of steering strength)."""
+        return self.atlas["typical"]
+
+    def check_image(self, image_id: int) -> int:
+        """`image_id` as an int, or a clear error when it is not an atlas image."""
+        try:
+            image_id = operator.index(image_id)
+        except TypeError:
+            raise ExplorerError(f"Image id {image_id!r} is not an integer.") from None
+        if not 0 <= image_id < len(self.images):
+            raise ExplorerError(f"Image {image_id} does not exist; the atlas has images 0 to {len(self.images) - 1}.")
+        return image_id
+
+    @staticmethod
+    def _check_count(n: int) -> int:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
+            raise ExplorerError(f"Ask for between 1 and 1000 results, got {n!r}.")
+        return n
+
+    def top_images(self, j: int, n: int = 16) -> list[tuple[int, float]]:
+        """Latent j's most activating atlas images, as (image_id, max activation), best first."""
+        j, n = self.check_latent(j), self._check_count(n)
+        ids, scores = self.atlas["top_image_id"][j, :n], self.atlas["top_image_score"][j, :n]
+        return [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and s > 0]
+
+    def quantile_images(self, j: int, bins: int = 4, per_bin: int = 2) -> list[tuple[int, int, float]]:
+        """Atlas images from across latent j's activation range (sae_vis shows these beside the top-k).
+
+        The images where j fired, ordered by their max activation, are cut into `bins` groups of
+        equal count; from each, `per_bin` images evenly spread over it. Returns (bin, image_id,
+        activation), weakest bin first, so one sees what a weak activation means too.
+        """
+        j = self.check_latent(j)
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 20:
+            raise ExplorerError(f"Ask for between 1 and 20 quantile bins, got {bins!r}.")
+        per_bin = self._check_count(per_bin)
+        activations = self.atlas["image_profile"][:, j].float()
+        fired = activations.nonzero().flatten()
+        order = fired[activations[fired].argsort()]
+        picked = []
+        for b, group in enumerate(order.tensor_split(bins)):
+            if len(group):
+                spots = torch.linspace(0, len(group) - 1, min(per_bin, len(group))).round().long().unique()
+                picked += [(b, int(i), float(activations[i])) for i in group[spots]]
+        return picked
+
+    def top_image_maps(self, j: int, n: int = 16) -> Tensor:
+        """Spatial maps z[p, j] of latent j on its top images: Tensor[n, H, W]."""
+        j, n = self.check_latent(j), self._check_count(n)
+        return self.atlas["top_image_map"][j, :n].float().reshape(-1, *self.manifest["shapes"]["grid"])
+
+    def top_patches(self, j: int, n: int = 16) -> list[tuple[int, int, int, float]]:
+        """Latent j's most activating (image_id, row, col, activation) patches, best first."""
+        j, n = self.check_latent(j), self._check_count(n)
+        width = self.manifest["shapes"]["grid"][1]
+        rows = zip(self.atlas["top_patch_image"][j, :n], self.atlas["top_patch_position"][j, :n], self.atlas["top_patch_score"][j, :n])
+        return [(int(i), int(p) // width, int(p) % width, float(s)) for i, p, s in rows if i >= 0 and s > 0]
+
+    @cached_property
+    def latent_index(self) -> VectorIndex:
+        """Latents by feature trajectory (φ flattened, normalized)."""
+        return self._index("latents", lambda: self.feature_trajectories.flatten(1).numpy())
+
+    @cached_property
+    def image_index(self) -> VectorIndex:
+        """Atlas images by latent profile (max-pooled codes, normalized)."""
+        return self._index("images", lambda: self.atlas["image_profile"].float().numpy())
+
+    def _index(self, name: str, vectors) -> VectorIndex:
+        stored = f"index/{name}.faiss"
+        if stored in self.manifest["files"]:
+            return VectorIndex.load(self.file(stored))
+        return VectorIndex.build(vectors())
+
+    def similar_latents(self, j: int, n: int = 10) -> list[tuple[int, float]]:
+        """Latents whose feature trajectories point the same way as j's, as (latent, cosine)."""
+        j, n = self.check_latent(j), self._check_count(n)
+        scores, ids = self.latent_index.search(self.feature_trajectories[j].flatten()[None].numpy(), n + 1)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != j and i >= 0][:n]
+
+    def similar_images(self, image_id: int, n: int = 10) -> list[tuple[int, float]]:
+        """Atlas images whose latent profiles are closest to image_id's, as (image_id, cosine)."""
+        image_id, n = self.check_image(image_id), self._check_count(n)
+        query = self.atlas["image_profile"][image_id].float()[None].numpy()
+        scores, ids = self.image_index.search(query, n + 1)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != image_id and i >= 0][:n]
+
+    def images_for_latents(self, weights: dict[int, float], n: int = 10) -> list[tuple[int, float]]:
+        """Atlas images that best match a weighted set of latents, as (image_id, cosine)."""
+        if not weights:
+            raise ExplorerError("Pick at least one latent.")
+        query = torch.zeros(self.n_latents)
+        for j, w in weights.items():
+            query[self.check_latent(j)] = float(w) * float(self.typical_activation[j])
+        scores, ids = self.image_index.search(query[None].numpy(), self._check_count(n))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def search_latents(self, text: str) -> list[int]:
+        """Latent ids matching `text`: an id, or words found in the latent's label."""
+        text = (text or "").strip().lower()
+        if not text:
+            return list(range(self.n_latents))
+        if text.isdigit():
+            return [int(text)] if int(text) < self.n_latents else []
+        words = text.split()
+        labels = self.labels if self.has_atlas else [{}] * self.n_latents
+        return [j for j, label in enumerate(labels) if all(w in label_text(label).lower() for w in words)]
+
+    # --- maps and generation -------------------------------------------------------------------
+
+    def codes(self, traj: Tensor) -> Tensor:
+        """SAE codes of trajectories Tensor[P, T, C]: Tensor[P, n_latents] (per_step: max over steps)."""
+        with torch.no_grad():
+            codes = self.sae.encode(self.encoding.to_rows(traj))
+        if self.encoding.variant == "per_step":
+            codes = codes.reshape(traj.shape[0], traj.shape[1], -1).amax(1)
+        return codes
+
+    def maps_over_time(self, traj: Tensor, latents: list[int]) -> Tensor:
+        """Prefix-encoded ReLU pre-activations of `latents` after each step: Tensor[len(latents), T, H, W]."""
+        latents = [self.check_latent(j) for j in latents]
+        with torch.no_grad():
+            weights = self.sae.W_enc[latents]  # [L, d_in]
+            pre = self.encoding.prefix_pre_activations(traj, weights, self.sae.b_enc[latents] - weights @ self.sae.b_pre)
+        grid = self.manifest["shapes"]["grid"]
+        return pre.relu().permute(2, 0, 1).reshape(len(latents), pre.shape[0], *grid)
+
+    def attach_model(self, model: DiffusionModel) -> None:
+        """Give the bundle a model to generate with (the one its trajectories came from)."""
+        from backend.serving.generation import Generator
+
+        self.generator = Generator(self, model)
+
+    def generate(self, prompt: str, seed: int, steering=(), **options):
+        """Base and steered images (see `Generator.generate`); needs `attach_model` first."""
+        if getattr(self, "generator", None) is None:
+            raise ExplorerError("This bundle has no model attached; generation needs the model it was built from.")
+        return self.generator.generate(prompt, seed, list(steering), **options)
+
+
+def label_text(label: dict) -> str:
+    """A latent label as searchable text, e.g. "colour red (purity 0.94)"."""
+    if not label.get("factor"):
+        return ""
+    return f"{label['factor']} {label['value']} (purity {label['purity']:.2f})"

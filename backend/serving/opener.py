@@ -1,0 +1,36 @@
+"""Opening a bundle for serving: the bundle must load; its model may fail, which only switches generation off."""
+
+import logging
+from dataclasses import dataclass
+
+from backend.diffusion.models import load_model
+from backend.serving.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+SLOW_ON_CPU = 200_000_000  # UNet parameters above which CPU generation takes minutes (SD 1.5 has 860M)
+
+
+@dataclass
+class OpenedBundle:
+    """A loaded bundle, its model attached when it could be loaded, and a notice saying what is off or slow."""
+
+    bundle: Bundle
+    notice: str = ""
+
+
+def open_bundle(bundle_source: str, model_source: str | None = None, device: str | None = None) -> OpenedBundle:
+    """Load the bundle (errors are fatal) and its model (errors only switch generation off, with a notice)."""
+    bundle = Bundle.load(bundle_source)
+    source = model_source or bundle.manifest["model"]["source"]
+    try:
+        model = load_model(source, device=device or None)
+    except Exception as err:  # a model that cannot load only switches generation off (a bad --device, too)
+        log.warning("generation off: %s", err)
+        return OpenedBundle(bundle, notice=f"Generation is off: {err} Browsing works from the atlas.")
+    bundle.attach_model(model)
+    size = sum(p.numel() for p in model.unet.parameters())
+    notice = ""
+    if model.device.type != "cuda" and size > SLOW_ON_CPU:
+        notice = f"No GPU: this {size / 1e6:.0f}M-parameter model runs on the CPU, so each generation takes minutes. Browsing is instant."
+    return OpenedBundle(bundle, notice=notice)
