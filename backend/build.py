@@ -35,7 +35,7 @@ from backend.io import write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
 from backend.method.encodings import VARIANTS, TrajectoryEncoding
 from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, train_sae
-from backend.serving.atlas import AtlasAccumulator, label_latents, temporal_profiles
+from backend.serving.atlas import AtlasAccumulator, label_latents
 from backend.serving.bundle import Bundle, rewrite_manifest
 from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
@@ -207,14 +207,23 @@ class Build:
 
     def train(self) -> None:
         cfg, encoding = self.config, self.encoding()
-        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "lr", "sae_batch_size", "sae_seed")})
+        train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.sae_seed)
+        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "sae_batch_size", "sae_seed")}
+                         | {"lr": train_config.learning_rate(), "decay_share": train_config.decay_share})
         names = shard_names(self.train_dir)
         batches_in = [-(-shard_info(self.train_dir, name)["rows"] // cfg.sae_batch_size) for name in names]
 
+        def shard_order(epoch: int) -> list[int]:
+            return torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.sae_seed * 7919 + epoch)).tolist()
+
+        def steps_in(epoch: int) -> int:
+            """Every rank takes the same number of steps: as many as the rank with the fewest rows has batches."""
+            order = shard_order(epoch)
+            return min(sum(batches_in[i] for i in order[r :: self.world_size]) for r in range(self.world_size))
+
         def batches(epoch: int):
-            """This rank's share of the shards, in an epoch-seeded order; every rank takes the same number of steps."""
-            order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.sae_seed * 7919 + epoch)).tolist()
-            steps = min(sum(batches_in[i] for i in order[r :: self.world_size]) for r in range(self.world_size))
+            """This rank's share of the shards, in an epoch-seeded order."""
+            order, steps = shard_order(epoch), steps_in(epoch)
             generator = torch.Generator().manual_seed(cfg.sae_seed * 7919 + epoch * 104729 + self.rank)
 
             def rows():
@@ -227,9 +236,8 @@ class Build:
         traj = read_shard(self.train_dir, names[0])["traj"].float()  # also the sample the summary's FVU is measured on
         rows = encoding.to_rows(traj)
         init_sample = rows[:4096]
-        train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.sae_seed)
         sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors",
-                                 device=self.device, progress=self.rank == 0)
+                                 device=self.device, progress=self.rank == 0, total_steps=sum(map(steps_in, range(cfg.epochs))))
         if self.rank != 0:
             self.barrier()
             return
@@ -276,8 +284,6 @@ class Build:
         if not bool(acc.state["images_done"].all()):
             raise ExplorerError("Some atlas images have no trajectories; run the collect stage first.")
         tables = acc.finish()
-        block_deltas = bundle.encoding.block_deltas(bundle.sae.W_dec.detach())
-        tables["profile"], tables["residual_share"] = temporal_profiles(bundle.feature_trajectories, block_deltas)
         tables["top_image_map"] = tables["top_image_map"].half()
         tables["image_profile"] = tables["image_profile"].half()
         root = Path(self.config.out)
@@ -296,7 +302,7 @@ class Build:
     def index(self) -> None:
         bundle = Bundle.load(self.config.out)
         root = Path(self.config.out)
-        vectors = {"images": bundle.atlas["image_profile"].float().numpy(), "latents": bundle.feature_trajectories.flatten(1).numpy()}
+        vectors = {"images": bundle.atlas["image_profile"].float().numpy(), "latents": bundle.trajectory_vectors.numpy()}
         for name, rows in vectors.items():
             index = VectorIndex.build(rows)
             queries = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:200].numpy()]

@@ -1,6 +1,6 @@
 import torch
 
-from backend.serving.atlas import AtlasAccumulator, label_latents
+from backend.serving.atlas import AtlasAccumulator, label_latents, temporal_profiles
 
 
 def test_streamed_atlas_equals_brute_force_over_all_images():
@@ -37,3 +37,19 @@ def test_chance_level_enrichment_leaves_a_latent_unlabelled():
     top_ids = torch.tensor([[0, 1, 2, 4]])  # red twice in four: 0.5 purity, 0.25 over the base rate
     assert label_latents(top_ids, torch.ones(1, 4), factors, min_enrichment=0.3)[0]["factor"] is None
     assert label_latents(top_ids, torch.ones(1, 4), factors, min_enrichment=0.25)[0]["value"] == "red"
+
+
+def test_a_latent_planted_mid_schedule_peaks_mid_schedule_relative_to_the_activation_scale():
+    scale = torch.tensor([10.0, 5.0, 2.0, 1.5, 1.0])  # √E‖a_t‖² falls over the schedule, as at up_ft1
+    raw = torch.tensor([4.0, 3.0, 2.0, 0.6, 0.2])  # ‖φ_t‖ in activation units: largest at step 0
+    direction = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    phi = (raw[:, None] * direction)[None]  # [1, T, C]
+    injected = phi.clone()
+    injected[0, 1:] *= 0.5  # half of each later step is written by its own block
+    profiles = temporal_profiles(phi, injected, scale)
+    assert int(phi.norm(dim=2).argmax()) == 0
+    assert profiles.peak_index.tolist() == [2]
+    assert torch.allclose(profiles.trajectory[0], torch.tensor([0.4, 0.6, 1.0, 0.4, 0.2]))
+    assert torch.allclose(profiles.injected[0], torch.tensor([0.4, 0.3, 0.5, 0.2, 0.1]))
+    energy = raw.pow(2)
+    assert torch.allclose(profiles.residual_share, (energy[0] + 0.25 * energy[1:].sum()) / energy.sum())

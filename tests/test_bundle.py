@@ -38,6 +38,23 @@ def test_feature_trajectory_follows_the_dynamics(tmp_path):
     assert torch.allclose(phi[1], delta[1] + dyn.A[0] @ phi[0], atol=1e-5)
 
 
+def test_a_planted_mid_schedule_latent_peaks_mid_schedule_in_the_bundle(tmp_path):
+    traj, _, _ = linear_trajectories(n=300, steps=3, dim=4, noise=0.3, seed=2)
+    traj = traj * torch.tensor([10.0, 3.0, 1.0], dtype=traj.dtype)[:, None]  # activations shrink over the schedule
+    dynamics = LinearDynamics.fit(traj.float(), ridge=1e-3)
+    sae = TopKSAE(12, 4, 2)
+    with torch.no_grad():
+        sae.W_dec[:, 1] = torch.tensor([0.4, 0, 0, 0, 0.8, 0, 0, 0, 0.3, 0, 0, 0])  # concat blocks: mostly step 1
+    bundle = Bundle.save(tmp_path, sae=sae, dynamics=dynamics, variant="concat", site="up_ft1", model={"source": "tiny"},
+                         schedule={"num_steps": 3, "recorded_steps": [0, 1, 2]}, grid=(1, 1))
+    raw = bundle.feature_trajectory(1).norm(dim=1)
+    assert int(raw.argmax()) == 0  # raw norms would call it an early latent
+    scale = traj.float().pow(2).sum(2).mean(0).sqrt()  # √E‖a_t‖², computed here from the data
+    assert torch.allclose(bundle.temporal_profiles.trajectory[1], raw / scale, rtol=1e-4)
+    assert int(bundle.temporal_profiles.peak_index[1]) == 1
+    assert torch.allclose(bundle.trajectory_vectors[1], (bundle.feature_trajectory(1) / scale[:, None]).flatten(), rtol=1e-4)
+
+
 def test_a_flipped_byte_is_reported_with_the_file_name(tmp_path):
     make_bundle(tmp_path)
     path = tmp_path / "sae" / "sae.safetensors"

@@ -50,13 +50,30 @@ def test_prefix_pre_activations_equal_encoding_inputs_with_later_blocks_zeroed(d
     g = torch.Generator().manual_seed(4)
     W_enc = torch.randn(3, encoding.d_in(), generator=g, dtype=torch.float64)
     b_enc, b_pre = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(encoding.d_in(), generator=g, dtype=torch.float64)
-    got = encoding.prefix_pre_activations(traj[:7], W_enc, b_enc - W_enc @ b_pre)
+    got = list(encoding.prefix_pre_activations(traj[:7], W_enc, b_enc - W_enc @ b_pre))
+    assert len(got) == dyn.steps
     rows = encoding.to_rows(traj[:7]).reshape(7, dyn.steps, -1)
     for t in range(dyn.steps):
         prefix = rows.clone()
         prefix[:, t + 1 :] = 0  # the input as known after step t
         expected = (prefix.flatten(1) - b_pre) @ W_enc.T + b_enc
         assert torch.allclose(got[t], expected, atol=1e-10)
+
+
+def test_per_step_prefix_pre_activations_are_each_steps_own(dynamics_and_traj):
+    dyn, traj = dynamics_and_traj
+    encoding = TrajectoryEncoding("per_step", dyn)
+    g = torch.Generator().manual_seed(5)
+    W_enc, b_enc = torch.randn(3, encoding.d_in(), generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    rows = encoding.to_rows(traj[:4]).reshape(4, dyn.steps, -1)
+    for t, got in enumerate(encoding.prefix_pre_activations(traj[:4], W_enc, b_enc)):
+        assert torch.allclose(got, rows[:, t] @ W_enc.T + b_enc, atol=1e-10)
+
+
+def test_activation_scale_is_the_root_mean_square_norm(dynamics_and_traj):
+    dyn, traj = dynamics_and_traj
+    expected = traj.pow(2).sum(2).mean(0).sqrt()  # √E‖a_t‖² over the fitted positions
+    assert torch.allclose(TrajectoryEncoding("residualized", dyn).activation_scale(), expected.to(dyn.activation_rms.dtype), rtol=1e-6)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

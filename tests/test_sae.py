@@ -101,3 +101,15 @@ def test_training_resumed_from_a_checkpoint_file_equals_uninterrupted_training(t
     straight, _ = train_sae(batches, x.shape[1], two_epochs, x[:500], progress=False)
     for p, q in zip(resumed.parameters(), straight.parameters()):
         assert torch.equal(p, q)
+
+
+def test_learning_rate_warms_up_holds_and_decays_linearly_to_zero():
+    cfg = SAETrainConfig(n_latents=4096, lr_base=1e-3, warmup_steps=10, decay_share=0.2)
+    peak = 1e-3 / (4096 / 16384) ** 0.5
+    assert cfg.learning_rate() == pytest.approx(peak)
+    assert cfg.learning_rate_at(0, 100) == pytest.approx(peak / 10)
+    assert cfg.learning_rate_at(50, 100) == pytest.approx(peak)
+    assert cfg.learning_rate_at(90, 100) == pytest.approx(peak * 10 / 20)  # halfway through the last 20 steps
+    assert cfg.learning_rate_at(99, 100) == pytest.approx(peak / 20)
+    assert cfg.learning_rate_at(99) == pytest.approx(peak)  # no decay without a known length
+    assert SAETrainConfig(n_latents=4096, lr=5e-3).learning_rate_at(99, 100) == pytest.approx(5e-3)  # decay_share 0: constant

@@ -113,13 +113,21 @@ def test_interpolation_between_recorded_steps_is_linear():
     assert interpolate_over_steps(values, [0, 4, 8], 9).item() == 20.0
 
 
-def test_maps_over_time_end_in_the_relu_preactivation(bundle):
+def test_maps_over_time_are_topk_codes_of_the_prefixes_and_end_in_the_codes(bundle):
     run = bundle.generator.base("a green square", 2)
+    everyone = list(range(bundle.n_latents))
+    maps = bundle.generator.maps_over_time(run, everyone)  # [n, T, 8, 8]
+    assert maps.shape == (bundle.n_latents, 3, 8, 8)
+    assert torch.equal(maps[:, -1].flatten(1).T, run.codes)  # exactly the codes at the last step
+    rows = bundle.encoding.to_rows(run.traj).reshape(64, 3, -1)
+    for t in range(3):  # independently: zero the later blocks and encode with the SAE itself
+        prefix = rows.clone()
+        prefix[:, t + 1 :] = 0
+        expected = bundle.sae.encode(prefix.flatten(1)).detach()
+        assert torch.allclose(maps[:, t].flatten(1).T, expected, atol=1e-5)
+        assert ((maps[:, t].flatten(1) > 0).sum(0) <= bundle.sae.k).all()  # TopK: at most k latents per position
     j = strongest_latent(bundle, "a green square", 2)
-    maps = bundle.generator.maps_over_time(run, [j])
-    assert maps.shape == (1, 3, 8, 8)
-    full = bundle.sae.pre_activations(bundle.encoding.to_rows(run.traj)).relu()[:, j]
-    assert torch.allclose(maps[0, -1].flatten(), full, atol=1e-5)
+    assert torch.equal(bundle.generator.maps_over_time(run, [j])[0], maps[j])
 
 
 def test_an_uploaded_image_gets_codes_and_maps(bundle):

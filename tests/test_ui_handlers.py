@@ -111,6 +111,11 @@ def test_latent_page_shows_the_atlas_view_of_the_latent(ex):
     assert len(page.top_patches) == len(ex.bundle.top_patches(j, browse.TOP_N))
     assert sum(page.histogram.data[0].y) == int(ex.bundle.atlas["histogram"][j].sum())
     assert list(page.profile.data[0].x) == ex.recorded_steps
+    profiles, typical = ex.bundle.temporal_profiles, float(ex.bundle.typical_activation[j])
+    assert page.profile.data[0].y == pytest.approx((typical * profiles.trajectory[j]).tolist(), rel=1e-6)
+    assert page.profile.data[1].y == pytest.approx((typical * profiles.injected[j]).tolist(), rel=1e-6)
+    assert "RMS ‖a_t‖" in page.profile.layout.yaxis.title.text
+    assert ex.table.peak_step[j] == ex.recorded_steps[int(profiles.trajectory[j].argmax())]
     assert page.similar and all(row[0] != j for row in page.similar)
     assert len(page.quantile_images) == len(ex.bundle.quantile_images(j, browse.QUANTILE_BINS, browse.PER_BIN)) > 0
     assert page.quantile_images[0][1].startswith("q 0–25 %") and page.quantile_images[-1][1].startswith("q 75–100 %")

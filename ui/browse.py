@@ -55,7 +55,8 @@ def header(ex: Explorer, j: int) -> str:
     label = label_text(ex.bundle.labels[j]) or "no label (no factor is enriched among its top images)"
     stats = (f"fires at {table.frequency[j]:.2%} of positions · mean {float(atlas['mean'][j]):.3g} · "
              f"max {table.max_activation[j]:.3g} · typical activation s = {float(atlas['typical'][j]):.3g} · "
-             f"peaks at step {table.peak_step[j]} · residual share {float(atlas['residual_share'][j]):.0%}")
+             f"peaks at step {table.peak_step[j]} (relative to the activation scale) · "
+             f"{float(ex.bundle.temporal_profiles.residual_share[j]):.0%} of its trajectory injected as residual")
     if table.max_activation[j] <= 0:
         stats = "never fired on the atlas images (a dead latent)"
     return f"## Latent {j}\n**{label}**\n\n{stats}"
@@ -82,10 +83,12 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
     quantile_images = [(upscale(bundle.thumbnails[i]), f"{quantile_name(b)} · image {i} · {score:.2f}")
                        for b, i, score in bundle.quantile_images(j, QUANTILE_BINS, PER_BIN)]
     similar = [[int(k), ex.table.labels[k], round(cos, 3)] for k, cos in bundle.similar_latents(j, SIMILAR_N)]
+    profiles = bundle.temporal_profiles
     return LatentPage(
         latent=j, header=header(ex, j), top_images=top_images, top_patches=top_patches, quantile_images=quantile_images,
         histogram=histogram_figure(bundle.atlas["histogram"][j].numpy(), vmax),
-        profile=profile_figure(bundle.atlas["profile"][j].float().numpy(), ex.recorded_steps, float(bundle.atlas["residual_share"][j])),
+        profile=profile_figure(profiles.trajectory[j].numpy(), profiles.injected[j].numpy(), float(profiles.residual_share[j]),
+                               float(bundle.typical_activation[j]), ex.recorded_steps),
         similar=similar,
     )
 

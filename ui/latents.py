@@ -13,7 +13,7 @@ MAX_QUERY = 200
 
 @dataclass
 class LatentTable:
-    """Per-latent columns: frequency, max activation, label purity, peak step (sampler step), label text."""
+    """Per-latent columns: frequency, max activation, label purity, peak step (sampler step, relative profile), label text."""
 
     frequency: np.ndarray
     max_activation: np.ndarray
@@ -30,7 +30,7 @@ class LatentTable:
             frequency=atlas["frequency"].float().numpy(),
             max_activation=atlas["max"].float().numpy(),
             purity=np.array([label.get("purity") or 0.0 for label in bundle.labels], dtype=np.float64),
-            peak_step=steps[atlas["profile"].float().numpy().argmax(1)],
+            peak_step=steps[bundle.temporal_profiles.peak_index.numpy()],
             labels=[f"{label['factor']} {label['value']}" if label.get("factor") else "" for label in bundle.labels],
         )
 

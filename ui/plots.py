@@ -1,4 +1,4 @@
-"""Plotly figures of a latent's statistics: activation histogram and temporal profile."""
+"""Plotly figures of a latent's statistics: activation histogram and temporal profile (relative to the activation scale)."""
 
 import numpy as np
 import plotly.graph_objects as go
@@ -15,10 +15,23 @@ def histogram_figure(counts, vmax: float) -> go.Figure:
     return fig
 
 
-def profile_figure(profile, recorded_steps: list[int], residual_share: float) -> go.Figure:
-    """Line plot of ‖φ_j,t‖ over the recorded sampler steps, titled with the residual share."""
-    fig = go.Figure(go.Scatter(x=list(recorded_steps), y=np.asarray(profile, dtype=np.float64), mode="lines+markers",
-                               line_color="#1b9e77"))
-    fig.update_layout(title=f"‖φ_t‖ over steps · residual share {residual_share:.0%}", xaxis_title="sampler step",
-                      yaxis_title="‖φ_t‖", **LAYOUT)
+def profile_figure(trajectory, injected, residual_share: float, typical: float, recorded_steps: list[int]) -> go.Figure:
+    """A latent's feature trajectory and its per-step residual injection, relative to each step's activation scale.
+
+    Scaled by the typical activation s_j when it has one, so the curve reads as how much a typical
+    firing (steering strength 1) moves a typical activation at that step; a latent that never
+    fired is shown per unit of its code.
+    """
+    unit, name = (typical, "s·") if typical > 0 else (1.0, "")
+    steps = list(recorded_steps)
+    fig = go.Figure([
+        go.Scatter(x=steps, y=unit * np.asarray(trajectory, dtype=np.float64), mode="lines+markers", line_color="#1b9e77",
+                   name=f"‖{name}φ_t‖: the whole trajectory"),
+        go.Scatter(x=steps, y=unit * np.asarray(injected, dtype=np.float64), mode="lines+markers", line_color="#7570b3",
+                   line_dash="dot", name=f"‖{name}c_t·D_t‖: injected at step t"),
+    ])
+    title = f"A typical firing (s = {typical:.3g})" if typical > 0 else "One unit of code (never fired)"
+    fig.update_layout(**(LAYOUT | dict(showlegend=True, legend=dict(orientation="h", y=-0.35), height=300)),
+                      title=f"{title} · {residual_share:.0%} residual",
+                      xaxis_title="sampler step", yaxis_title=f"‖{name}φ_t‖ / RMS ‖a_t‖")
     return fig

@@ -6,6 +6,7 @@ Three variants share one trainer and latent budget (DESIGN.md step 7):
 - per_step:     one row per (position, step), x = a_t / rms  (a single SAE over all steps)
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,10 @@ class TrajectoryEncoding:
             return dyn.activation_rms
         return dyn.activation_rms.pow(2).mean().sqrt().expand(self.steps)
 
+    def activation_scale(self) -> Tensor:
+        """√E‖a_t‖² per step, the typical norm of one position's activation: Tensor[T] (falls ~10x over SD's schedule)."""
+        return self.dynamics.activation_rms * self.dim**0.5
+
     def to_rows(self, traj: Tensor) -> Tensor:
         """Trajectories Tensor[N, T, d] to SAE rows: Tensor[N, T*d] (per_step: Tensor[N*T, d], step-major per position)."""
         scales = self.block_scales().to(traj.device, traj.dtype)[:, None]
@@ -86,16 +91,21 @@ class TrajectoryEncoding:
         delta = self.block_deltas(W_dec)
         return self.dynamics.propagate(delta) if self.variant == "residualized" else delta
 
-    def prefix_pre_activations(self, traj: Tensor, weights: Tensor, bias: Tensor) -> Tensor:
-        """Pre-activations of some latents from the trajectory known up to each step t: Tensor[T, P, L].
+    def prefix_pre_activations(self, traj: Tensor, weights: Tensor, bias: Tensor) -> Iterator[Tensor]:
+        """Pre-activations from the trajectory known up to each step t: one Tensor[P, L] per step, in order.
 
         DESIGN.md step 6: later blocks of the input are set to zero (for the residualized
-        variant: "the rest follows the linear dynamics"). The encoder is linear, so that is
-        `bias` plus a running sum over blocks of each block's contribution; `weights` are the
-        latents' encoder rows Tensor[L, d_in], `bias` is b_enc − W_enc·b_pre for them. For the
-        per_step variant each step's own pre-activation is returned.
+        variant: "the rest follows the linear dynamics"). The encoder is linear, so step t only
+        adds block t's contribution to a running sum: all steps together cost one full encoding.
+        `weights` are the latents' encoder rows Tensor[L, d_in], `bias` is b_enc − W_enc·b_pre for
+        them. For the per_step variant each step's own pre-activation is given.
         """
         blocks = self.to_rows(traj).reshape(-1, self.steps, self.dim)  # [P, T, d]
-        per_step_weights = weights.reshape(len(weights), -1, self.dim).expand(-1, self.steps, -1)  # [L, T, d]
-        contributions = torch.einsum("ptd,ltd->tpl", blocks, per_step_weights)
-        return (contributions if self.variant == "per_step" else contributions.cumsum(0)) + bias
+        step_weights = weights.reshape(len(weights), -1, self.dim)  # [L, T, d] (per_step: [L, 1, d])
+        running = bias.expand(blocks.shape[0], -1)
+        for t in range(self.steps):
+            if self.variant == "per_step":
+                yield blocks[:, t] @ step_weights[:, 0].T + bias
+            else:
+                running = running + blocks[:, t] @ step_weights[:, t].T
+                yield running

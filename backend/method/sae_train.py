@@ -24,9 +24,11 @@ class SAETrainConfig:
 
     n_latents: int = 1024
     k: int = 32
-    lr: float | None = None  # None: 2e-4 scaled by 1/sqrt(n_latents / 16384), as in Gao et al.
+    lr: float | None = None  # None: lr_base scaled by 1/sqrt(n_latents / 16384), as in Gao et al.
+    lr_base: float = 2e-4  # the learning rate at 16384 latents
     epochs: int = 1
     warmup_steps: int = 100
+    decay_share: float = 0.0  # the last this share of all steps decays the learning rate linearly to 0 (needs total_steps)
     aux_k: int | None = None  # None: min(d_in // 2, n_latents // 2)
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 200_000  # a latent that fired on none of the last this many rows is dead
@@ -34,7 +36,16 @@ class SAETrainConfig:
     fast: bool = True  # sparse backward and decode (backend/method/sae_kernels.py); False: the dense reference
 
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 / (self.n_latents / 16384) ** 0.5
+        """The peak learning rate."""
+        return self.lr if self.lr is not None else self.lr_base / (self.n_latents / 16384) ** 0.5
+
+    def learning_rate_at(self, step: int, total_steps: int | None = None) -> float:
+        """Linear warm-up to the peak, then constant, then (with `total_steps`) a linear decay over the last `decay_share`."""
+        factor = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if total_steps and self.decay_share > 0:
+            decay_steps = max(1, round(self.decay_share * total_steps))
+            factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
+        return self.learning_rate() * factor
 
 
 def distributed() -> bool:
@@ -70,8 +81,8 @@ def aux_k_loss(sae: TopKSAE, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor
 class SAETrainer:
     """Owns the optimizer and the dead-latent bookkeeping for one TopKSAE."""
 
-    def __init__(self, sae: TopKSAE, config: SAETrainConfig):
-        self.sae, self.config = sae, config
+    def __init__(self, sae: TopKSAE, config: SAETrainConfig, total_steps: int | None = None):
+        self.sae, self.config, self.total_steps = sae, config, total_steps
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), eps=6.25e-10, fused=True)  # one pass per tensor
         self.aux_k = config.aux_k or min(sae.d_in // 2, sae.n_latents // 2)
         self.rows_since_fired = torch.zeros(sae.n_latents, dtype=torch.long)
@@ -113,7 +124,7 @@ class SAETrainer:
     def step(self, x: Tensor) -> dict[str, float]:
         """One optimizer step on a batch Tensor[B, d_in]; returns its metrics."""
         sae, cfg = self.sae, self.config
-        lr = cfg.learning_rate() * min(1.0, (self.steps + 1) / max(1, cfg.warmup_steps))
+        lr = cfg.learning_rate_at(self.steps, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead = self.dead_latents().to(x.device)
@@ -175,17 +186,19 @@ def train_sae(
     progress: bool = True,
     checkpoint: Path | None = None,
     device: torch.device | str = "cpu",
+    total_steps: int | None = None,
 ) -> tuple[TopKSAE, list[dict[str, float]]]:
     """Train a TopKSAE on streamed batches (`batches(epoch)` yields Tensor[B, d_in]); returns it and per-step metrics.
 
     With `checkpoint`, the trainer state is saved there after every epoch and a rerun resumes
     after the last finished epoch (batch order is a function of the epoch, so the result is
     the same as an uninterrupted run). On CUDA the forward pass runs in bf16 autocast.
+    `total_steps` (over all epochs) lets the learning rate decay at the end (`config.decay_share`).
     """
     torch.manual_seed(config.seed)
     device = torch.device(device)
     sae = TopKSAE(d_in, config.n_latents, config.k).to(device)
-    trainer = SAETrainer(sae, config)
+    trainer = SAETrainer(sae, config, total_steps)
     trainer.init_from_data(init_sample.to(device))
     start_epoch, history = 0, []
     if checkpoint is not None and checkpoint.exists():

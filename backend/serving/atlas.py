@@ -2,6 +2,7 @@
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -89,15 +90,30 @@ class AtlasAccumulator:
         }
 
 
-def temporal_profiles(feature_trajectories: Tensor, block_deltas: Tensor) -> tuple[Tensor, Tensor]:
-    """‖φ_j,t‖ per step, and the share of each latent's trajectory energy injected as residual.
+@dataclass(frozen=True)
+class TemporalProfiles:
+    """Per latent and recorded step, norms in units of the activation scale at that step (√E‖a_t‖²).
 
-    `block_deltas` [n, T, C] is what the latent writes into each block directly (c_t·D_j,t);
-    the rest of φ is carried forward by the linear dynamics.
+    The scale falls ~10x over the schedule at up_ft1, so raw norms would make almost every
+    latent "peak" at step 0; relative to it, a profile says how much of a typical activation
+    one unit of the latent moves at each step.
     """
-    profile = feature_trajectories.norm(dim=2)  # [n, T]
+
+    trajectory: Tensor  # [n, T] ‖φ_j,t‖ / scale_t
+    injected: Tensor  # [n, T] ‖c_t·D_j,t‖ / scale_t: what step t's own block writes; the rest is carried by the dynamics
+    residual_share: Tensor  # [n] share of φ's energy (activation units) injected directly rather than carried
+
+    @property
+    def peak_index(self) -> Tensor:
+        """Index of each latent's largest relative step: Tensor[n]."""
+        return self.trajectory.argmax(1)
+
+
+def temporal_profiles(feature_trajectories: Tensor, block_deltas: Tensor, activation_scale: Tensor) -> TemporalProfiles:
+    """Profiles of φ [n, T, C] and of the block deltas c_t·D_j,t [n, T, C], relative to `activation_scale` [T]."""
     residual_share = block_deltas.pow(2).sum((1, 2)) / feature_trajectories.pow(2).sum((1, 2)).clamp_min(1e-12)
-    return profile, residual_share.clamp_max(1.0)
+    return TemporalProfiles(trajectory=feature_trajectories.norm(dim=2) / activation_scale, injected=block_deltas.norm(dim=2) / activation_scale,
+                            residual_share=residual_share.clamp_max(1.0))
 
 
 def label_latents(top_image_id: Tensor, top_image_score: Tensor, image_factors: Sequence[dict[str, str]],

@@ -24,7 +24,8 @@ from backend.errors import ExplorerError
 from backend.io import sha256_file, write_json, write_safetensors
 from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import TrajectoryEncoding
-from backend.method.sae import TopKSAE
+from backend.method.sae import TopKSAE, topk_codes
+from backend.serving.atlas import TemporalProfiles, temporal_profiles
 from backend.serving.search import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,21 @@ class Bundle:
         """φ_j,t over recorded steps: Tensor[T, d]."""
         return self.feature_trajectories[self.check_latent(j)]
 
+    @cached_property
+    def temporal_profiles(self) -> TemporalProfiles:
+        """Every latent's ‖φ_t‖ and injected ‖c_t·D_t‖ relative to the activation scale at each step."""
+        with torch.no_grad():
+            deltas = self.encoding.block_deltas(self.sae.W_dec)
+        return temporal_profiles(self.feature_trajectories, deltas, self.encoding.activation_scale())
+
+    @cached_property
+    def trajectory_vectors(self) -> Tensor:
+        """φ in units of each step's activation scale, flattened: Tensor[n, T*d], what "similar latents" compares.
+
+        Raw φ would be dominated by the early steps, where activations are largest.
+        """
+        return (self.feature_trajectories / self.encoding.activation_scale()[:, None]).flatten(1)
+
     # --- atlas: read-only tables built by the atlas stage -------------------------------------
 
     @property
@@ -276,8 +292,8 @@ class Bundle:
 
     @cached_property
     def latent_index(self) -> VectorIndex:
-        """Latents by feature trajectory (φ flattened, normalized)."""
-        return self._index("latents", lambda: self.feature_trajectories.flatten(1).numpy())
+        """Latents by feature trajectory (`trajectory_vectors`, normalized)."""
+        return self._index("latents", lambda: self.trajectory_vectors.numpy())
 
     @cached_property
     def image_index(self) -> VectorIndex:
@@ -293,7 +309,7 @@ class Bundle:
     def similar_latents(self, j: int, n: int = 10) -> list[tuple[int, float]]:
         """Latents whose feature trajectories point the same way as j's, as (latent, cosine)."""
         j, n = self.check_latent(j), self._check_count(n)
-        scores, ids = self.latent_index.search(self.feature_trajectories[j].flatten()[None].numpy(), n + 1)
+        scores, ids = self.latent_index.search(self.trajectory_vectors[j][None].numpy(), n + 1)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != j and i >= 0][:n]
 
     def similar_images(self, image_id: int, n: int = 10) -> list[tuple[int, float]]:
@@ -334,14 +350,24 @@ class Bundle:
             codes = codes.reshape(traj.shape[0], traj.shape[1], -1).amax(1)
         return codes
 
-    def maps_over_time(self, traj: Tensor, latents: list[int]) -> Tensor:
-        """Prefix-encoded ReLU pre-activations of `latents` after each step: Tensor[len(latents), T, H, W]."""
+    def maps_over_time(self, traj: Tensor, latents: list[int], codes: Tensor | None = None) -> Tensor:
+        """Codes of `latents` from the prefix encoding after each recorded step: Tensor[L, T, H, W] (DESIGN.md step 6).
+
+        At each step: pre-activations of all latents from the trajectory known so far, TopK per
+        position, then the latents' codes, so a frame is what the SAE encodes if the trajectory
+        stopped there. The last prefix is the whole input, so that frame is `codes(traj)` itself
+        (per_step: every step is its own input); pass `codes` when they are known already.
+        """
         latents = [self.check_latent(j) for j in latents]
+        sae, steps = self.sae, self.encoding.steps
+        prefixed = self.encoding.variant != "per_step"
         with torch.no_grad():
-            weights = self.sae.W_enc[latents]  # [L, d_in]
-            pre = self.encoding.prefix_pre_activations(traj, weights, self.sae.b_enc[latents] - weights @ self.sae.b_pre)
+            prefixes = self.encoding.prefix_pre_activations(traj, sae.W_enc, sae.b_enc - sae.W_enc @ sae.b_pre)
+            frames = [topk_codes(pre, sae.k)[:, latents] for pre, _ in zip(prefixes, range(steps - prefixed))]
+            if prefixed:
+                frames.append((self.codes(traj) if codes is None else codes)[:, latents])
         grid = self.manifest["shapes"]["grid"]
-        return pre.relu().permute(2, 0, 1).reshape(len(latents), pre.shape[0], *grid)
+        return torch.stack(frames).permute(2, 0, 1).reshape(len(latents), steps, *grid)
 
     def attach_model(self, model: DiffusionModel) -> None:
         """Give the bundle a model to generate with (the one its trajectories came from)."""

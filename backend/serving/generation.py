@@ -175,4 +175,4 @@ class Generator:
 
     def maps_over_time(self, run: BaseRun, latents: list[int]) -> Tensor:
         """Prefix-encoded maps (DESIGN.md step 6): Tensor[len(latents), T, H, W]."""
-        return self.bundle.maps_over_time(run.traj, latents)
+        return self.bundle.maps_over_time(run.traj, latents, run.codes)
