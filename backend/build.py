@@ -29,7 +29,7 @@ from backend.diffusion.collect import (
     shard_names,
 )
 from backend.diffusion.hooks import SITE_MODULES
-from backend.diffusion.models import DiffusionModel, load_model
+from backend.diffusion.models import DiffusionModel, load_model, weight_digests
 from backend.errors import ExplorerError
 from backend.io import write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
@@ -40,6 +40,11 @@ from backend.serving.bundle import Bundle, rewrite_manifest
 from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
 log = logging.getLogger(__name__)
+
+def portable_path(source: str) -> str:
+    """A local path as a path relative to the working directory (a hub id or a relative path stays as it is)."""
+    return os.path.relpath(source) if os.path.isabs(source) else source
+
 
 STAGES = ("collect", "dynamics", "train", "atlas", "index")
 PARALLEL_STAGES = ("collect", "dynamics", "train")  # the others are quick and run on rank 0 alone
@@ -74,6 +79,11 @@ class BuildConfig:
     top_n: int = option(16, "top images and patches kept per latent")
     device: str = option("", "cpu or cuda (default: cuda when available)")
     stages: str = option(",".join(STAGES), "comma-separated stages to run")
+
+    def portable_record(self) -> dict:
+        """The settings as a bundle records them: no local output paths or device, input paths relative to here."""
+        record = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "work_dir", "device", "stages")}
+        return record | {"model": portable_path(self.model), "prompts": Path(self.prompts).name if self.prompts else ""}
 
     @property
     def work(self) -> Path:
@@ -250,10 +260,11 @@ class Build:
                 ]
         Bundle.save(
             cfg.out, sae=sae, dynamics=encoding.dynamics, variant=cfg.variant, site=cfg.site,
-            model={"source": cfg.model}, grid=tuple(shard_info(self.train_dir, names[0])["grid"]),
+            model={"source": portable_path(cfg.model), "files": weight_digests(cfg.model)},
+            grid=tuple(shard_info(self.train_dir, names[0])["grid"]),
             schedule={"num_steps": cfg.num_steps, "recorded_steps": list(cfg.collect_config(None).recorded_steps),
                       "guidance_scale": cfg.guidance_scale},
-            extra={"build": dataclasses.asdict(cfg) | {"final_fvu": history[-1]["fvu"] if history else None}},
+            extra={"build": cfg.portable_record() | {"final_fvu": history[-1]["fvu"] if history else None}},
         )
         self.barrier()
 

@@ -38,6 +38,17 @@ def test_tiny_build_end_to_end(model, tmp_path):
     assert bundle.atlas["image_profile"].shape == (len(PROMPTS), 32)
     j, (image_id, score) = next((j, bundle.top_images(j, 1)[0]) for j in range(32) if bundle.top_images(j, 1))
     assert score == pytest.approx(float(bundle.atlas["image_profile"][image_id, j]), rel=1e-3)
+    recorded = (tmp_path / "bundle" / "bundle.json").read_text()
+    assert str(tmp_path) not in recorded  # no local output, work or prompt paths travel with a bundle
+    assert bundle.manifest["build"]["prompts"] == "prompts.txt" and "out" not in bundle.manifest["build"]
+
+
+def test_the_build_record_holds_relative_input_paths_and_no_output_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_dir = tmp_path / "models" / "demo"
+    record = BuildConfig(model=str(model_dir), out="/elsewhere/bundle", work_dir="/elsewhere/work", prompts="/data/p.txt").portable_record()
+    assert record["model"] == "models/demo" and record["prompts"] == "p.txt"
+    assert not {"out", "work_dir", "device", "stages"} & set(record)
 
 
 def test_interrupted_build_resumes_to_the_same_bundle(model, tmp_path, monkeypatch):

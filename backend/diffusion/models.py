@@ -12,10 +12,12 @@ from huggingface_hub import hf_hub_download
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from backend.errors import ExplorerError
+from backend.io import sha256_file
 
 log = logging.getLogger(__name__)
 
 REQUIRED_SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "scheduler")
+WEIGHT_SUBFOLDERS = ("unet", "text_encoder", "vae")
 
 
 @dataclass
@@ -93,6 +95,39 @@ def _load_weights(cls, source: str, subfolder: str, dtype: torch.dtype, offline:
     if missing:
         raise ExplorerError(f"{subfolder} weights in {source!r} lack {len(missing)} tensors (e.g. {sorted(missing)[0]}); the checkpoint does not match its config.")
     return model
+
+
+def local_model_dir(source: str) -> Path | None:
+    """The directory holding `source`'s files: the path itself, or its snapshot in the local hub cache (None: neither)."""
+    local = Path(source)
+    if local.is_dir():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # not a cached hub id: nothing local to hash
+        return None
+
+
+def weight_digests(source: str) -> dict[str, str]:
+    """sha256 of each safetensors weight file of the model, by its path inside the model: {"unet/…safetensors": hex}."""
+    root = local_model_dir(source)
+    if root is None:
+        return {}
+    return {path.relative_to(root).as_posix(): sha256_file(path)
+            for sub in WEIGHT_SUBFOLDERS for path in sorted((root / sub).glob("*.safetensors"))}
+
+
+def check_weight_digests(source: str, expected: dict[str, str]) -> None:
+    """Refuse weights that differ from the ones a bundle was built with, naming the first file that does."""
+    actual = weight_digests(source)
+    for name, digest in sorted(expected.items()):
+        if name not in actual:
+            raise ExplorerError(f"The model lacks {name}, which the bundle was built with; pass --model to use other weights on purpose.")
+        if actual[name] != digest:
+            raise ExplorerError(f"The model's {name} differs from the one the bundle was built with (sha256 mismatch): "
+                                "the file is corrupt or replaced; restore it, or pass --model to use other weights on purpose.")
 
 
 def load_model(source: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:

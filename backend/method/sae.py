@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -81,6 +82,6 @@ class TopKSAE(nn.Module):
             sae.load_state_dict({k: v.float() for k, v in load_file(path / "sae.safetensors").items()})
         except FileNotFoundError as err:
             raise ExplorerError(f"SAE file missing: {err.filename}") from err
-        except (RuntimeError, KeyError, ValueError, json.JSONDecodeError) as err:
+        except (RuntimeError, KeyError, ValueError, TypeError, SafetensorError) as err:  # JSONDecodeError is a ValueError
             raise ExplorerError(f"SAE in {path} is corrupt or does not match its config.json: {err}") from err
         return sae.eval()

@@ -26,14 +26,15 @@ from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import TrajectoryEncoding
 from backend.method.sae import TopKSAE, topk_codes
 from backend.serving.atlas import TemporalProfiles, temporal_profiles
+from backend.serving.manifest import FORMAT_VERSION, validate_manifest
 from backend.serving.search import VectorIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
+ATLAS_TABLES = ("frequency", "mean", "max", "typical", "histogram", "top_image_id", "top_image_score", "top_image_map",
+                "top_patch_image", "top_patch_position", "top_patch_score")  # one row per latent; image_profile has one per image
 CORE_FILES = ("sae/sae.safetensors", "sae/config.json", "dynamics.safetensors")
-REQUIRED_KEYS = ("format_version", "model", "site", "schedule", "variant", "shapes", "sae", "files")
 
 
 def library_versions() -> dict[str, str]:
@@ -137,17 +138,12 @@ class Bundle:
     @staticmethod
     def _read_manifest(root: Path) -> dict:
         try:
-            manifest = json.loads((root / MANIFEST).read_text())
+            text = (root / MANIFEST).read_text()
         except FileNotFoundError as err:
             raise ExplorerError(f"{root} has no {MANIFEST}; it is not a bundle (or its build did not finish).") from err
-        except json.JSONDecodeError as err:
-            raise ExplorerError(f"{root / MANIFEST} is not valid JSON: {err}") from err
-        missing = [k for k in REQUIRED_KEYS if k not in manifest]
-        if missing:
-            raise ExplorerError(f"{root / MANIFEST} lacks {', '.join(missing)}; rebuild the bundle.")
-        if manifest["format_version"] != FORMAT_VERSION:
-            raise ExplorerError(f"Bundle format {manifest['format_version']} is not supported (this version reads {FORMAT_VERSION}); rebuild the bundle.")
-        return manifest
+        except (OSError, UnicodeDecodeError) as err:
+            raise ExplorerError(f"{root / MANIFEST} cannot be read: {type(err).__name__}.") from err
+        return validate_manifest(text, str(root / MANIFEST))
 
     @staticmethod
     def _inside(root: Path, name: str) -> Path:
@@ -208,27 +204,57 @@ class Bundle:
     def has_atlas(self) -> bool:
         return "atlas/tables.safetensors" in self.manifest["files"]
 
+    def _read(self, name: str, reader):
+        """reader(path) for a listed file, with any failure to parse it named as that file's corruption."""
+        path = self.file(name)
+        try:
+            return reader(path)
+        except Exception as err:  # the hash matched, so the content was written wrong: say which file
+            raise ExplorerError(f"Bundle file {name} cannot be read ({type(err).__name__}); rebuild the bundle's atlas.") from err
+
+    def _json_list(self, name: str, length: int) -> list[dict]:
+        """A JSON file holding a list of `length` objects, or a clear error naming the file."""
+        items = self._read(name, lambda path: json.loads(path.read_text()))
+        if not isinstance(items, list) or len(items) != length or not all(isinstance(item, dict) for item in items):
+            raise ExplorerError(f"Bundle file {name} should list {length} entries (one per atlas table row); rebuild the bundle's atlas.")
+        return items
+
     @cached_property
     def atlas(self) -> dict[str, Tensor]:
         """Per-latent stats, top images and patches with maps, per-image profiles."""
         if not self.has_atlas:
             raise ExplorerError("This bundle has no atlas yet; run `python -m backend.build` through the atlas stage.")
-        return load_file(self.file("atlas/tables.safetensors"))
+        tables = self._read("atlas/tables.safetensors", load_file)
+        missing = [key for key in ATLAS_TABLES if key not in tables]
+        wrong = [key for key in ATLAS_TABLES if key in tables and tables[key].shape[:1] != (self.n_latents,)]
+        profile = tables.get("image_profile")
+        if missing or wrong or profile is None or profile.ndim != 2 or profile.shape[1] != self.n_latents or len(profile) == 0:
+            raise ExplorerError(f"Bundle file atlas/tables.safetensors lacks or mis-shapes {', '.join(missing + wrong) or 'image_profile'} "
+                                f"for {self.n_latents} latents and at least one image; rebuild the bundle's atlas.")
+        return tables
 
     @cached_property
     def thumbnails(self) -> Tensor:
         """Atlas images as uint8 Tensor[n_images, h, w, 3]."""
-        return load_file(self.file("atlas/thumbnails.safetensors"))["thumbnails"]
+        thumbnails = self._read("atlas/thumbnails.safetensors", load_file).get("thumbnails")
+        if thumbnails is None or thumbnails.ndim != 4 or len(thumbnails) != self.n_images or thumbnails.dtype != torch.uint8:
+            raise ExplorerError(f"Bundle file atlas/thumbnails.safetensors should hold {self.n_images} uint8 images; rebuild the bundle's atlas.")
+        return thumbnails
+
+    @property
+    def n_images(self) -> int:
+        """Atlas images (rows of the per-image table)."""
+        return self.atlas["image_profile"].shape[0]
 
     @cached_property
     def images(self) -> list[dict]:
         """Per atlas image: prompt, seed and (shapes world) ground-truth factors."""
-        return json.loads(self.file("atlas/images.json").read_text())
+        return self._json_list("atlas/images.json", self.n_images)
 
     @cached_property
     def labels(self) -> list[dict]:
         """Per latent: the most enriched factor value among its top images, with its purity."""
-        return json.loads(self.file("atlas/latents.json").read_text())
+        return self._json_list("atlas/latents.json", self.n_latents)
 
     @property
     def typical_activation(self) -> Tensor:

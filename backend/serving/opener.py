@@ -3,7 +3,7 @@
 import logging
 from dataclasses import dataclass
 
-from backend.diffusion.models import load_model
+from backend.diffusion.models import check_weight_digests, load_model
 from backend.serving.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -20,14 +20,21 @@ class OpenedBundle:
 
 
 def open_bundle(bundle_source: str, model_source: str | None = None, device: str | None = None) -> OpenedBundle:
-    """Load the bundle (errors are fatal) and its model (errors only switch generation off, with a notice)."""
+    """Load the bundle (errors are fatal) and its model (errors only switch generation off, with a notice).
+
+    Without `model_source` the bundle's own model is loaded, and only when its weight files have
+    the sha256 the build recorded; `model_source` is the explicit choice of other weights.
+    """
     bundle = Bundle.load(bundle_source)
     source = model_source or bundle.manifest["model"]["source"]
     try:
+        if model_source is None:  # the bundle's own model: the weights it was built with, or nothing
+            check_weight_digests(source, bundle.manifest["model"].get("files", {}))
         model = load_model(source, device=device or None)
     except Exception as err:  # a model that cannot load only switches generation off (a bad --device, too)
-        log.warning("generation off: %s", err)
-        return OpenedBundle(bundle, notice=f"Generation is off: {err} Browsing works from the atlas.")
+        log.warning("generation off: %s", err)  # the server's log says which path and why; visitors are not told local paths
+        return OpenedBundle(bundle, notice="Generation is off: the model could not be loaded (the server's log says why). "
+                                           "Browsing works from the atlas.")
     bundle.attach_model(model)
     size = sum(p.numel() for p in model.unet.parameters())
     notice = ""

@@ -1,0 +1,87 @@
+"""The schema of `bundle.json`: every field's type and range, checked before anything in a bundle is read."""
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from backend.diffusion.hooks import SITE_MODULES
+from backend.errors import ExplorerError
+from backend.method.encodings import VARIANTS
+
+FORMAT_VERSION = 1
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(gt=0, le=10**9)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")  # later fields may be added; known ones are checked
+
+
+class ModelInfo(Strict):
+    source: Annotated[str, StringConstraints(min_length=1)]
+    files: dict[str, Sha256] = {}  # sha256 of the model's weight files, by their path inside the model
+
+
+class Schedule(Strict):
+    num_steps: Annotated[int, Field(gt=0, le=10_000)]
+    recorded_steps: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    guidance_scale: Annotated[float, Field(ge=0, le=100)] = 7.5
+
+    @model_validator(mode="after")
+    def steps_in_order(self):
+        steps = self.recorded_steps
+        if any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] >= self.num_steps:
+            raise ValueError(f"recorded_steps must increase and stay below num_steps={self.num_steps}")
+        return self
+
+
+class Shapes(Strict):
+    steps: Count
+    dim: Count
+    grid: tuple[Count, Count]
+
+
+class SAEInfo(Strict):
+    d_in: Count
+    n_latents: Count
+    k: Count
+
+
+class Manifest(Strict):
+    format_version: Literal[1]
+    model: ModelInfo
+    site: Literal[tuple(SITE_MODULES)]
+    schedule: Schedule
+    variant: Literal[VARIANTS]
+    shapes: Shapes
+    sae: SAEInfo
+    files: dict[str, Sha256]
+    versions: dict[str, str] = {}
+    build: dict = {}
+
+    @model_validator(mode="after")
+    def consistent(self):
+        if self.shapes.steps != len(self.schedule.recorded_steps):
+            raise ValueError(f"shapes.steps={self.shapes.steps} but schedule.recorded_steps has {len(self.schedule.recorded_steps)} steps")
+        if self.sae.k > self.sae.n_latents:
+            raise ValueError(f"sae.k={self.sae.k} exceeds sae.n_latents={self.sae.n_latents}")
+        return self
+
+
+def validate_manifest(text: str, where: str) -> dict:
+    """The manifest `text` as a dict once it matches the schema, or an ExplorerError naming the first fields that do not."""
+    try:
+        Manifest.model_validate_json(text)
+    except ValidationError as err:
+        if any(e["type"] == "json_invalid" for e in err.errors()):
+            raise ExplorerError(f"{where} is not valid JSON; rebuild or re-download the bundle.") from None
+        version = next((e for e in err.errors() if e["loc"] == ("format_version",)), None)
+        if version is not None and version["type"] != "missing":
+            raise ExplorerError(f"{where}: bundle format {version['input']!r} is not supported (this version reads "
+                                f"{FORMAT_VERSION}); rebuild the bundle.") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:3])
+        more = f" (and {err.error_count() - 3} more)" if err.error_count() > 3 else ""
+        raise ExplorerError(f"{where} does not describe a valid bundle: {problems}{more}. Rebuild the bundle.") from None
+    return json.loads(text)
