@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     """Load the bundle and its model, then serve the app until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    from ui.app import build_app
+    from ui.app import LAUNCH, build_app
     from ui.explorer import open_explorer
 
     try:
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     except ExplorerError as err:
         hint = " The demo bundle ships in checkpoints/; pass --bundle PATH otherwise." if args.bundle == DEFAULT_BUNDLE else ""
         sys.exit(f"Cannot open bundle: {err}{hint}")
-    build_app(explorer).queue(default_concurrency_limit=1).launch(server_port=args.port, share=args.share)
+    build_app(explorer).queue(default_concurrency_limit=1).launch(server_port=args.port, share=args.share, **LAUNCH)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from gradio_client import Client
 
 from app import DEFAULT_BUNDLE
 from bench.common import device_name, free_port, percentile, time_calls
-from ui.app import build_app
+from ui.app import LAUNCH, build_app
 from ui.browse import latent_page
 from ui.explorer import open_explorer
 
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     explorer = open_explorer(args.bundle, args.model)
     latents = [int(j) for j in explorer.table.frequency.argsort()[::-1][: args.latents]]
     demo = build_app(explorer).queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **LAUNCH)
     try:
         served = {}
         for fetch in (True, False):

@@ -6,14 +6,14 @@ from gradio_client import Client
 
 from tests.ports import free_port
 from tests.test_ui_handlers import one_thread, tiny_explorer
-from ui.app import build_app
+from ui.app import LAUNCH, build_app
 
 
 @functools.cache
 def app_url() -> str:
     """The app on the tiny bundle, served once per test session on a free localhost port."""
     demo = build_app(tiny_explorer()).queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **LAUNCH)
     atexit.register(demo.close)
     return demo.local_url
 

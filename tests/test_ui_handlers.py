@@ -180,9 +180,10 @@ def test_inspecting_a_prompt_lists_its_most_active_latents(ex):
     assert len(result.timelines) == len(result.rows) and len(inspect.gallery(result, 0)) == len(result.rows)
 
 
-def test_inspecting_an_upload_finds_latents(ex):
-    image = ex.bundle.generator.base("a green circle", 1).image
-    assert inspect.inspect_upload(ex, image).rows
+def test_inspecting_an_upload_finds_latents(ex, tmp_path):
+    path = tmp_path / "upload.png"
+    ex.bundle.generator.base("a green circle", 1).image.save(path)
+    assert inspect.inspect_upload(ex, str(path)).rows
     with pytest.raises(ExplorerError, match="Upload"):
         inspect.inspect_upload(ex, None)
 

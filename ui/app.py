@@ -9,10 +9,13 @@ from ui import browse, inspect, steer, timeline, views
 from ui.explorer import Explorer
 from ui.latents import HEADERS, SORTS
 from ui.state import STEER_MODES, alpha_from_position
+from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
 
 TITLE = "Temporal SAE Explorer"
 INTRO = ("Sparse features of a diffusion model's activations *over the denoising trajectory* "
          "(a residualized temporal SAE). Browse the latents, watch their maps form step by step, and steer generation with them.")
+LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True)  # every launch of the app: uploads capped, messages shown
+CACHE_LIFETIME = (600, 3600)  # every 10 min, delete uploads and outputs older than an hour (and all of them at shutdown)
 MODEL = dict(concurrency_limit=1, concurrency_id="model")  # one diffusion call at a time, queued
 BROWSE = dict(concurrency_limit=None)  # atlas look-ups never wait on the model
 COPY_LINK_JS = """(query) => {
@@ -61,7 +64,7 @@ def steer_slot(i: int) -> tuple:
 def build_app(ex: Explorer) -> gr.Blocks:
     """Lay out the app for one explorer; every event calls a handler from `ui/`."""
     steps = len(ex.recorded_steps)
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         gr.Markdown(f"⚠️ {ex.notice}", visible=bool(ex.notice), elem_id="notice")
         current_tab = gr.State("browse")
@@ -126,7 +129,8 @@ def build_app(ex: Explorer) -> gr.Blocks:
             with gr.Tab("Inspect", id="inspect") as inspect_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
-                        upload = gr.Image(type="pil", label="Upload an image", sources=["upload", "clipboard"])
+                        upload = gr.File(label="Upload an image (PNG, JPEG, WebP, GIF or BMP; up to 16 MB and 4096 × 4096)",
+                                         file_types=FILE_TYPES, type="filepath", elem_id="upload")
                         upload_prompt = gr.Textbox(label="Its prompt (optional)")
                         analyse = gr.Button("Find its latents", variant="primary")
                         gr.Markdown("…or generate one")

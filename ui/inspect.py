@@ -4,12 +4,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from backend.errors import ExplorerError
 from ui.explorer import Explorer
 from ui.images import upscale
 from ui.state import MAX_SEED, parse_int
 from ui.steer import check_prompt
 from ui.timeline import Timeline, timelines
+from ui.uploads import open_upload
 
 TOP_LATENTS = 8
 HEADERS = ["latent", "label", "sum", "max"]
@@ -40,12 +40,11 @@ def inspect_run(ex: Explorer, run, n: int = TOP_LATENTS) -> Inspection:
     return Inspection(image=run.image, rows=rows, timelines=lines)
 
 
-def inspect_upload(ex: Explorer, image, prompt: str = "") -> Inspection:
-    """Latents of an uploaded image, noised forward to each recorded step (conditioned on `prompt` if given)."""
-    if image is None:
-        raise ExplorerError("Upload an image first.")
-    prompt = check_prompt(prompt) if (prompt or "").strip() else ""
-    return inspect_run(ex, ex.generator().trajectory_of_image(image.convert("RGB"), prompt=prompt))
+def inspect_upload(ex: Explorer, path, prompt: str = "") -> Inspection:
+    """Latents of an uploaded image file, noised forward to each recorded step (conditioned on `prompt` if given)."""
+    image = open_upload(path)
+    prompt = check_prompt(prompt) if isinstance(prompt, str) and prompt.strip() else ""
+    return inspect_run(ex, ex.generator().trajectory_of_image(image, prompt=prompt))
 
 
 def inspect_prompt(ex: Explorer, prompt, seed) -> Inspection:

@@ -1,6 +1,7 @@
 """View state in the URL (`?tab=steer&latent=12&alpha=3&prompt=...`) and the steering-strength scale."""
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from urllib.parse import urlencode
 
@@ -11,6 +12,7 @@ STEER_MODES = ("add", "scale", "ablate")
 MAX_ALPHA = 50.0
 CURVE = 4.0  # steepness of the exponential slider: larger is finer near 0
 MAX_SEED = 2**31 - 1
+INTEGER = re.compile(r"[+-]?[0-9]{1,15}", re.ASCII)  # 15 digits: beyond every id and seed range here
 
 
 def alpha_from_position(position: float) -> float:
@@ -29,18 +31,23 @@ def position_from_alpha(alpha: float) -> float:
 
 
 def parse_int(value, what: str, low: int, high: int) -> int:
-    """`value` (int, integral float or digit string) as an int in [low, high], or an ExplorerError naming `what`."""
+    """`value` (int, integral float or ASCII digit string) as an int in [low, high], or an ExplorerError naming `what`.
+
+    Only ASCII digits count: `str.isdigit` also accepts "²" and other digits `int` refuses, and
+    `int` refuses strings over 4300 digits, so both are checked here, before any conversion.
+    """
     if isinstance(value, str):
-        value = value.strip()
-        if not value.lstrip("-").isdigit():
-            raise ExplorerError(f"{what} must be a whole number, got {value!r}.")
-        value = int(value)
+        text = value.strip()
+        if not INTEGER.fullmatch(text):
+            shown = text if len(text) <= 40 else text[:40] + "…"
+            raise ExplorerError(f"{what} must be a whole number between {low} and {high}, got {shown!r}.")
+        value = int(text)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ExplorerError(f"{what} must be a whole number, got {value!r}.")
+        raise ExplorerError(f"{what} must be a whole number, got {type(value).__name__}.")
     if not low <= value <= high:
-        raise ExplorerError(f"{what} must be between {low} and {high}, got {value}.")
+        raise ExplorerError(f"{what} must be between {low} and {high}, got {value if abs(value) < 10**15 else 'a larger number'}.")
     return value
 
 
