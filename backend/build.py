@@ -31,7 +31,7 @@ from backend.diffusion.collect import (
 from backend.diffusion.hooks import SITE_MODULES
 from backend.diffusion.models import DiffusionModel, load_model, weight_digests
 from backend.errors import ExplorerError
-from backend.io import write_json, write_safetensors
+from backend.io import atomic_path, write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
 from backend.method.encodings import VARIANTS, TrajectoryEncoding
 from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, train_sae
@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 def portable_path(source: str) -> str:
     """A local path as a path relative to the working directory (a hub id or a relative path stays as it is)."""
     return os.path.relpath(source) if os.path.isabs(source) else source
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Create `folder` and write a probe file in it, or say in one line why the build cannot use it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ".write-probe") as probe:
+            probe.write_bytes(b"")
+        (folder / ".write-probe").unlink()
+    except OSError as err:
+        raise ExplorerError(f"{option} {folder} cannot be written: {err.strerror or err}. Pass a folder you can write to.") from None
 
 
 STAGES = ("collect", "dynamics", "train", "atlas", "index")
@@ -333,6 +344,8 @@ class Build:
             raise ExplorerError(f"Unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not distributed():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        for option, folder in (("--out", self.config.out), ("--work-dir", self.work)):
+            check_writable(Path(folder), option)
         for stage in STAGES:
             if stage in stages and (self.rank == 0 or stage in PARALLEL_STAGES):
                 log.info("stage %s (rank %d of %d)", stage, self.rank, self.world_size)
@@ -352,6 +365,10 @@ def main(argv=None) -> None:
         summary = build.run()
     except ExplorerError as err:
         log.error("%s", err)
+        raise SystemExit(2) from None
+    except OSError as err:  # a full disk or a folder that went away mid-build; atomic writes left no partial file
+        log.error("cannot write %s: %s; free space or pick another folder, then rerun the same command to resume",
+                  err.filename or "the build's output", err.strerror or err)
         raise SystemExit(2) from None
     rank = build.rank
     if distributed():

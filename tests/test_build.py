@@ -1,9 +1,13 @@
+import errno
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import backend.method.sae_train as sae_train
-from backend.build import Build, BuildConfig, parse_config
+import backend.build as build_module
+import backend.io as io_module
+from backend.build import Build, BuildConfig, main, parse_config
 from backend.diffusion.collect import read_shards, shard_names
 from backend.serving.bundle import Bundle
 from tests.tiny_models import tiny_model
@@ -157,3 +161,41 @@ def test_missing_or_empty_prompt_files_are_clear_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(ExplorerError, match="has no prompts"):
         Build(BuildConfig(model="m", out=str(tmp_path / "b"), prompts=str(tmp_path / "empty.txt")))
+
+
+def test_an_out_path_under_a_regular_file_is_one_line_and_exit_2(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", "tiny", "--out", str(blocker / "bundle"), "--prompts", str(prompts)])
+    assert exit_.value.code == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "--out" in errors[0].getMessage() and "\\n" not in errors[0].getMessage()
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_full_disk_mid_stage_is_one_line_and_leaves_no_partial_file(model, tmp_path, monkeypatch, caplog):
+    cfg = config(tmp_path, stages="collect,dynamics")
+    Build(cfg, model=model).run()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(io_module, "save_file", full_disk)
+    monkeypatch.setattr(build_module, "load_model", lambda *a, **k: model)
+    argv = ["--model", "tiny", "--out", cfg.out, "--prompts", cfg.prompts, "--num-steps", "3", "--images-per-shard", "4",
+            "--n-latents", "32", "--k", "4", "--epochs", "2", "--sae-batch-size", "128", "--top-n", "4", "--stages", "train"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == [] and not (tmp_path / "bundle" / "sae").exists()
+    monkeypatch.undo()
+    Build(config(tmp_path, stages="train,atlas,index"), model=model).run()  # space again: the same command finishes
+    assert Bundle.load(tmp_path / "bundle").n_latents == 32
