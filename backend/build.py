@@ -46,7 +46,7 @@ def portable_path(source: str) -> str:
     return os.path.relpath(source) if os.path.isabs(source) else source
 
 
-def check_writable(folder: Path, option: str) -> None:
+def check_writable(folder: Path, flag: str) -> None:
     """Create `folder` and write a probe file in it, or say in one line why the build cannot use it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def check_writable(folder: Path, option: str) -> None:
             probe.write_bytes(b"")
         (folder / ".write-probe").unlink()
     except OSError as err:
-        raise ExplorerError(f"{option} {folder} cannot be written: {err.strerror or err}. Pass a folder you can write to.") from None
+        raise ExplorerError(f"{flag} {folder} cannot be written: {err.strerror or err}. Pass a folder you can write to.") from None
 
 
 STAGES = ("collect", "dynamics", "train", "atlas", "index")
@@ -344,8 +344,8 @@ class Build:
             raise ExplorerError(f"Unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not distributed():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        for option, folder in (("--out", self.config.out), ("--work-dir", self.work)):
-            check_writable(Path(folder), option)
+        for flag, folder in (("--out", self.config.out), ("--work-dir", self.work)):
+            check_writable(Path(folder), flag)
         for stage in STAGES:
             if stage in stages and (self.rank == 0 or stage in PARALLEL_STAGES):
                 log.info("stage %s (rank %d of %d)", stage, self.rank, self.world_size)

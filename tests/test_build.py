@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import backend.method.sae_train as sae_train
 import backend.build as build_module
 import backend.io as io_module
+import backend.method.sae_train as sae_train
 from backend.build import Build, BuildConfig, main, parse_config
 from backend.diffusion.collect import read_shards, shard_names
 from backend.serving.bundle import Bundle
