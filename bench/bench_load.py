@@ -1,0 +1,149 @@
+"""Many simulated users against the served demo: latency, errors and the server's memory over repeated rounds.
+
+    python -m bench.bench_load [--clients 20] [--rounds 3] [--requests 6] [--bundle checkpoints/shapes-bundle]
+
+Starts `python app.py` as its own process on a free localhost port, then runs `--rounds` rounds
+in which each of `--clients` threads (one gradio_client each) makes `--requests` requests,
+taking in turn a latent page, a search, a steer with a fresh strength, and a bad latent id
+(which must come back as a message). Prints per kind the median and p95 latency and
+the errors, the fairness across clients (Jain's index of their mean latencies), and the
+server's resident memory after each round against the first: the app's promise is that RSS
+stays within 10 % of the first round's once warm. The baseline in the same run is one client
+alone making the same mix of requests.
+"""
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from app import DEFAULT_BUNDLE
+from bench.common import device_name, free_port, percentile
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("page", "search", "steer", "bad id")
+PROMPTS = ["a large red circle in the center on a black background", "a small blue square in the top left on a white background",
+           "a green triangle on the right on a gray background"]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def request(client: Client, kind: str, rng: random.Random) -> None:
+    """One request of `kind`; a bad id must be answered with a message."""
+    if kind == "page":
+        client.predict(rng.randrange(1024), api_name="/latent_page")
+    elif kind == "search":
+        client.predict(rng.choice(["red", "circle", "", "background blue", "12"]), api_name="/search")
+    elif kind == "steer":
+        slots = [str(rng.randrange(1024)), rng.uniform(-0.6, 0.6), "add", "", 0.0, "add", "", 0.0, "add"]
+        client.predict(rng.choice(PROMPTS), rng.randrange(1000), 4.0, 0, 19, "everywhere", [], *slots, api_name="/steer")
+    else:
+        try:
+            client.predict(rng.choice(["--5", "²", "9" * 5000, "-1"]), api_name="/latent_page")
+        except AppError as err:
+            if str(err).strip() in ("", "Error"):
+                raise RuntimeError("a bad id got a bare Error") from None
+            return
+        raise RuntimeError("a bad id was accepted")
+
+
+def run_clients(url: str, clients: int, requests: int, seed: int) -> tuple[dict[str, list[float]], list[float], int]:
+    """`clients` threads making `requests` each; latencies by kind, mean latency per client, and the error count."""
+    latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    per_client: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def user(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        client = Client(url, verbose=False, download_files=False)
+        mine = []
+        for i in range(requests):
+            kind = KINDS[(index + i) % len(KINDS)]  # every client makes every kind in turn
+            start = time.perf_counter()
+            try:
+                request(client, kind, rng)
+            except Exception:
+                with lock:
+                    errors[0] += 1
+            elapsed = time.perf_counter() - start
+            mine.append(elapsed)
+            with lock:
+                latencies[kind].append(elapsed)
+        with lock:
+            per_client.append(statistics.mean(mine))
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, per_client, errors[0]
+
+
+def jain(values: list[float]) -> float:
+    """Jain's fairness index: 1 when every client waited the same."""
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
+
+
+def report(name: str, latencies: dict[str, list[float]], errors: int) -> None:
+    cells = [f"{kind} {statistics.median(v) * 1e3:.0f}/{percentile(v, 95) * 1e3:.0f} ms (n {len(v)})" for kind, v in latencies.items() if v]
+    print(f"{name}: " + " · ".join(cells) + f" · errors {errors}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=6, help="requests per client per round")
+    args = parser.parse_args(argv)
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "app.py", "--bundle", args.bundle, "--port", str(port)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                Client(url, verbose=False)
+                break
+            except Exception:
+                if time.time() > deadline or server.poll() is not None:
+                    raise SystemExit("the app did not start") from None
+                time.sleep(0.5)
+        print(f"device: {device_name()}; {args.clients} clients × {args.requests} requests per round, {args.rounds} rounds")
+        alone, _, alone_errors = run_clients(url, 1, args.requests * 3, seed=99)
+        report("one client alone", alone, alone_errors)
+        first = None
+        for r in range(args.rounds):
+            latencies, per_client, errors = run_clients(url, args.clients, args.requests, seed=r)
+            rss = rss_mib(server.pid)
+            first = first or rss
+            report(f"round {r + 1}", latencies, errors)
+            print(f"  fairness (Jain) {jain(per_client):.3f} · server RSS {rss:.0f} MiB ({rss / first - 1:+.1%} vs round 1)")
+        for kind in ("page", "steer"):
+            if alone[kind] and latencies[kind]:
+                ratio = statistics.median(latencies[kind]) / statistics.median(alone[kind])
+                print(f"{kind}: median under load / alone = {ratio:.1f}x")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
