@@ -64,7 +64,7 @@ def run_clients(url: str, clients: int, requests: int, seed: int) -> tuple[dict[
     """`clients` threads making `requests` each; latencies by kind, mean latency per client, and the error count."""
     latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
     per_client: list[float] = []
-    errors = [0]
+    errors, messages = [0], [0]
     lock = threading.Lock()
 
     def user(index: int) -> None:
@@ -76,9 +76,16 @@ def run_clients(url: str, clients: int, requests: int, seed: int) -> tuple[dict[
             start = time.perf_counter()
             try:
                 request(client, kind, rng)
-            except Exception:
+            except AppError as err:  # the app's own message (e.g. a latent that never fired has nothing to add)
+                with lock:
+                    messages[0] += 1
+                    if messages[0] <= 2:
+                        print(f"  message in {kind}: {str(err)[:120]}")
+            except Exception as err:
                 with lock:
                     errors[0] += 1
+                    if errors[0] <= 3:
+                        print(f"  error in {kind}: {type(err).__name__}: {str(err)[:200]}")
             elapsed = time.perf_counter() - start
             mine.append(elapsed)
             with lock:

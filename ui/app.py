@@ -14,7 +14,10 @@ from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
 TITLE = "Temporal SAE Explorer"
 INTRO = ("Sparse features of a diffusion model's activations *over the denoising trajectory* "
          "(a residualized temporal SAE). Browse the latents, watch their maps form step by step, and steer generation with them.")
-LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True)  # every launch of the app: uploads capped, messages shown
+# every launch of the app: uploads capped, messages shown, the state of the oldest sessions dropped beyond SESSIONS
+SESSIONS = 200
+LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True, state_session_capacity=SESSIONS)
+STATE_LIFETIME = 900  # seconds a session keeps its image-holding state (timeline frames, history) after its last update
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete uploads and outputs older than an hour (and all of them at shutdown)
 MODEL = dict(concurrency_limit=1, concurrency_id="model")  # one diffusion call at a time, queued
 BROWSE = dict(concurrency_limit=None)  # atlas look-ups never wait on the model
@@ -125,7 +128,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             diff_image = gr.Image(label="Difference (×4)")
                         applied = gr.Markdown(elem_id="applied")
                         history = gr.Gallery(label="History", columns=6, height=220, preview=False, object_fit="contain", fit_columns=False)
-                history_state = gr.State([])
+                history_state = gr.State([], time_to_live=STATE_LIFETIME)
             with gr.Tab("Inspect", id="inspect") as inspect_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -142,11 +145,11 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         inspect_table = gr.Dataframe(headers=inspect.HEADERS, interactive=False, label="Most active latents (click to open)")
                         inspect_step = gr.Slider(0, steps - 1, value=steps - 1, step=1, label="Recorded step")
                         inspect_maps = gr.Gallery(label="Their maps at this step", columns=4, height=300)
-                inspection = gr.State(None)
+                inspection = gr.State(None, time_to_live=STATE_LIFETIME)
         with gr.Row():
             link_btn = gr.Button("Copy link to this view", scale=1)
             link = gr.Textbox(label="Link", interactive=False, scale=4, elem_id="link")
-        timeline_state = gr.State(None)
+        timeline_state = gr.State(None, time_to_live=STATE_LIFETIME)
         timer = gr.Timer(0.8, active=False)
 
         # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
