@@ -367,8 +367,8 @@ def main(argv=None) -> None:
         log.error("%s", err)
         raise SystemExit(2) from None
     except OSError as err:  # a full disk or a folder that went away mid-build; atomic writes left no partial file
-        log.error("cannot write %s: %s; free space or pick another folder, then rerun the same command to resume",
-                  err.filename or "the build's output", err.strerror or err)
+        log.error("cannot read or write %s: %s; fix that (free space, another folder), then rerun the same command to resume",
+                  err.filename or "a build file", err.strerror or err)
         raise SystemExit(2) from None
     rank = build.rank
     if distributed():

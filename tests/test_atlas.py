@@ -51,5 +51,5 @@ def test_a_latent_planted_mid_schedule_peaks_mid_schedule_relative_to_the_activa
     assert profiles.peak_index.tolist() == [2]
     assert torch.allclose(profiles.trajectory[0], torch.tensor([0.4, 0.6, 1.0, 0.4, 0.2]))
     assert torch.allclose(profiles.injected[0], torch.tensor([0.4, 0.3, 0.5, 0.2, 0.1]))
-    energy = raw.pow(2)
+    energy = (raw / scale).pow(2)  # in the relative units the profile is shown in
     assert torch.allclose(profiles.residual_share, (energy[0] + 0.25 * energy[1:].sum()) / energy.sum())

@@ -172,7 +172,7 @@ def test_an_out_path_under_a_regular_file_is_one_line_and_exit_2(tmp_path, caplo
         main(["--model", "tiny", "--out", str(blocker / "bundle"), "--prompts", str(prompts)])
     assert exit_.value.code == 2
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "--out" in errors[0].getMessage() and "\\n" not in errors[0].getMessage()
+    assert len(errors) == 1 and "--out" in errors[0].getMessage() and "\n" not in errors[0].getMessage()
     assert blocker.read_text() == "not a folder"
 
 

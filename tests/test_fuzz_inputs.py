@@ -4,6 +4,7 @@ Each property also checks that nothing changed: a normal request answers as befo
 """
 
 import math
+import re
 
 import pytest
 from gradio_client import Client
@@ -17,6 +18,7 @@ from tests.test_ui_handlers import NO_STEER, one_thread, tiny_explorer
 from ui import browse, steer, views
 from ui.state import MAX_SEED, parse_int, parse_query
 
+PYTHON_ERROR = re.compile(r"invalid literal|Traceback|object has no attribute|KeyError|/tmp/|/work/")  # raw exception text, paths
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # What people and API callers type into id and seed boxes: Unicode digits, dash runs, huge numbers, wrong JSON types.
@@ -109,19 +111,19 @@ def test_the_served_latent_page_answers_any_id_with_a_page_or_a_message(client, 
     try:
         latent, header, *_ = client.predict(value, api_name="/latent_page")
     except AppError as err:
-        assert str(err).strip() not in ("", "Error") and "Traceback" not in str(err)
+        assert str(err).strip() not in ("", "Error") and not PYTHON_ERROR.search(str(err))
     else:
         assert header.startswith(f"## Latent {latent}")
     assert client.predict(2, api_name="/latent_page")[0] == 2
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(query=st.one_of(st.text(max_size=300), st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=2)))
+@given(query=st.one_of(tricky_text, st.text(max_size=300), st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=2)))
 def test_the_served_search_answers_any_query_with_rows_or_a_message(client, query):
     try:
         table, summary = client.predict(query, api_name="/search")
     except AppError as err:
-        assert str(err).strip() not in ("", "Error")
+        assert str(err).strip() not in ("", "Error") and not PYTHON_ERROR.search(str(err))
     else:
         assert "latents match" in summary
     assert client.predict("", api_name="/search")[1].startswith("32 of 32")

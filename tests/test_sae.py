@@ -112,4 +112,4 @@ def test_learning_rate_warms_up_holds_and_decays_linearly_to_zero():
     assert cfg.learning_rate_at(90, 100) == pytest.approx(peak * 10 / 20)  # halfway through the last 20 steps
     assert cfg.learning_rate_at(99, 100) == pytest.approx(peak / 20)
     assert cfg.learning_rate_at(99) == pytest.approx(peak)  # no decay without a known length
-    assert SAETrainConfig(n_latents=4096, lr=5e-3).learning_rate_at(99, 100) == pytest.approx(5e-3)  # decay_share 0: constant
+    assert SAETrainConfig(n_latents=4096, lr=5e-3, decay_share=0.0).learning_rate_at(99, 100) == pytest.approx(5e-3)  # constant

@@ -242,3 +242,18 @@ def test_maps_are_drawn_over_upscaled_images():
     heat[0, 0] = 2.0
     drawn = np.asarray(overlay(image, heat))
     assert drawn[0, 0].sum() > 0 and drawn[-1, -1].sum() == 0
+
+
+def test_an_unexpected_error_reaches_the_visitor_as_a_message_without_its_text(caplog):
+    import gradio as gr
+
+    from ui.app import UNEXPECTED, shown
+
+    def broken():
+        raise KeyError("/home/someone/secret/path")
+
+    with pytest.raises(gr.Error) as err:
+        shown(broken)()
+    assert err.value.message == UNEXPECTED and "secret" in caplog.text
+    with pytest.raises(gr.Error, match="Latent"):
+        shown(lambda: (_ for _ in ()).throw(ExplorerError("Latent 5 does not exist")))()

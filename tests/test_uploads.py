@@ -104,3 +104,18 @@ def test_served_uploads_over_the_size_limit_are_refused_and_a_good_one_works_aft
         client.predict(handle_file(big), "", api_name="/inspect_upload")
     image, rows, gallery = client.predict(handle_file(write(tmp_path, "ok.png", png_bytes(16, 16))), "", api_name="/inspect_upload")
     assert image and rows["headers"] == ["latent", "label", "sum", "max"]
+
+
+def test_multi_picture_jpegs_from_phones_are_read(tmp_path):
+    buffer = io.BytesIO()
+    frames = [Image.new("RGB", (12, 8), (200, 30, 30)), Image.new("RGB", (12, 8), (30, 30, 200))]
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    path = write(tmp_path, "phone.jpg", buffer.getvalue())
+    assert Image.open(path).format == "MPO"
+    assert open_upload(path).size == (12, 8)
+
+
+@pytest.mark.parametrize("value", [{"path": "x"}, 7, ["a.png"]])
+def test_an_upload_value_that_is_no_path_gets_the_message(value):
+    with pytest.raises(ExplorerError, match="not an image"):
+        open_upload(value)

@@ -1,6 +1,7 @@
 """The Gradio app: lays out the three tabs and wires their events to the handlers in `ui/` (no logic here)."""
 
 import functools
+import logging
 
 import gradio as gr
 
@@ -11,7 +12,10 @@ from ui.latents import HEADERS, SORTS
 from ui.state import STEER_MODES, alpha_from_position
 from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
 
+log = logging.getLogger(__name__)
+
 TITLE = "Temporal SAE Explorer"
+UNEXPECTED = "Something went wrong on the server with this request; its log has the details. Other requests are unaffected."
 INTRO = ("Sparse features of a diffusion model's activations *over the denoising trajectory* "
          "(a residualized temporal SAE). Browse the latents, watch their maps form step by step, and steer generation with them.")
 # every launch of the app: uploads capped, messages shown, the state of the oldest sessions dropped beyond SESSIONS
@@ -29,13 +33,22 @@ COPY_LINK_JS = """(query) => {
 
 
 def shown(fn):
-    """`fn` with ExplorerError shown to the user as a gr.Error: its message, no traceback, no outputs changed."""
+    """`fn` with ExplorerError shown to the user as a gr.Error: its message, no traceback, no outputs changed.
+
+    Any other exception is a bug: the server's log gets it whole, the visitor a message with no
+    exception text (which can hold local paths).
+    """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except gr.Error:
+            raise
         except ExplorerError as err:
             raise gr.Error(str(err)) from None
+        except Exception:
+            log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+            raise gr.Error(UNEXPECTED) from None
     return wrapper
 
 

@@ -30,7 +30,7 @@ def link(tab: str, latent, steered, position, mode, prompt, seed) -> str:
         return ViewState(tab="steer", latent=parse_int(steered, "Latent id", 0, 10**9) if steered else None,
                          alpha=round(alpha_from_position(position), 3),
                          mode=mode, prompt=prompt or None, seed=None if seed is None else parse_int(seed, "Seed", 0, MAX_SEED)).query()
-    return ViewState(tab=tab, latent=None if latent is None else int(latent)).query()
+    return ViewState(tab=tab, latent=None if latent is None else parse_int(latent, "Latent id", 0, 10**9)).query()
 
 
 def send_to_steer(ex: Explorer, value) -> tuple[str, float, str, str, int]:

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_SUBFOLDERS = ("unet", "text_encoder", "vae")
+LOADED_WEIGHTS = re.compile(r"(diffusion_pytorch_model|model)(-\d{5}-of-\d{5})?\.safetensors")  # what from_pretrained reads
 
 
 @dataclass
@@ -111,21 +113,26 @@ def local_model_dir(source: str) -> Path | None:
 
 
 def weight_digests(source: str) -> dict[str, str]:
-    """sha256 of each safetensors weight file of the model, by its path inside the model: {"unet/…safetensors": hex}."""
+    """sha256 of the weight files the loader reads (no fp16 or non-EMA variants), by path inside the model: {"unet/…": hex}."""
     root = local_model_dir(source)
     if root is None:
         return {}
     return {path.relative_to(root).as_posix(): sha256_file(path)
-            for sub in WEIGHT_SUBFOLDERS for path in sorted((root / sub).glob("*.safetensors"))}
+            for sub in WEIGHT_SUBFOLDERS for path in sorted((root / sub).glob("*.safetensors")) if LOADED_WEIGHTS.fullmatch(path.name)}
 
 
 def check_weight_digests(source: str, expected: dict[str, str]) -> None:
-    """Refuse weights that differ from the ones a bundle was built with, naming the first file that does."""
-    actual = weight_digests(source)
+    """Refuse weights that differ from the ones a bundle was built with, naming the first file that does.
+
+    Call it after `load_model`, which brings a hub model into the local cache; only the files the
+    build recorded are hashed.
+    """
+    root = local_model_dir(source)
     for name, digest in sorted(expected.items()):
-        if name not in actual:
+        path = root / name if root is not None else None
+        if path is None or not path.is_file():
             raise ExplorerError(f"The model lacks {name}, which the bundle was built with; pass --model to use other weights on purpose.")
-        if actual[name] != digest:
+        if sha256_file(path) != digest:
             raise ExplorerError(f"The model's {name} differs from the one the bundle was built with (sha256 mismatch): "
                                 "the file is corrupt or replaced; restore it, or pass --model to use other weights on purpose.")
 

@@ -25,10 +25,10 @@ class SAETrainConfig:
     n_latents: int = 1024
     k: int = 32
     lr: float | None = None  # None: lr_base scaled by 1/sqrt(n_latents / 16384), as in Gao et al.
-    lr_base: float = 2e-4  # the learning rate at 16384 latents
+    lr_base: float = 2e-4  # at 16384 latents (Gao et al.); higher rates killed up to half the latents on real rows (bench/sweep_sae_lr.py)
     epochs: int = 1
     warmup_steps: int = 100
-    decay_share: float = 0.0  # the last this share of all steps decays the learning rate linearly to 0 (needs total_steps)
+    decay_share: float = 0.2  # the last this share of all steps decays the learning rate linearly to 0 (needs total_steps)
     aux_k: int | None = None  # None: min(d_in // 2, n_latents // 2)
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 200_000  # a latent that fired on none of the last this many rows is dead

@@ -101,7 +101,7 @@ class TemporalProfiles:
 
     trajectory: Tensor  # [n, T] ‖φ_j,t‖ / scale_t
     injected: Tensor  # [n, T] ‖c_t·D_j,t‖ / scale_t: what step t's own block writes; the rest is carried by the dynamics
-    residual_share: Tensor  # [n] share of φ's energy (activation units) injected directly rather than carried
+    residual_share: Tensor  # [n] share of the relative profile's energy injected directly rather than carried by the dynamics
 
     @property
     def peak_index(self) -> Tensor:
@@ -111,9 +111,10 @@ class TemporalProfiles:
 
 def temporal_profiles(feature_trajectories: Tensor, block_deltas: Tensor, activation_scale: Tensor) -> TemporalProfiles:
     """Profiles of φ [n, T, C] and of the block deltas c_t·D_j,t [n, T, C], relative to `activation_scale` [T]."""
-    residual_share = block_deltas.pow(2).sum((1, 2)) / feature_trajectories.pow(2).sum((1, 2)).clamp_min(1e-12)
-    return TemporalProfiles(trajectory=feature_trajectories.norm(dim=2) / activation_scale, injected=block_deltas.norm(dim=2) / activation_scale,
-                            residual_share=residual_share.clamp_max(1.0))
+    trajectory, injected = feature_trajectories.norm(dim=2) / activation_scale, block_deltas.norm(dim=2) / activation_scale
+    # In the same relative units: raw energy would be all step 0's, where φ_1 = δr_1 is injected by definition.
+    residual_share = injected.pow(2).sum(1) / trajectory.pow(2).sum(1).clamp_min(1e-12)
+    return TemporalProfiles(trajectory=trajectory, injected=injected, residual_share=residual_share.clamp_max(1.0))
 
 
 def label_latents(top_image_id: Tensor, top_image_score: Tensor, image_factors: Sequence[dict[str, str]],

@@ -249,7 +249,10 @@ class Bundle:
     @cached_property
     def images(self) -> list[dict]:
         """Per atlas image: prompt, seed and (shapes world) ground-truth factors."""
-        return self._json_list("atlas/images.json", self.n_images)
+        images = self._json_list("atlas/images.json", self.n_images)
+        if not all(isinstance(i.get("prompt"), str) and isinstance(i.get("seed"), int) for i in images):
+            raise ExplorerError("Bundle file atlas/images.json has entries without a prompt or seed; rebuild the bundle's atlas.")
+        return images
 
     @cached_property
     def labels(self) -> list[dict]:
@@ -360,8 +363,8 @@ class Bundle:
         text = (text or "").strip().lower()
         if not text:
             return list(range(self.n_latents))
-        if text.isdigit():
-            return [int(text)] if int(text) < self.n_latents else []
+        if text.isascii() and text.isdigit():  # "²" is a digit to isdigit, not to int
+            return [int(text)] if len(text) < 10 and int(text) < self.n_latents else []
         words = text.split()
         labels = self.labels if self.has_atlas else [{}] * self.n_latents
         return [j for j, label in enumerate(labels) if all(w in label_text(label).lower() for w in words)]
@@ -389,7 +392,7 @@ class Bundle:
         prefixed = self.encoding.variant != "per_step"
         with torch.no_grad():
             prefixes = self.encoding.prefix_pre_activations(traj, sae.W_enc, sae.b_enc - sae.W_enc @ sae.b_pre)
-            frames = [topk_codes(pre, sae.k)[:, latents] for pre, _ in zip(prefixes, range(steps - prefixed))]
+            frames = [topk_codes(pre, sae.k)[:, latents] for _, pre in zip(range(steps - 1 if prefixed else steps), prefixes)]
             if prefixed:
                 frames.append((self.codes(traj) if codes is None else codes)[:, latents])
         grid = self.manifest["shapes"]["grid"]

@@ -28,9 +28,9 @@ def open_bundle(bundle_source: str, model_source: str | None = None, device: str
     bundle = Bundle.load(bundle_source)
     source = model_source or bundle.manifest["model"]["source"]
     try:
+        model = load_model(source, device=device or None)  # first: a hub model is in the local cache after it
         if model_source is None:  # the bundle's own model: the weights it was built with, or nothing
             check_weight_digests(source, bundle.manifest["model"].get("files", {}))
-        model = load_model(source, device=device or None)
     except Exception as err:  # a model that cannot load only switches generation off (a bad --device, too)
         log.warning("generation off: %s", err)  # the server's log says which path and why; visitors are not told local paths
         return OpenedBundle(bundle, notice="Generation is off: the model could not be loaded (the server's log says why). "
