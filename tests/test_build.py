@@ -1,4 +1,10 @@
 import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +16,7 @@ import backend.method.sae_train as sae_train
 from backend.build import Build, BuildConfig, main, parse_config
 from backend.diffusion.collect import read_shards, shard_names
 from backend.serving.bundle import Bundle
-from tests.tiny_models import tiny_model
+from tests.tiny_models import save_in_sd_layout, tiny_model
 
 PROMPTS = [f"a {c} {s} in the {p}" for c in ("red", "blue") for s in ("circle", "star") for p in ("top", "left", "center")]
 
@@ -199,3 +205,25 @@ def test_a_full_disk_mid_stage_is_one_line_and_leaves_no_partial_file(model, tmp
     monkeypatch.undo()
     Build(config(tmp_path, stages="train,atlas,index"), model=model).run()  # space again: the same command finishes
     assert Bundle.load(tmp_path / "bundle").n_latents == 32
+
+
+def test_a_build_killed_with_sigkill_mid_collect_resumes_to_a_bundle_that_matches_its_manifest(model, tmp_path):
+    save_in_sd_layout(model, tmp_path / "model")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"a {c} {s} number {i}" for i in range(12) for c in ("red", "blue") for s in ("circle", "star")))
+    command = [sys.executable, "-m", "backend.build", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "bundle"),
+               "--prompts", str(prompts), "--num-steps", "3", "--images-per-shard", "4", "--batch-size", "4", "--n-latents", "32",
+               "--k", "4", "--epochs", "1", "--sae-batch-size", "128", "--top-n", "4", "--device", "cpu"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "bundle.work" / "collect"
+    deadline = time.time() + 300
+    while len(list(shards.glob("shard-*.json"))) < 2 and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL and not (tmp_path / "bundle" / "bundle.json").exists()
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bundle = Bundle.load(tmp_path / "bundle")  # every file's sha256 matches the manifest
+    assert len(bundle.images) == 48 and bundle.n_latents == 32
