@@ -34,19 +34,23 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def main(argv=None) -> None:
-    """Load the bundle and its model, then serve the app until interrupted."""
+    """Load the bundle, start serving (browsing works), then load the model while the server answers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     limit_malloc_arenas()
     from ui.app import LAUNCH, build_app
-    from ui.explorer import open_explorer
+    from ui.explorer import FIRST_PAGE_GRACE, open_explorer
 
     try:
-        explorer = open_explorer(args.bundle, args.model, args.device)
+        explorer = open_explorer(args.bundle, defer_model=True)
     except ExplorerError as err:
         hint = " The demo bundle ships in checkpoints/; pass --bundle PATH otherwise." if args.bundle == DEFAULT_BUNDLE else ""
         sys.exit(f"Cannot open bundle: {err}{hint}")
-    build_app(explorer).queue(default_concurrency_limit=1).launch(server_port=args.port, share=args.share, **LAUNCH)
+    demo = build_app(explorer).queue(default_concurrency_limit=1)
+    demo.launch(server_port=args.port, share=args.share, prevent_thread_lock=True, **LAUNCH)
+    explorer.load_model(args.model, args.device, grace=FIRST_PAGE_GRACE)  # generation requests wait for it; browsing does not
+    logging.getLogger(__name__).info("model %s", explorer.model_state)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def main() -> None:
         return lambda: bundle.generate(PROMPT, 0, [Steer(latent, next(strengths))], window=(start, steps - 1))
 
     rows = {
-        "unsteered generation (baseline)": time_calls(lambda: sample(model, PROMPT, 0, steps, generator.default_guidance), args.repeats),
+        "unsteered generation (baseline)": time_calls(lambda: sample(model, PROMPT, 0, num_steps=steps, guidance_scale=generator.default_guidance), args.repeats),
         "steered, recomputed from step 0": time_calls(steer(0), args.repeats),
         f"steered from step {steps // 2} (prefix reused)": time_calls(steer(steps // 2), args.repeats),
         f"steered from step {3 * steps // 4} (prefix reused)": time_calls(steer(3 * steps // 4), args.repeats),

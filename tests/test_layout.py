@@ -52,6 +52,13 @@ def test_the_check_sees_a_forbidden_import(tmp_path, monkeypatch):
     assert forbidden_imports("backend/method", ("diffusers",)) == ["backend/method/leak.py imports diffusers"]
 
 
+def test_the_app_starts_serving_before_diffusers_loads():
+    code = "import sys, app, ui.app, ui.explorer\n"
+    code += "print(sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # they load with the model, after the server answers
+
+
 def test_importing_the_method_loads_no_diffusers():
     modules = sorted(p.stem for p in (ROOT / "backend" / "method").glob("*.py") if p.stem != "__init__")
     code = "import sys\n" + "".join(f"import backend.method.{m}\n" for m in modules)

@@ -3,6 +3,7 @@ import functools
 import math
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -14,7 +15,7 @@ from backend.build import Build, BuildConfig
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
 from tests.tiny_models import tiny_model
-from ui import browse, inspect, steer, timeline, views
+from ui import browse, inspect, status, steer, timeline, views
 from ui.explorer import Explorer, open_explorer
 from ui.images import overlay, upscale
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
@@ -228,6 +229,31 @@ def test_a_bundle_whose_model_cannot_load_still_browses(tmp_path):
     assert browse.timeline_view(explorer, 1) == (None, 0, None, None, explorer.notice)
     with pytest.raises(ExplorerError, match="Generation is off"):
         steer_call(explorer)
+
+
+def test_browsing_works_while_the_model_loads_and_generation_waits_for_it():
+    explorer = open_explorer(str(ui_bundle_dir()), defer_model=True)
+    assert explorer.model_state == "loading" and "loading" in explorer.notice
+    assert status.button_label(explorer, "Generate") == status.LOADING_LABEL
+    assert browse.latent_page(explorer, 1).latent == 1  # the atlas needs no model
+    with pytest.raises(ExplorerError, match="still loading"):
+        explorer.generator(wait=0.05)
+    waiting = []
+    request = threading.Thread(target=lambda: waiting.append(explorer.generator()))
+    request.start()  # a generation request arriving now waits for the model instead of failing
+    explorer.bundle.attach_model(tiny_model())  # what `load_model` does, with the tiny model
+    explorer.notice = ""
+    explorer.model_settled.set()
+    request.join(timeout=30)
+    assert waiting == [explorer.bundle.generator] and explorer.model_state == "ready"
+    assert status.button_label(explorer, "Generate") == "Generate" and status.notice_text(explorer) == ""
+
+
+def test_a_reopened_latent_page_reuses_its_map_over_time(ex, monkeypatch):
+    first = browse.timeline_view(ex, 2)
+    monkeypatch.setattr(ex.bundle.generator, "base", lambda *a, **k: pytest.fail("the model was called again"))
+    again = browse.timeline_view(ex, 2)
+    assert again[0] is first[0] and again[2] is first[2]
 
 
 def test_a_missing_bundle_is_an_error(tmp_path):

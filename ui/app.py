@@ -6,7 +6,7 @@ import logging
 import gradio as gr
 
 from backend.errors import ExplorerError
-from ui import browse, inspect, steer, timeline, views
+from ui import browse, inspect, status, steer, timeline, views
 from ui.explorer import Explorer
 from ui.latents import HEADERS, SORTS
 from ui.state import STEER_MODES, alpha_from_position
@@ -23,7 +23,8 @@ SESSIONS = 200
 LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True, state_session_capacity=SESSIONS)
 STATE_LIFETIME = 900  # seconds a session keeps its image-holding state (timeline frames, history) after its last update
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete uploads and outputs older than an hour (and all of them at shutdown)
-MODEL = dict(concurrency_limit=1, concurrency_id="model")  # one diffusion call at a time, queued
+# model events run side by side so their sampling runs share UNet calls (backend/serving/batching.py); more wait in the queue
+MODEL = dict(concurrency_limit=16, concurrency_id="model")
 BROWSE = dict(concurrency_limit=None)  # atlas look-ups never wait on the model
 COPY_LINK_JS = """(query) => {
   const url = window.location.origin + window.location.pathname + query;
@@ -80,9 +81,12 @@ def steer_slot(i: int) -> tuple:
 def build_app(ex: Explorer) -> gr.Blocks:
     """Lay out the app for one explorer; every event calls a handler from `ui/`."""
     steps = len(ex.recorded_steps)
+    first = browse.latent_page(ex, views.default_latent(ex))  # drawn into the page itself: on screen before any event runs
+    rows, listed = browse.search(ex)
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        gr.Markdown(f"⚠️ {ex.notice}", visible=bool(ex.notice), elem_id="notice")
+        notice = gr.Markdown(status.notice_text(ex), visible=bool(ex.notice), elem_id="notice")
+        model_watch = gr.Timer(1.0, active=ex.model_state == "loading")
         current_tab = gr.State("browse")
         with gr.Tabs(selected="browse") as tabs:
             with gr.Tab("Browse", id="browse") as browse_tab:
@@ -93,22 +97,22 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             sort = gr.Dropdown(list(SORTS), value="frequency", label="Sort by")
                             labelled = gr.Checkbox(label="Labelled only")
                             min_freq = gr.Number(0.0, label="Min frequency", minimum=0, maximum=1, step=0.001)
-                        summary = gr.Markdown()
-                        table = gr.Dataframe(headers=HEADERS, interactive=False, max_height=640, elem_id="latent-table",
+                        summary = gr.Markdown(listed)
+                        table = gr.Dataframe(rows, headers=HEADERS, interactive=False, max_height=640, elem_id="latent-table",
                                              column_widths=["13%", "31%", "16%", "13%", "14%", "13%"])
                     with gr.Column(scale=6):
                         with gr.Row():
-                            latent_box = gr.Number(label="Latent", precision=0, elem_id="latent-box")
+                            latent_box = gr.Number(first.latent, label="Latent", precision=0, elem_id="latent-box")
                             open_btn = gr.Button("Open", elem_id="open-latent")
                             to_steer = gr.Button("Steer with this latent", variant="primary", elem_id="to-steer")
-                        header = gr.Markdown(elem_id="latent-header")
-                        top_gallery = gr.Gallery(label="Top images (map overlaid)", columns=4, height=330, elem_id="top-images")
-                        patches = gr.Gallery(label="Top patches (cell outlined)", columns=4, height=330)
-                        quantiles = gr.Gallery(label="Examples across its activation range (weakest quarter first)", columns=4,
+                        header = gr.Markdown(first.header, elem_id="latent-header")
+                        top_gallery = gr.Gallery(first.top_images, label="Top images (map overlaid)", columns=4, height=330, elem_id="top-images")
+                        patches = gr.Gallery(first.top_patches, label="Top patches (cell outlined)", columns=4, height=330)
+                        quantiles = gr.Gallery(first.quantile_images, label="Examples across its activation range (weakest quarter first)", columns=4,
                                                height=330, elem_id="quantile-images")
                         with gr.Row():
-                            histogram = gr.Plot(label="Activation histogram")
-                            profile = gr.Plot(label="Temporal profile")
+                            histogram = gr.Plot(first.histogram, label="Activation histogram")
+                            profile = gr.Plot(first.profile, label="Temporal profile")
                         gr.Markdown("### Map over denoising time (top image, regenerated)")
                         with gr.Row():
                             x0_image = gr.Image(label="over the model's estimate x0 at this step", height=220)
@@ -117,7 +121,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             step = gr.Slider(0, steps - 1, value=steps - 1, step=1, label="Recorded step", scale=4)
                             play = gr.Button("▶ Play", scale=1)
                         step_caption = gr.Markdown()
-                        similar = gr.Dataframe(headers=browse.SIMILAR_HEADERS, interactive=False, label="Similar latents (feature trajectory)")
+                        similar = gr.Dataframe(first.similar, headers=browse.SIMILAR_HEADERS, interactive=False, label="Similar latents (feature trajectory)")
             with gr.Tab("Steer", id="steer") as steer_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -133,7 +137,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             end = gr.Slider(0, ex.num_steps - 1, value=ex.num_steps - 1, step=1, label="Window end")
                         mask = gr.Radio(list(steer.MASK_CHOICES), value="everywhere", label="Where")
                         cells = gr.CheckboxGroup(list(steer.CELLS), label="Region (3×3 grid, for 'region')")
-                        generate = gr.Button("Generate", variant="primary", elem_id="steer-generate")
+                        generate = gr.Button(status.button_label(ex, status.BUTTONS[0]), variant="primary", elem_id="steer-generate")
                     with gr.Column(scale=3):
                         with gr.Row():
                             base_image = gr.Image(label="Base", elem_id="base-image")
@@ -148,11 +152,11 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         upload = gr.File(label="Upload an image (PNG, JPEG, WebP, GIF or BMP; up to 16 MB and 4096 × 4096)",
                                          file_types=FILE_TYPES, type="filepath", elem_id="upload")
                         upload_prompt = gr.Textbox(label="Its prompt (optional)")
-                        analyse = gr.Button("Find its latents", variant="primary")
+                        analyse = gr.Button(status.button_label(ex, status.BUTTONS[1]), variant="primary")
                         gr.Markdown("…or generate one")
                         inspect_prompt = gr.Textbox(label="Prompt")
                         inspect_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                        inspect_generate = gr.Button("Generate and find its latents")
+                        inspect_generate = gr.Button(status.button_label(ex, status.BUTTONS[2]))
                     with gr.Column(scale=3):
                         inspected = gr.Image(label="Image", height=256)
                         inspect_table = gr.Dataframe(headers=inspect.HEADERS, interactive=False, label="Most active latents (click to open)")
@@ -165,6 +169,14 @@ def build_app(ex: Explorer) -> gr.Blocks:
         timeline_state = gr.State(None, time_to_live=STATE_LIFETIME)
         timer = gr.Timer(0.8, active=False)
 
+        # --- the model loading in the background: the notice and buttons follow it, then the watch stops ---
+        def model_status():
+            buttons = [gr.Button(status.button_label(ex, label)) for label in status.BUTTONS]
+            text = status.notice_text(ex)
+            return gr.Markdown(text, visible=bool(text)), *buttons, gr.Timer(active=ex.model_state == "loading")
+
+        model_watch.tick(model_status, None, [notice, generate, analyse, inspect_generate, model_watch], api_name=False, **BROWSE)
+
         # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
         list_inputs = [query, sort, labelled, min_freq]
         search = shown(functools.partial(browse.search, ex))
@@ -175,7 +187,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
         timeline_outputs = [timeline_state, step, x0_image, final_image, step_caption]
 
         def open_page(value):
-            return browse.latent_page(ex, value).outputs()
+            outputs = browse.latent_page(ex, value).outputs()
+            ex.page_served.set()
+            return outputs
 
         timeline_fn = shown(on_gpu(functools.partial(browse.timeline_view, ex)))
 

@@ -102,17 +102,20 @@ def top_image_of(ex: Explorer, value) -> tuple[str, int]:
 
 
 def latent_timeline(ex: Explorer, value) -> Timeline:
-    """Regenerate latent j's top atlas image and map the latent over its denoising steps (a model call)."""
+    """Latent j's top atlas image regenerated and the latent mapped over its denoising steps (cached per latent and image)."""
     j = latent_id(ex, value)
     prompt, seed = top_image_of(ex, j)
-    generator = ex.generator()
-    run = generator.base(prompt, seed)
-    return timelines(generator, run, [j], [f"Latent {j} on “{prompt}” (seed {seed})"])[0]
+
+    def compute() -> Timeline:
+        generator = ex.generator()
+        return timelines(generator, generator.base(prompt, seed), [j], [f"Latent {j} on “{prompt}” (seed {seed})"])[0]
+
+    return ex.cached_timeline((j, prompt, seed), compute)
 
 
 def timeline_view(ex: Explorer, value) -> tuple:
     """Timeline state, slider position (the last step), the two frame images and a caption; a notice without a model."""
-    if not ex.can_generate:
+    if ex.model_state == "off":
         return None, 0, None, None, ex.notice
     line = latent_timeline(ex, value)
     last = len(line.frames) - 1

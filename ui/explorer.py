@@ -1,20 +1,27 @@
-"""What the app serves: a loaded bundle, its model when one could be loaded, and a notice saying what is off."""
+"""What the app serves: a loaded bundle, its model once loaded, and a notice saying what is off."""
 
+import threading
 from dataclasses import dataclass, field
 
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
-from backend.serving.opener import open_bundle
+from backend.serving.opener import attach_model
 from ui.latents import LatentTable
+
+MODEL_WAIT = 300.0  # seconds a generation request waits for a model still loading before it gives up
+FIRST_PAGE_GRACE = 5.0  # seconds a deferred model load waits for the first visitor's latent page to be served
+LOADING = "The model is loading; browsing works now, and generation starts as soon as it is ready."
 
 
 @dataclass
 class Explorer:
-    """A bundle ready to browse; `notice` is shown on every page when generation is off or slow."""
+    """A bundle ready to browse; `notice` is shown on every page when generation is off, slow or not ready yet."""
 
     bundle: Bundle
     notice: str = ""
     table: LatentTable = field(init=False)
+    model_settled: threading.Event = field(init=False)  # clear while the model loads: generation waits on it
+    page_served: threading.Event = field(init=False)  # set once a latent page has been answered
 
     def __post_init__(self):
         if not self.bundle.has_atlas:
@@ -22,16 +29,60 @@ class Explorer:
         for name in ("thumbnails", "images", "latent_index"):  # load once, before requests race
             getattr(self.bundle, name)
         self.table = LatentTable.of(self.bundle)
+        self.model_settled = threading.Event()
+        self.model_settled.set()
+        self.page_served = threading.Event()
+        self._timelines: dict = {}
+        self._timelines_lock = threading.Lock()
 
     @property
     def can_generate(self) -> bool:
         return getattr(self.bundle, "generator", None) is not None
 
-    def generator(self):
-        """The bundle's generator, or an ExplorerError saying why there is none."""
+    @property
+    def model_state(self) -> str:
+        """'loading', 'ready', or 'off' (no model could be loaded)."""
+        if not self.model_settled.is_set():
+            return "loading"
+        return "ready" if self.can_generate else "off"
+
+    def defer_model(self) -> None:
+        """Mark the model as on its way: generation requests wait for `load_model` instead of failing."""
+        self.model_settled.clear()
+        self.notice = LOADING
+
+    def load_model(self, model_source: str | None = None, device: str | None = None, grace: float = 0.0) -> None:
+        """Load and attach the bundle's model (or `model_source`); a failure only switches generation off.
+
+        With `grace`, first wait up to that many seconds for a latent page to be served: importing
+        diffusers holds the GIL for seconds, and a first visitor's page should not wait behind it.
+        """
+        self.page_served.wait(grace)
+        try:
+            self.notice = attach_model(self.bundle, model_source, device)
+        finally:
+            self.model_settled.set()
+
+    def generator(self, wait: float = MODEL_WAIT):
+        """The bundle's generator (waiting for a model still loading), or an ExplorerError saying why there is none."""
+        if not self.model_settled.wait(wait):
+            raise ExplorerError("The model is still loading; try again in a moment.")
         if not self.can_generate:
             raise ExplorerError(self.notice or "This bundle has no model attached; generation is off.")
         return self.bundle.generator
+
+    def cached_timeline(self, key: tuple, compute, size: int = 16):
+        """`compute()` for `key`, kept for the `size` keys used last (a reopened latent page costs no model call)."""
+        with self._timelines_lock:
+            if key in self._timelines:
+                self._timelines[key] = self._timelines.pop(key)  # most recent last
+                return self._timelines[key]
+        value = compute()
+        with self._timelines_lock:
+            self._timelines[key] = value
+            while len(self._timelines) > size:
+                self._timelines.pop(next(iter(self._timelines)))
+        return value
 
     @property
     def recorded_steps(self) -> list[int]:
@@ -42,7 +93,16 @@ class Explorer:
         return int(self.bundle.manifest["schedule"]["num_steps"])
 
 
-def open_explorer(bundle_source: str, model_source: str | None = None, device: str | None = None) -> Explorer:
-    """The bundle ready to browse, with its model when one could be loaded (see `open_bundle`)."""
-    opened = open_bundle(bundle_source, model_source, device)
-    return Explorer(opened.bundle, notice=opened.notice)
+def open_explorer(bundle_source: str, model_source: str | None = None, device: str | None = None,
+                  defer_model: bool = False) -> Explorer:
+    """The bundle ready to browse, with its model when one could be loaded (see `attach_model`).
+
+    With `defer_model` the model is not loaded here: the caller starts serving, then calls
+    `Explorer.load_model`, and generation requests wait for it meanwhile.
+    """
+    explorer = Explorer(Bundle.load(bundle_source))
+    if defer_model:
+        explorer.defer_model()
+    else:
+        explorer.load_model(model_source, device)
+    return explorer

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from backend.errors import ExplorerError
-from backend.serving.generation import Steer
+from backend.serving.bundle import Steer
 from ui.explorer import Explorer
 from ui.images import difference, upscale
 from ui.state import MAX_SEED, STEER_MODES, alpha_from_position, parse_int

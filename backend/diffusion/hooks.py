@@ -42,20 +42,49 @@ class SiteHook:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class RowHooks:
+    """The hooks of one sampler run inside a UNet call: its rows of the batch, its step, its conditional rows among them."""
+
+    rows: slice
+    step: int
+    cond: slice  # relative to `rows`
+    hooks: Sequence[SiteHook]
+
+
 @contextmanager
-def attached(unet: nn.Module, hooks: Iterable[SiteHook], step: int, cond: slice):
-    """Register `hooks` for one UNet call at sampler step `step`; always removed on exit."""
+def attached_rows(unet: nn.Module, parts: Sequence[RowHooks]):
+    """Register the hooks of runs batched in one UNet call, each seeing only its rows; always removed on exit.
+
+    Per site, one forward hook walks the parts in order; a hook's replacement of its rows is what
+    the next hook of that site sees, as with hooks registered one after another.
+    """
+    by_site: dict[str, list[tuple[RowHooks, SiteHook]]] = {}
+    for part in parts:
+        for hook in part.hooks:
+            by_site.setdefault(hook.site, []).append((part, hook))
     handles = []
     try:
-        for hook in hooks:
-            def forward_hook(module, args, output, hook=hook):
-                replaced = hook(step, output, cond)
-                return output if replaced is None else replaced
-            handles.append(site_module(unet, hook.site).register_forward_hook(forward_hook))
+        for site, hooked in by_site.items():
+            def forward_hook(module, args, output, hooked=hooked):
+                edited = None
+                for part, hook in hooked:
+                    current = output if edited is None else edited
+                    replaced = hook(part.step, current[part.rows], part.cond)
+                    if replaced is not None:
+                        edited = output.clone() if edited is None else edited
+                        edited[part.rows] = replaced
+                return edited  # None leaves the output as it is
+            handles.append(site_module(unet, site).register_forward_hook(forward_hook))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def attached(unet: nn.Module, hooks: Iterable[SiteHook], step: int, cond: slice):
+    """Register `hooks` for one UNet call at sampler step `step` over the whole batch; always removed on exit."""
+    return attached_rows(unet, [RowHooks(slice(None), step, cond, list(hooks))])
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from huggingface_hub import hf_hub_download
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from backend.errors import ExplorerError
+from backend.hub import hub_offline
 from backend.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ class DiffusionModel:
         if self.vae is None:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def hub_offline() -> bool:
-    """Whether the environment forbids network look-ups (HF_HUB_OFFLINE and friends)."""
-    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
-    return any(os.environ.get(flag, "").strip().lower() in {"1", "true", "yes", "on"} for flag in flags)
 
 
 def default_device() -> torch.device:

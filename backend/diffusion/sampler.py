@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler
 from PIL import Image
 from torch import Tensor
 
-from backend.diffusion.hooks import SiteHook, attached
+from backend.diffusion.hooks import RowHooks, SiteHook, attached_rows
 from backend.diffusion.models import DiffusionModel
 from backend.errors import ExplorerError
 
@@ -100,66 +100,98 @@ def to_pil(images: Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-@torch.inference_mode()
-def sample(
-    model: DiffusionModel,
-    prompts: str | Sequence[str],
-    seed: int | Sequence[int] = 0,
-    num_steps: int = 25,
-    guidance_scale: float = 7.5,
-    hooks: Sequence[SiteHook] = (),
-    height: int | None = None,
-    width: int | None = None,
-    start_step: int = 0,
-    start_latents: Tensor | None = None,
-    keep_latents: bool = False,
-    keep_x0: bool = False,
-) -> SampleResult:
-    """Generate images for `prompts`; image i uses seed `seed + i` (or `seed[i]`).
+class SamplingRun:
+    """One request's sampler state: advanced a step at a time, alone (`sample`) or batched with others (`step_together`).
 
-    With `start_step = s` and `start_latents` = the x a previous run had before step s
-    (its `latents[s]`), the run continues from there: steps before s are not recomputed.
+    Image i uses seed `seed + i` (or `seed[i]`). With `start_step = s` and `start_latents` = the x
+    a previous run had before step s (its `latents[s]`), the run continues from there: steps
+    before s are not recomputed.
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-    if len(seeds) != len(prompts):
-        raise ExplorerError(f"Got {len(prompts)} prompts but {len(seeds)} seeds.")
-    scheduler = make_scheduler(model, num_steps)
-    if not 0 <= start_step < num_steps:
-        raise ExplorerError(f"start_step must be in [0, {num_steps}), got {start_step}.")
-    if start_step > 0 and start_latents is None:
-        raise ExplorerError("Starting after step 0 needs the cached latents of a base run.")
 
-    default_height, default_width = image_size(model)
-    height, width = height or default_height, width or default_width
-    use_cfg = guidance_scale > 1.0
-    embeddings = encode_prompts(model, prompts)
-    if use_cfg:  # diffusers' batch layout: unconditional rows first, then conditional
-        embeddings = torch.cat([encode_prompts(model, [""] * len(prompts)), embeddings])
-    cond = slice(len(prompts), 2 * len(prompts)) if use_cfg else slice(0, len(prompts))
+    def __init__(self, model: DiffusionModel, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, num_steps: int = 25,
+                 guidance_scale: float = 7.5, hooks: Sequence[SiteHook] = (), height: int | None = None, width: int | None = None,
+                 start_step: int = 0, start_latents: Tensor | None = None, keep_latents: bool = False, keep_x0: bool = False):
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise ExplorerError(f"Got {len(prompts)} prompts but {len(seeds)} seeds.")
+        self.scheduler = make_scheduler(model, num_steps)
+        if not 0 <= start_step < num_steps:
+            raise ExplorerError(f"start_step must be in [0, {num_steps}), got {start_step}.")
+        if start_step > 0 and start_latents is None:
+            raise ExplorerError("Starting after step 0 needs the cached latents of a base run.")
+        self.model, self.hooks, self.guidance_scale = model, list(hooks), guidance_scale
+        self.step, self.num_steps = start_step, num_steps
+        self.use_cfg = guidance_scale > 1.0
+        embeddings = encode_prompts(model, prompts)
+        if self.use_cfg:  # diffusers' batch layout: unconditional rows first, then conditional
+            embeddings = torch.cat([encode_prompts(model, [""] * len(prompts)), embeddings])
+        self.embeddings = embeddings
+        self.cond = slice(len(prompts), 2 * len(prompts)) if self.use_cfg else slice(0, len(prompts))
+        if start_latents is None:
+            default_height, default_width = image_size(model)
+            noise = initial_noise(model, seeds, height or default_height, width or default_width)
+            self.x = noise * self.scheduler.init_noise_sigma
+        else:
+            self.x = start_latents.to(model.device, model.dtype)
+        self.latents = [None] * start_step + [self.x] if keep_latents else None  # positions before start_step are not known here
+        self.x0_predictions = [] if keep_x0 else None
 
-    if start_latents is None:
-        x = initial_noise(model, seeds, height, width) * scheduler.init_noise_sigma
-    else:
-        x = start_latents.to(model.device, model.dtype)
-    latents = [x] if keep_latents else None
-    x0_predictions = [] if keep_x0 else None
-    if keep_latents and start_step > 0:  # positions before start_step are not known here
-        latents = [None] * start_step + latents
+    @property
+    def done(self) -> bool:
+        return self.step >= self.num_steps
 
-    for step in range(start_step, num_steps):
-        t = scheduler.timesteps[step]
-        x_in = torch.cat([x, x]) if use_cfg else x
-        x_in = scheduler.scale_model_input(x_in, t)
-        with attached(model.unet, hooks, step, cond):
-            out = model.unet(x_in, t, encoder_hidden_states=embeddings).sample
-        if use_cfg:
+    @property
+    def rows(self) -> int:
+        """UNet batch rows this run takes: one per image, two with classifier-free guidance."""
+        return self.embeddings.shape[0]
+
+    def unet_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(x_in [rows, ...], timesteps [rows], text embeddings [rows, L, D]) for this run's next step."""
+        t = self.scheduler.timesteps[self.step]
+        x_in = torch.cat([self.x, self.x]) if self.use_cfg else self.x
+        return self.scheduler.scale_model_input(x_in, t), t.expand(self.rows), self.embeddings
+
+    def advance(self, out: Tensor) -> None:
+        """Take the UNet's output for this run's rows: guidance, then one scheduler step."""
+        if self.use_cfg:
             out_uncond, out_cond = out.chunk(2)
-            out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        stepped = scheduler.step(out, t, x)
-        x = stepped.prev_sample
-        if keep_latents:
-            latents.append(x)
-        if keep_x0:
-            x0_predictions.append(stepped.pred_original_sample)
-    return SampleResult(images=decode(model, x), timesteps=scheduler.timesteps, latents=latents, x0_predictions=x0_predictions)
+            out = out_uncond + self.guidance_scale * (out_cond - out_uncond)
+        stepped = self.scheduler.step(out, self.scheduler.timesteps[self.step], self.x)
+        self.x = stepped.prev_sample
+        self.step += 1
+        if self.latents is not None:
+            self.latents.append(self.x)
+        if self.x0_predictions is not None:
+            self.x0_predictions.append(stepped.pred_original_sample)
+
+    def result(self) -> SampleResult:
+        """The finished run's images (decoded here) and what it was asked to keep."""
+        return SampleResult(images=decode(self.model, self.x), timesteps=self.scheduler.timesteps, latents=self.latents,
+                            x0_predictions=self.x0_predictions)
+
+
+@torch.inference_mode()
+def step_together(model: DiffusionModel, runs: Sequence[SamplingRun]) -> None:
+    """Advance every run by one sampler step in a single UNet call; runs may be at different steps.
+
+    Each run's hooks see only its own rows (at its own step), so a run's result does not depend
+    on what it was batched with, up to float rounding of the larger matrix products.
+    """
+    parts, offset = [], 0
+    for run in runs:
+        parts.append(RowHooks(slice(offset, offset + run.rows), run.step, run.cond, run.hooks))
+        offset += run.rows
+    x_in, t, embeddings = (torch.cat(tensors) for tensors in zip(*(run.unet_inputs() for run in runs)))
+    with attached_rows(model.unet, parts):
+        out = model.unet(x_in, t, encoder_hidden_states=embeddings).sample
+    for run, part in zip(runs, parts):
+        run.advance(out[part.rows])
+
+
+def sample(model: DiffusionModel, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, **options) -> SampleResult:
+    """Generate images for `prompts` with one `SamplingRun` (its arguments) stepped alone to the end."""
+    run = SamplingRun(model, prompts, seed, **options)
+    while not run.done:
+        step_together(model, [run])
+    return run.result()

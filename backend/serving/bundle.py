@@ -14,13 +14,16 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from backend.diffusion.models import DiffusionModel, hub_offline
+# the request type of Bundle.generate, for callers that must not load diffusers (ui/)
+from backend.diffusion.steering import Steer  # noqa: F401
 from backend.errors import ExplorerError
+from backend.hub import hub_offline
 from backend.io import sha256_file, write_json, write_safetensors
 from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import TrajectoryEncoding
@@ -28,6 +31,9 @@ from backend.method.sae import TopKSAE, topk_codes
 from backend.serving.atlas import TemporalProfiles, temporal_profiles
 from backend.serving.manifest import FORMAT_VERSION, validate_manifest
 from backend.serving.search import VectorIndex
+
+if TYPE_CHECKING:  # diffusers loads only with a model, so the server can start before it
+    from backend.diffusion.models import DiffusionModel
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +404,7 @@ class Bundle:
         grid = self.manifest["shapes"]["grid"]
         return torch.stack(frames).permute(2, 0, 1).reshape(len(latents), steps, *grid)
 
-    def attach_model(self, model: DiffusionModel) -> None:
+    def attach_model(self, model: "DiffusionModel") -> None:
         """Give the bundle a model to generate with (the one its trajectories came from)."""
         from backend.serving.generation import Generator
 

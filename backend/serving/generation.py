@@ -2,6 +2,7 @@
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from backend.diffusion.hooks import TrajectoryRecorder, attached
 from backend.diffusion.models import DiffusionModel
 from backend.diffusion.sampler import (
     SampleResult,
+    SamplingRun,
     check_prompts,
     decode,
     encode_image,
@@ -19,11 +21,11 @@ from backend.diffusion.sampler import (
     image_size,
     initial_noise,
     make_scheduler,
-    sample,
     to_pil,
 )
 from backend.diffusion.steering import Steer, SteeringHook, steering_deltas  # Steer: the request type of Bundle.generate
 from backend.errors import ExplorerError
+from backend.serving.batching import BatchedSampler
 
 MASKS = ("all", "fired")
 
@@ -52,7 +54,7 @@ class Generation:
 
 
 class Generator:
-    """Runs the bundle's model at the bundle's site and schedule; one model call at a time."""
+    """Runs the bundle's model at the bundle's site and schedule; concurrent requests share UNet calls."""
 
     def __init__(self, bundle, model: DiffusionModel, cache_size: int = 8):
         self.bundle, self.model = bundle, model
@@ -62,9 +64,11 @@ class Generator:
         self.default_guidance = float(schedule.get("guidance_scale", 7.5))
         self.site = bundle.manifest["site"]
         self.grid = tuple(bundle.manifest["shapes"]["grid"])
-        self._cache: OrderedDict[tuple, BaseRun] = OrderedDict()
+        self._cache: OrderedDict[tuple, Future] = OrderedDict()  # base runs, finished or being sampled
         self._cache_size = cache_size
-        self._lock = threading.RLock()  # hooks live on the shared UNet: calls must not interleave
+        self._cache_lock = threading.Lock()
+        self._model_lock = threading.RLock()  # hooks live on the shared UNet: calls must not interleave
+        self.sampler = BatchedSampler(model, self._model_lock)
 
     def _guidance(self, guidance_scale: float | None) -> float:
         g = self.default_guidance if guidance_scale is None else float(guidance_scale)
@@ -73,23 +77,34 @@ class Generator:
         return g
 
     def base(self, prompt: str, seed: int, guidance_scale: float | None = None) -> BaseRun:
-        """The unsteered run for (prompt, seed, guidance), from the cache when possible."""
+        """The unsteered run for (prompt, seed, guidance), from the cache when possible; concurrent asks sample once."""
         check_prompts(self.model, [prompt])
-        guidance = self._guidance(guidance_scale)
-        key = (prompt, int(seed), guidance)
-        with self._lock:  # one lock for cache and model: two requests for one key sample once
-            if key in self._cache:
+        key = (prompt, int(seed), self._guidance(guidance_scale))
+        with self._cache_lock:
+            pending = self._cache.get(key)
+            first = pending is None  # the first asker samples; later ones wait on its future
+            if first:
+                pending = self._cache[key] = Future()
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            else:
                 self._cache.move_to_end(key)
-                return self._cache[key]
-            recorder = TrajectoryRecorder(self.site, self.recorded_steps)
-            result = sample(self.model, prompt, seed=int(seed), num_steps=self.num_steps, guidance_scale=guidance,
-                            hooks=[recorder], keep_latents=True, keep_x0=True)
-            traj = recorder.trajectories()[0]  # [P, T, C]
-            run = BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
-            self._cache[key] = run
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return run
+        if first:
+            try:
+                pending.set_result(self._sample_base(*key))
+            except BaseException as err:
+                with self._cache_lock:
+                    if self._cache.get(key) is pending:
+                        del self._cache[key]
+                pending.set_exception(err)
+        return pending.result()
+
+    def _sample_base(self, prompt: str, seed: int, guidance: float) -> BaseRun:
+        recorder = TrajectoryRecorder(self.site, self.recorded_steps)
+        result = self.sampler.run(SamplingRun(self.model, prompt, seed, num_steps=self.num_steps, guidance_scale=guidance,
+                                              hooks=[recorder], keep_latents=True, keep_x0=True))
+        traj = recorder.trajectories()[0]  # [P, T, C]
+        return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
 
     @staticmethod
     def _region(mask) -> Tensor | None:
@@ -139,16 +154,14 @@ class Generator:
             return Generation(base=run.image, steered=run.image, base_run=run, steered_images=run.result.images)
         deltas = steering_deltas(steers, self.bundle.feature_trajectories, typical, run.codes, self._mask(mask, steers, run))
         hook = SteeringHook(self.site, deltas, self.recorded_steps, (start, end))
-        with self._lock:
-            steered = sample(self.model, prompt, seed=int(seed), num_steps=self.num_steps,
-                             guidance_scale=self._guidance(guidance_scale), hooks=[hook],
-                             start_step=start, start_latents=run.result.latents[start])
+        steered = self.sampler.run(SamplingRun(self.model, prompt, int(seed), num_steps=self.num_steps,
+                                               guidance_scale=self._guidance(guidance_scale), hooks=[hook],
+                                               start_step=start, start_latents=run.result.latents[start]))
         return Generation(base=run.image, steered=to_pil(steered.images)[0], base_run=run, steered_images=steered.images)
 
     def x0_images(self, run: BaseRun) -> list[Image.Image]:
         """The model's clean-image estimate at each recorded step: what it "sees" at step t."""
-        with self._lock:
-            return to_pil(torch.cat([decode(self.model, run.result.x0_predictions[s]) for s in self.recorded_steps]))
+        return to_pil(torch.cat([decode(self.model, run.result.x0_predictions[s]) for s in self.recorded_steps]))
 
     def trajectory_of_image(self, image: Image.Image, prompt: str = "", seed: int = 0) -> BaseRun:
         """Codes of an uploaded image: noise it forward to each recorded step and record the site there.
@@ -163,7 +176,7 @@ class Generator:
         noise = initial_noise(self.model, [int(seed)], *image_size(self.model))
         embeddings = encode_prompts(self.model, [prompt])
         recorder = TrajectoryRecorder(self.site, self.recorded_steps)
-        with self._lock, torch.inference_mode():
+        with self._model_lock, torch.inference_mode():
             for step in self.recorded_steps:
                 t = scheduler.timesteps[step]
                 x_t = scheduler.scale_model_input(scheduler.add_noise(x0, noise, t[None]), t)

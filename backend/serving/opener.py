@@ -3,7 +3,6 @@
 import logging
 from dataclasses import dataclass
 
-from backend.diffusion.models import check_weight_digests, load_model
 from backend.serving.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -19,13 +18,15 @@ class OpenedBundle:
     notice: str = ""
 
 
-def open_bundle(bundle_source: str, model_source: str | None = None, device: str | None = None) -> OpenedBundle:
-    """Load the bundle (errors are fatal) and its model (errors only switch generation off, with a notice).
+def attach_model(bundle: Bundle, model_source: str | None = None, device: str | None = None) -> str:
+    """Load the bundle's model (or `model_source`) and attach it; returns the notice to show (empty when all is well).
 
     Without `model_source` the bundle's own model is loaded, and only when its weight files have
-    the sha256 the build recorded; `model_source` is the explicit choice of other weights.
+    the sha256 the build recorded; `model_source` is the explicit choice of other weights. Errors
+    only switch generation off. diffusers is imported here, not before: the server starts first.
     """
-    bundle = Bundle.load(bundle_source)
+    from backend.diffusion.models import check_weight_digests, load_model
+
     source = model_source or bundle.manifest["model"]["source"]
     try:
         model = load_model(source, device=device or None)  # first: a hub model is in the local cache after it
@@ -33,11 +34,15 @@ def open_bundle(bundle_source: str, model_source: str | None = None, device: str
             check_weight_digests(source, bundle.manifest["model"].get("files", {}))
     except Exception as err:  # a model that cannot load only switches generation off (a bad --device, too)
         log.warning("generation off: %s", err)  # the server's log says which path and why; visitors are not told local paths
-        return OpenedBundle(bundle, notice="Generation is off: the model could not be loaded (the server's log says why). "
-                                           "Browsing works from the atlas.")
+        return "Generation is off: the model could not be loaded (the server's log says why). Browsing works from the atlas."
     bundle.attach_model(model)
     size = sum(p.numel() for p in model.unet.parameters())
-    notice = ""
     if model.device.type != "cuda" and size > SLOW_ON_CPU:
-        notice = f"No GPU: this {size / 1e6:.0f}M-parameter model runs on the CPU, so each generation takes minutes. Browsing is instant."
-    return OpenedBundle(bundle, notice=notice)
+        return f"No GPU: this {size / 1e6:.0f}M-parameter model runs on the CPU, so each generation takes minutes. Browsing is instant."
+    return ""
+
+
+def open_bundle(bundle_source: str, model_source: str | None = None, device: str | None = None) -> OpenedBundle:
+    """Load the bundle (errors are fatal) and its model (errors only switch generation off, with a notice)."""
+    bundle = Bundle.load(bundle_source)
+    return OpenedBundle(bundle, notice=attach_model(bundle, model_source, device))
