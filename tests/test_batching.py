@@ -126,3 +126,24 @@ def test_concurrent_asks_for_one_base_run_sample_it_once(model, bundle):
         thread.join()
     assert len(runs) == 4 and all(run is runs[0] for run in runs)
     assert generator.sampler.rows_stepped == 2 * 6
+
+
+def test_prompts_encode_consistently_from_many_threads_at_once(model):
+    from backend.diffusion.sampler import check_prompts, encode_prompts
+
+    failures = []
+
+    def user(i):
+        try:
+            for _ in range(40):
+                check_prompts(model, [f"a red circle {'star ' * (i % 3)}"])
+                assert encode_prompts(model, ["a blue star", "a red circle in the center"]).shape[1] == model.tokenizer.model_max_length
+        except Exception as err:  # noqa: BLE001  collected, then reported below
+            failures.append(repr(err))
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

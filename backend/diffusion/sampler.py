@@ -5,6 +5,7 @@ the parametrization (epsilon for SD 1.5, v-prediction for the demo model), hooks
 sites per step, and a run can start from a cached intermediate latent.
 """
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ from backend.diffusion.models import DiffusionModel
 from backend.errors import ExplorerError
 
 MAX_STEPS = 200
+# Fast tokenizers keep padding and truncation settings on one shared Rust object, so concurrent calls with
+# different settings (a length check beside a padded encoding) corrupt each other: calls go one at a time.
+TOKENIZER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -46,7 +50,8 @@ def check_prompts(model: DiffusionModel, prompts: Sequence[str]) -> None:
     for prompt in prompts:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ExplorerError("The prompt is empty; type a description of the image.")
-        n_tokens = len(model.tokenizer(prompt).input_ids)
+        with TOKENIZER_LOCK:
+            n_tokens = len(model.tokenizer(prompt).input_ids)
         if n_tokens > limit:
             raise ExplorerError(f"The prompt is {n_tokens} tokens long; this model reads at most {limit}. Shorten it.")
 
@@ -54,10 +59,11 @@ def check_prompts(model: DiffusionModel, prompts: Sequence[str]) -> None:
 @torch.inference_mode()
 def encode_prompts(model: DiffusionModel, prompts: Sequence[str]) -> Tensor:
     """Text-encoder hidden states for `prompts`: Tensor[B, L, D]."""
-    tokens = model.tokenizer(
-        list(prompts), padding="max_length", max_length=model.tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    )
+    with TOKENIZER_LOCK:
+        tokens = model.tokenizer(
+            list(prompts), padding="max_length", max_length=model.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        )
     return model.text_encoder(tokens.input_ids.to(model.device))[0].to(model.dtype)
 
 
