@@ -1,5 +1,7 @@
 """Batched sampling: runs stepped together in one UNet call give what each gives alone."""
 
+import os
+import sys
 import threading
 
 import pytest
@@ -9,8 +11,9 @@ from backend.build import Build, BuildConfig
 from backend.diffusion.hooks import EditHook, TrajectoryRecorder
 from backend.diffusion.sampler import SamplingRun, sample, step_together
 from backend.diffusion.steering import Steer
-from backend.serving.batching import BatchedSampler
+from backend.serving.batching import NICENESS, BatchedSampler
 from backend.serving.bundle import Bundle
+from backend.serving.generation import Generator
 from tests.tiny_models import tiny_model
 
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "square")]
@@ -126,6 +129,37 @@ def test_concurrent_asks_for_one_base_run_sample_it_once(model, bundle):
         thread.join()
     assert len(runs) == 4 and all(run is runs[0] for run in runs)
     assert generator.sampler.rows_stepped == 2 * 6
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are set on Linux only")
+def test_the_unet_runs_at_a_lower_priority_than_requests(model):
+    """The sampler's worker (where hooks run) steps aside for request threads; the caller keeps its priority."""
+    seen = []
+
+    def note_priority(step, output):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    BatchedSampler(model, threading.RLock()).run(
+        SamplingRun(model, "a red circle", 0, num_steps=2, guidance_scale=1.0, hooks=[EditHook("up_ft1", note_priority)]))
+    assert seen and all(nice == max(caller, NICENESS) for nice in seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
+
+
+def test_base_runs_are_kept_within_a_byte_budget(model, bundle):
+    fresh = Bundle.load(bundle.root)
+    fresh.attach_model(model)
+    first = fresh.generator.base("a blue circle", 3)
+    result = first.result
+    tensors = [result.images, result.timesteps, first.traj, first.codes, *result.latents, *result.x0_predictions]
+    assert first.nbytes == sum(t.numel() * t.element_size() for t in tensors) > 0
+    budget = int(2.5 * first.nbytes)  # room for two runs of this size
+    generator = Generator(fresh, model, cache_bytes=budget)
+    for seed in range(4):
+        generator.base("a blue circle", seed)
+    guidance = generator.default_guidance
+    assert generator.base_runs.keys() == [("a blue circle", 2, guidance), ("a blue circle", 3, guidance)]
+    assert generator.base_runs.kept <= budget
 
 
 def test_prompts_encode_consistently_from_many_threads_at_once(model):

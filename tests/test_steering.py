@@ -91,7 +91,7 @@ def test_bad_strengths_are_rejected(strength):
 
 
 def test_bad_requests_are_rejected_and_change_nothing(bundle):
-    cached = len(bundle.generator._cache)
+    cached = len(bundle.generator.base_runs)
     bad_requests = (dict(steering=[Steer(999, 1.0)]), dict(steering=[], window=(3, 1)), dict(steering=[], mask="somewhere"),
                     dict(steering=[{"latent": 1, "alpha": 2}]), dict(steering=[], mask=[[0, 1], [1]]),
                     dict(steering=[], mask=[[float("nan")]]), dict(steering=[], window=5))
@@ -102,7 +102,7 @@ def test_bad_requests_are_rejected_and_change_nothing(bundle):
         bundle.generate("", 0, [])
     with pytest.raises(ExplorerError, match="mode"):
         Steer(1, 1.0, "multiply")
-    assert len(bundle.generator._cache) == cached
+    assert len(bundle.generator.base_runs) == cached
 
 
 def test_interpolation_between_recorded_steps_is_linear():

@@ -8,6 +8,7 @@ import gradio as gr
 from backend.errors import ExplorerError
 from ui import browse, inspect, status, steer, timeline, views
 from ui.explorer import Explorer
+from ui.image_files import ImageFiles
 from ui.latents import HEADERS, SORTS
 from ui.state import STEER_MODES, alpha_from_position
 from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
@@ -81,7 +82,8 @@ def steer_slot(i: int) -> tuple:
 def build_app(ex: Explorer) -> gr.Blocks:
     """Lay out the app for one explorer; every event calls a handler from `ui/`."""
     steps = len(ex.recorded_steps)
-    first = browse.latent_page(ex, views.default_latent(ex))  # drawn into the page itself: on screen before any event runs
+    files = ImageFiles.temporary()
+    first = browse.served_page(ex, views.default_latent(ex), files)  # drawn into the page itself: on screen before any event runs
     rows, listed = browse.search(ex)
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
@@ -187,7 +189,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
         timeline_outputs = [timeline_state, step, x0_image, final_image, step_caption]
 
         def open_page(value):
-            outputs = browse.latent_page(ex, value).outputs()
+            outputs = browse.served_page(ex, value, files).outputs()
             ex.page_served.set()
             return outputs
 

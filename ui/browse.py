@@ -1,12 +1,13 @@
 """The Browse tab's handlers: search the latent list and build a latent's page from the atlas (no model calls)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import plotly.graph_objects as go
 from PIL import Image
 
 from backend.serving.bundle import label_text
 from ui.explorer import Explorer
+from ui.image_files import ImageFiles
 from ui.images import mark_patch, overlay, upscale
 from ui.latents import list_latents
 from ui.plots import histogram_figure, profile_figure
@@ -36,9 +37,9 @@ class LatentPage:
 
     latent: int
     header: str  # markdown
-    top_images: list[tuple[Image.Image, str]]
-    top_patches: list[tuple[Image.Image, str]]
-    quantile_images: list[tuple[Image.Image, str]]  # weakest quarter first
+    top_images: list[tuple[Image.Image | str, str]]  # (picture or its file, caption)
+    top_patches: list[tuple[Image.Image | str, str]]
+    quantile_images: list[tuple[Image.Image | str, str]]  # weakest quarter first
     histogram: go.Figure
     profile: go.Figure
     similar: list[list]  # rows of SIMILAR_HEADERS
@@ -47,6 +48,15 @@ class LatentPage:
         """The page as the tuple of values the Gradio outputs take, in field order."""
         return (self.latent, self.header, self.top_images, self.top_patches, self.quantile_images, self.histogram, self.profile,
                 self.similar)
+
+    def pictures(self) -> list:
+        """Every picture on the page (images or their files), gallery by gallery."""
+        return [picture for items in (self.top_images, self.top_patches, self.quantile_images) for picture, _ in items]
+
+    def with_files(self, files: ImageFiles) -> "LatentPage":
+        """The page with its pictures as files in `files` (Gradio serves them without encoding them again)."""
+        return replace(self, top_images=files.gallery(self.top_images), top_patches=files.gallery(self.top_patches),
+                       quantile_images=files.gallery(self.quantile_images))
 
 
 def header(ex: Explorer, j: int) -> str:
@@ -93,6 +103,18 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
     )
 
 
+def served_page(ex: Explorer, value, files: ImageFiles) -> LatentPage:
+    """Latent page as the app serves it: drawn once per latent, its pictures written once as files.
+
+    Serving touches the page's files, so the files of the pages kept are the ones used last and
+    outlive them (PAGES × pictures per page ≤ the store's `max_files`).
+    """
+    j = latent_id(ex, value)
+    page = ex.pages.get(j, lambda: latent_page(ex, j).with_files(files))
+    files.touch(page.pictures())
+    return page
+
+
 def top_image_of(ex: Explorer, value) -> tuple[str, int]:
     """Prompt and seed of latent j's most activating atlas image (the default for steering and maps over time)."""
     j = latent_id(ex, value)
@@ -110,7 +132,7 @@ def latent_timeline(ex: Explorer, value) -> Timeline:
         generator = ex.generator()
         return timelines(generator, generator.base(prompt, seed), [j], [f"Latent {j} on “{prompt}” (seed {seed})"])[0]
 
-    return ex.cached_timeline((j, prompt, seed), compute)
+    return ex.timelines.get((j, prompt, seed), compute)
 
 
 def timeline_view(ex: Explorer, value) -> tuple:

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
 from backend.serving.opener import attach_model
+from backend.serving.recent import Recent
 from ui.latents import LatentTable
 
 MODEL_WAIT = 300.0  # seconds a generation request waits for a model still loading before it gives up
 FIRST_PAGE_GRACE = 5.0  # seconds a deferred model load waits for the first visitor's latent page to be served
+TIMELINES, PAGES = 16, 128  # how many maps over time and latent pages (their pictures as files) are kept
 LOADING = "The model is loading; browsing works now, and generation starts as soon as it is ready."
 
 
@@ -32,8 +34,8 @@ class Explorer:
         self.model_settled = threading.Event()
         self.model_settled.set()
         self.page_served = threading.Event()
-        self._timelines: dict = {}
-        self._timelines_lock = threading.Lock()
+        self.timelines: Recent = Recent(TIMELINES)  # maps over time by (latent, prompt, seed): reopened pages run no model
+        self.pages: Recent = Recent(PAGES)  # served latent pages by latent id: reopened pages draw nothing
 
     @property
     def can_generate(self) -> bool:
@@ -70,19 +72,6 @@ class Explorer:
         if not self.can_generate:
             raise ExplorerError(self.notice or "This bundle has no model attached; generation is off.")
         return self.bundle.generator
-
-    def cached_timeline(self, key: tuple, compute, size: int = 16):
-        """`compute()` for `key`, kept for the `size` keys used last (a reopened latent page costs no model call)."""
-        with self._timelines_lock:
-            if key in self._timelines:
-                self._timelines[key] = self._timelines.pop(key)  # most recent last
-                return self._timelines[key]
-        value = compute()
-        with self._timelines_lock:
-            self._timelines[key] = value
-            while len(self._timelines) > size:
-                self._timelines.pop(next(iter(self._timelines)))
-        return value
 
     @property
     def recorded_steps(self) -> list[int]:

@@ -3,16 +3,20 @@
 import numpy as np
 import plotly.graph_objects as go
 
-LAYOUT = dict(height=260, margin=dict(l=50, r=20, t=40, b=45), template="plotly_white", showlegend=False)
+# plotly_white's look, written out: a named template is deep-copied and validated into every figure (~10 ms each);
+# layouts go to the constructor at once (update_layout after it validates again, ~5 ms a figure)
+AXIS = dict(gridcolor="#ebf0f8", zerolinecolor="#ebf0f8", linecolor="#ebf0f8", automargin=True)
+LAYOUT = dict(height=260, margin=dict(l=50, r=20, t=40, b=45), template="none", showlegend=False, paper_bgcolor="white",
+              plot_bgcolor="white", font=dict(color="#2a3f5f"), xaxis=AXIS, yaxis=AXIS)
 
 
 def histogram_figure(counts, vmax: float) -> go.Figure:
     """Bar chart of per-image max activations: `counts` in equal bins from 0 to `vmax`."""
     counts = np.asarray(counts, dtype=np.int64)
     edges = np.linspace(0.0, float(vmax), len(counts) + 1)
-    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color="#d95f02"))
-    fig.update_layout(title="Max activation per atlas image", xaxis_title="activation", yaxis_title="images", **LAYOUT)
-    return fig
+    return go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color="#d95f02"),
+                     layout=LAYOUT | dict(title="Max activation per atlas image", xaxis=AXIS | dict(title="activation"),
+                                          yaxis=AXIS | dict(title="images")))
 
 
 def profile_figure(trajectory, injected, residual_share: float, typical: float, recorded_steps: list[int]) -> go.Figure:
@@ -24,14 +28,13 @@ def profile_figure(trajectory, injected, residual_share: float, typical: float, 
     """
     unit, name = (typical, "s·") if typical > 0 else (1.0, "")
     steps = list(recorded_steps)
-    fig = go.Figure([
+    traces = [
         go.Scatter(x=steps, y=unit * np.asarray(trajectory, dtype=np.float64), mode="lines+markers", line_color="#1b9e77",
                    name=f"‖{name}φ_t‖: the whole trajectory"),
         go.Scatter(x=steps, y=unit * np.asarray(injected, dtype=np.float64), mode="lines+markers", line_color="#7570b3",
                    line_dash="dot", name=f"‖{name}c_t·D_t‖: injected at step t"),
-    ])
+    ]
     title = f"A typical firing (s = {typical:.3g})" if typical > 0 else "One unit of code (never fired)"
-    fig.update_layout(**(LAYOUT | dict(showlegend=True, legend=dict(orientation="h", y=-0.35), height=300)),
-                      title=f"{title} · {residual_share:.0%} residual",
-                      xaxis_title="sampler step", yaxis_title=f"‖{name}φ_t‖ / RMS ‖a_t‖")
-    return fig
+    return go.Figure(traces, layout=LAYOUT | dict(
+        showlegend=True, legend=dict(orientation="h", y=-0.5), height=300, title=f"{title} · {residual_share:.0%} residual",
+        xaxis=AXIS | dict(title="sampler step"), yaxis=AXIS | dict(title=f"‖{name}φ_t‖ / RMS ‖a_t‖")))

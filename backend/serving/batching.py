@@ -1,6 +1,8 @@
 """Concurrent users' sampling runs stepped together: one UNet call per step for all of them (continuous batching)."""
 
 import logging
+import os
+import sys
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -11,6 +13,23 @@ from backend.diffusion.sampler import SampleResult, SamplingRun, step_together
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 32  # UNet rows per call: 16 guided requests; on the 2-core CPU the cost per row stops falling near here
+NICENESS = 10  # the worker's scheduling niceness: request handlers (niceness 0) get about 9x its share of a busy CPU
+
+
+def yield_cpu_to_requests() -> None:
+    """Lower the calling thread's scheduling priority (Linux; elsewhere nothing changes).
+
+    The UNet keeps every core busy while anyone generates; at a lower priority its thread (and the
+    OpenMP threads it starts, which inherit the priority) steps aside whenever a browsing request
+    needs a core, and still gets all of them when nobody else does.
+    """
+    if sys.platform != "linux":
+        return  # macOS and Windows would apply this to the whole process
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), NICENESS))
+    except OSError:
+        log.warning("could not lower the sampler thread's priority; browsing may slow down while the model runs")
 
 
 class BatchedSampler:
@@ -57,6 +76,7 @@ class BatchedSampler:
             rows, shape = rows + run.rows, run.x.shape[1:]
 
     def _serve(self) -> None:
+        yield_cpu_to_requests()
         active: list[tuple[SamplingRun, Future]] = []
         while True:
             with self._wake:

@@ -1,8 +1,7 @@
 """Generation for a bundle: cached base runs, steered regeneration from the window start, maps over time."""
 
+import os
 import threading
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +25,22 @@ from backend.diffusion.sampler import (
 from backend.diffusion.steering import Steer, SteeringHook, steering_deltas  # Steer: the request type of Bundle.generate
 from backend.errors import ExplorerError
 from backend.serving.batching import BatchedSampler
+from backend.serving.recent import Recent
 
 MASKS = ("all", "fired")
+
+
+def base_run_budget() -> int:
+    """Bytes of base runs kept for steering: 1/16 of the machine's memory, at most 2 GiB.
+
+    An SD 1.5 run at 512 px holds about 120 MB and a demo run 4 MB, so a 32 GB GPU machine keeps
+    16 SD 1.5 bases (one per live user, roughly) and a 16 GB Space about 8.
+    """
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume 8 GB
+        memory = 8 << 30
+    return min(memory // 16, 2 << 30)
 
 
 @dataclass
@@ -41,6 +54,13 @@ class BaseRun:
     @property
     def image(self) -> Image.Image:
         return to_pil(self.result.images)[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the run's tensors (an SD 1.5 run at 512 px holds about 120 MB, a demo run well under 1 MB)."""
+        result = self.result
+        tensors = [result.images, result.timesteps, self.traj, self.codes, *(result.latents or []), *(result.x0_predictions or [])]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass
@@ -56,7 +76,7 @@ class Generation:
 class Generator:
     """Runs the bundle's model at the bundle's site and schedule; concurrent requests share UNet calls."""
 
-    def __init__(self, bundle, model: DiffusionModel, cache_size: int = 8):
+    def __init__(self, bundle, model: DiffusionModel, cache_bytes: int | None = None):
         self.bundle, self.model = bundle, model
         schedule = bundle.manifest["schedule"]
         self.num_steps = int(schedule["num_steps"])
@@ -64,9 +84,8 @@ class Generator:
         self.default_guidance = float(schedule.get("guidance_scale", 7.5))
         self.site = bundle.manifest["site"]
         self.grid = tuple(bundle.manifest["shapes"]["grid"])
-        self._cache: OrderedDict[tuple, Future] = OrderedDict()  # base runs, finished or being sampled
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
+        budget = base_run_budget() if cache_bytes is None else cache_bytes
+        self.base_runs: Recent[BaseRun] = Recent(budget, size_of=BaseRun.nbytes.fget)
         self._model_lock = threading.RLock()  # hooks live on the shared UNet: calls must not interleave
         self.sampler = BatchedSampler(model, self._model_lock)
 
@@ -80,24 +99,7 @@ class Generator:
         """The unsteered run for (prompt, seed, guidance), from the cache when possible; concurrent asks sample once."""
         check_prompts(self.model, [prompt])
         key = (prompt, int(seed), self._guidance(guidance_scale))
-        with self._cache_lock:
-            pending = self._cache.get(key)
-            first = pending is None  # the first asker samples; later ones wait on its future
-            if first:
-                pending = self._cache[key] = Future()
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(key)
-        if first:
-            try:
-                pending.set_result(self._sample_base(*key))
-            except BaseException as err:
-                with self._cache_lock:
-                    if self._cache.get(key) is pending:
-                        del self._cache[key]
-                pending.set_exception(err)
-        return pending.result()
+        return self.base_runs.get(key, lambda: self._sample_base(*key))
 
     def _sample_base(self, prompt: str, seed: int, guidance: float) -> BaseRun:
         recorder = TrajectoryRecorder(self.site, self.recorded_steps)
