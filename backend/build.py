@@ -29,7 +29,8 @@ from backend.diffusion.collect import (
     shard_names,
 )
 from backend.diffusion.hooks import SITE_MODULES
-from backend.diffusion.models import DiffusionModel, load_model, weight_digests
+from backend.build_plan import BuildPlan, bytes_under, disk_free, memory_available, plan_build
+from backend.diffusion.models import DiffusionModel, default_dtype, load_model, model_sizes, weight_digests
 from backend.errors import ExplorerError
 from backend.io import atomic_path, write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
@@ -109,13 +110,21 @@ class BuildConfig:
 
 def parse_config(argv=None) -> BuildConfig:
     """BuildConfig from the command line; --help lists every field with its help text."""
+    return parse_command(argv)[0]
+
+
+def parse_command(argv=None) -> tuple[BuildConfig, bool]:
+    """BuildConfig from the command line, and whether --plan asks for the build's needs only."""
     parser = config_parser(BuildConfig, "python -m backend.build", __doc__, {"variant": VARIANTS, "site": tuple(SITE_MODULES)})
-    config = BuildConfig(**vars(parser.parse_args(argv)))
+    parser.add_argument("--plan", action="store_true", help="print each stage's disk and peak memory for these settings, then exit")
+    args = vars(parser.parse_args(argv))
+    plan = args.pop("plan")
+    config = BuildConfig(**args)
     if not config.model or not config.out:
         parser.error("--model and --out are required")
     if config.recorded_steps == 1 or not 0 <= config.recorded_steps <= config.num_steps:
         parser.error("--recorded-steps must be 0 (all) or between 2 and --num-steps: the dynamics need two steps")
-    return config
+    return config, plan
 
 
 def load_prompts(config: BuildConfig) -> tuple[list[str], list[dict[str, str]]]:
@@ -204,6 +213,16 @@ class Build:
         if self.atlas_dir != self.train_dir:
             collect_trajectories(self.get_model(), self.prompts[: self.n_atlas], self.atlas_dir, cfg.collect_config(None), **shard)
         self.barrier()
+
+    def plan(self) -> BuildPlan:
+        """Disk and peak memory of each stage for these settings, from the model's configs (no weights loaded)."""
+        unet_config, weight_bytes = model_sizes(self.model or self.config.model, default_dtype(self.device))
+        return plan_build(self.config, unet_config, weight_bytes, len(self.prompts))
+
+    def check_fits(self) -> None:
+        """Refuse settings whose stages cannot fit this machine's memory or the work directory's disk, before any work."""
+        written = bytes_under(self.train_dir) + (bytes_under(self.atlas_dir) if self.atlas_dir != self.train_dir else 0)
+        self.plan().check_fits(memory_available(), disk_free(self.work), disk_used=written)
 
     def dynamics(self) -> LinearDynamics:
         path = self.work / "dynamics.safetensors"
@@ -346,6 +365,7 @@ class Build:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         for flag, folder in (("--out", self.config.out), ("--work-dir", self.work)):
             check_writable(Path(folder), flag)
+        self.check_fits()
         for stage in STAGES:
             if stage in stages and (self.rank == 0 or stage in PARALLEL_STAGES):
                 log.info("stage %s (rank %d of %d)", stage, self.rank, self.world_size)
@@ -359,9 +379,12 @@ class Build:
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = parse_config(argv)
+    config, plan_only = parse_command(argv)
     try:
         build = Build(config)
+        if plan_only:
+            print(build.plan().table())
+            return
         summary = build.run()
     except ExplorerError as err:
         log.error("%s", err)

@@ -15,50 +15,19 @@ import sys
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.diffusion.collect import evenly_spaced_steps  # noqa: E402
 from backend.diffusion.hooks import TrajectoryRecorder  # noqa: E402
-from backend.diffusion.models import DiffusionModel  # noqa: E402
 from backend.diffusion.sampler import sample  # noqa: E402
 from backend.diffusion.steering import SteeringHook  # noqa: E402
-from backend.diffusion.tokenizer import build_clip_tokenizer  # noqa: E402
 from bench.common import device_name, time_calls  # noqa: E402
+from bench.sd15 import sd15_model  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SITE = "up_ft1"
-
-
-def sd15_model(device: torch.device, dtype: torch.dtype, tiny: bool) -> DiffusionModel:
-    """SD 1.5's UNet, VAE and CLIP text encoder from config, random weights; `tiny`: widths / 8 at 128 px."""
-    div = 8 if tiny else 1
-    latent_size = 16 if tiny else 64
-    groups = 8 if tiny else 32
-    tokenizer = build_clip_tokenizer(PROMPT.split(), model_max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768 // div, intermediate_size=3072 // div, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
-    unet = UNet2DConditionModel(
-        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=groups,
-        block_out_channels=tuple(c // div for c in (320, 640, 1280, 1280)), cross_attention_dim=768 // div, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=groups, sample_size=8 * latent_size,
-        block_out_channels=tuple(c // div for c in (128, 256, 512, 512)),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    for module in (unet, text_encoder, vae):
-        module.to(device, dtype).eval().requires_grad_(False)
-    return DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
 
 
 def synchronized(fn, device: torch.device):
@@ -81,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    model = sd15_model(device, dtype, args.tiny)
+    model = sd15_model(device, dtype, args.tiny, words=PROMPT.split())
     recorded = evenly_spaced_steps(args.steps, 10)
     common = dict(num_steps=args.steps, guidance_scale=args.guidance)
 

@@ -15,6 +15,7 @@ import backend.io as io_module
 import backend.method.sae_train as sae_train
 from backend.build import Build, BuildConfig, main, parse_config
 from backend.diffusion.collect import read_shards, shard_names
+from backend.diffusion.models import model_sizes
 from backend.serving.bundle import Bundle
 from tests.tiny_models import save_in_sd_layout, tiny_model
 
@@ -193,6 +194,7 @@ def test_a_full_disk_mid_stage_is_one_line_and_leaves_no_partial_file(model, tmp
 
     monkeypatch.setattr(io_module, "save_file", full_disk)
     monkeypatch.setattr(build_module, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(build_module, "model_sizes", lambda source, dtype: model_sizes(model, dtype))  # "tiny" has no configs to read
     argv = ["--model", "tiny", "--out", cfg.out, "--prompts", cfg.prompts, "--num-steps", "3", "--images-per-shard", "4",
             "--n-latents", "32", "--k", "4", "--epochs", "2", "--sae-batch-size", "128", "--top-n", "4", "--stages", "train"]
     with pytest.raises(SystemExit) as exit_:

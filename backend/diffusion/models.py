@@ -131,6 +131,29 @@ def check_weight_digests(source: str, expected: dict[str, str]) -> None:
                                 "the file is corrupt or replaced; restore it, or pass --model to use other weights on purpose.")
 
 
+def model_sizes(source: str | DiffusionModel, dtype: torch.dtype) -> tuple[dict, int]:
+    """The UNet's config and the bytes of all the model's weights in `dtype`, read from configs only (no weights loaded).
+
+    The modules are built on the meta device, which allocates nothing, to count their parameters.
+    """
+    if isinstance(source, DiffusionModel):
+        modules = [m for m in (source.unet, source.text_encoder, source.vae) if m is not None]
+        return dict(source.unet.config), sum(p.numel() for m in modules for p in m.parameters()) * dtype.itemsize
+    offline = hub_offline()
+    try:
+        unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", local_files_only=offline)
+        with torch.device("meta"):
+            modules = [UNet2DConditionModel.from_config(unet_config),
+                       CLIPTextModel(CLIPTextModel.config_class.from_pretrained(source, subfolder="text_encoder",
+                                                                                 local_files_only=offline))]
+            if _has_vae(source):
+                modules.append(AutoencoderKL.from_config(AutoencoderKL.load_config(source, subfolder="vae", local_files_only=offline)))
+    except Exception as err:
+        raise ExplorerError(f"Could not read the configs of model {source!r}: {type(err).__name__}: {err}. "
+                            "Pass --model with a local directory in the SD 1.5 layout or a cached hub repo id.") from err
+    return dict(unet_config), sum(p.numel() for m in modules for p in m.parameters()) * dtype.itemsize
+
+
 def load_model(source: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
     """Load unet, text_encoder, tokenizer, scheduler (and vae when present) in the SD 1.5 layout.
 
