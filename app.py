@@ -3,6 +3,7 @@
 import argparse
 import ctypes
 import logging
+import os
 import sys
 
 from backend.errors import ExplorerError
@@ -11,11 +12,13 @@ DEFAULT_BUNDLE = "checkpoints/shapes-bundle"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Command-line options of the app."""
+    """Command-line options of the app; a Hugging Face Space, which runs `python app.py` bare, sets them as variables."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory or Hugging Face Hub repo id")
-    parser.add_argument("--model", default=None, help="model directory or hub id (default: the model the bundle names)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--bundle", default=os.environ.get("SAE_BUNDLE", DEFAULT_BUNDLE),
+                        help="bundle directory or Hugging Face Hub repo id (default: $SAE_BUNDLE, else the demo)")
+    parser.add_argument("--model", default=os.environ.get("SAE_MODEL"),
+                        help="model directory or hub id (default: $SAE_MODEL, else the model the bundle names)")
+    parser.add_argument("--device", default=os.environ.get("SAE_DEVICE"), help="cpu or cuda (default: $SAE_DEVICE, else cuda when available)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     return parser.parse_args(argv)

@@ -16,6 +16,9 @@ from backend.errors import ExplorerError
 GB = 1e9
 HEADROOM = 0.9  # share of the available memory and free disk a build may plan to use
 FP16, FP32, FP64 = 2, 4, 8
+# Python, torch and diffusers themselves: a stage's peak RSS less its tensors, measured on the SD 1.5 rehearsal's
+# dynamics stage (docs/BENCHMARKS.md); with it the plan came within 12 % of every stage's measured peak RSS there
+PROCESS = 1.3 * GB
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def site_shape(unet_config: dict, site: str, latent_side: int | None = None) -> 
 @dataclass(frozen=True)
 class StageNeeds:
     name: str
-    memory: float  # peak bytes the stage holds beyond the Python process itself
+    memory: float  # peak resident bytes: the process itself and the stage's largest tensors
     disk: float  # bytes the stage writes
     holds: str  # what dominates its memory, and the option that shrinks it
 
@@ -103,7 +106,10 @@ class BuildPlan:
 
 
 def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int) -> BuildPlan:
-    """The sizes of `config`'s build (a BuildConfig) with a UNet of `unet_config` and models of `weight_bytes` in all."""
+    """The sizes of `config`'s build (a BuildConfig) with a UNet of `unet_config` and models of `weight_bytes` in all.
+
+    Disk is the files each stage writes (the index stage's at most: small indexes are rebuilt at load).
+    """
     site = site_shape(unet_config, config.site)
     steps = config.recorded_steps or config.num_steps
     atlas_images = min(config.atlas_images or n_prompts, n_prompts)
@@ -117,16 +123,22 @@ def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int) -
         collect_disk += atlas_images * site.positions * per_position * FP16
     shard_values = shard * train_positions * per_position
     atlas_shard_values = shard * site.positions * per_position
+    trajectory_vectors = config.n_latents * per_position * FP32  # each latent's feature trajectory, for similar latents
     stages = (
-        StageNeeds("collect", weight_bytes + shard_values * FP16, collect_disk,
+        StageNeeds("collect", PROCESS + weight_bytes + shard_values * FP16, collect_disk,
                    "the models' weights and one shard of trajectories (--images-per-shard)"),
-        StageNeeds("dynamics", shard_values * (FP16 + FP32) + 4 * steps * site.channels ** 2 * FP64, 0.0,
+        StageNeeds("dynamics", PROCESS + shard_values * (FP16 + FP32) + 4 * steps * site.channels ** 2 * FP64,
+                   3 * (steps - 1) * site.channels ** 2 * FP32,  # the fit's sums (work) and its maps (bundle)
                    "one shard as float32 (--images-per-shard) and the per-step C × C sums"),
-        StageNeeds("train", 3 * shard_values * FP32 + 4 * sae_bytes, 2 * sae_bytes,
+        StageNeeds("train", PROCESS + 3 * shard_values * FP32 + 4 * sae_bytes,
+                   3 * sae_bytes + sae_bytes / 2,  # the resumable checkpoint with Adam's moments, and the bundle's fp16 SAE
                    "one shard's SAE rows (--images-per-shard) and the SAE with its gradients and Adam state (--n-latents)"),
-        StageNeeds("atlas", atlas_shard_values * (FP16 + FP32) + shard * site.positions * config.n_latents * FP32
-                   + atlas_images * config.n_latents * FP32 + sae_bytes, atlas_images * config.n_latents * FP32,
+        StageNeeds("atlas", PROCESS + atlas_shard_values * (FP16 + FP32) + shard * site.positions * config.n_latents * FP32
+                   + atlas_images * config.n_latents * FP32 + config.n_latents * config.top_n * site.positions * FP32
+                   + 1.5 * sae_bytes, atlas_images * config.n_latents * FP32 + config.n_latents * config.top_n * site.positions * FP16,
                    "one shard's codes over every latent (--images-per-shard × positions × --n-latents)"),
+        StageNeeds("index", PROCESS + 1.5 * sae_bytes + 4 * trajectory_vectors, trajectory_vectors,
+                   "the latents' feature trajectories and their search index (--n-latents × recorded steps × channels)"),
     )
     return BuildPlan(images=n_prompts, atlas_images=atlas_images, site=site, steps=steps, train_positions=train_positions,
                      d_in=d_in, n_latents=config.n_latents, stages=stages)

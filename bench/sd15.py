@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from backend.diffusion.models import DiffusionModel
+from backend.diffusion.models import DiffusionModel, save_model
 from backend.diffusion.tokenizer import build_clip_tokenizer
 
 WORDS = "a photograph of an astronaut riding a horse".split()
@@ -53,20 +53,6 @@ def sd15_model(device: torch.device, dtype: torch.dtype, tiny: bool = False, lat
     return DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
 
 
-def save_sd15(model: DiffusionModel, out: Path, weights: bool = True) -> None:
-    """The model in the SD 1.5 directory layout; without `weights`, its configs only (enough for `backend.build --plan`)."""
-    out = Path(out)
-    for name in ("unet", "vae"):
-        module = getattr(model, name)
-        module.save_pretrained(out / name) if weights else module.save_config(out / name)
-    if weights:
-        model.text_encoder.save_pretrained(out / "text_encoder")
-    else:
-        model.text_encoder.config.save_pretrained(out / "text_encoder")
-    model.tokenizer.save_pretrained(out / "tokenizer")
-    model.scheduler.save_config(out / "scheduler")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory to write the model to")
@@ -77,7 +63,7 @@ def main(argv=None) -> None:
         parser.error("--side must be a multiple of 64 (the UNet halves the latent grid three times)")
     words = list(WORDS) + (Path(args.prompts).read_text().split() if args.prompts else [])
     torch.manual_seed(0)
-    save_sd15(sd15_model(torch.device("cpu"), torch.float32, latent_size=args.side // 8, words=words), Path(args.out))
+    save_model(sd15_model(torch.device("cpu"), torch.float32, latent_size=args.side // 8, words=words), Path(args.out))
     print(f"wrote SD 1.5's architecture with random weights at {args.side} px to {args.out}")
 
 

@@ -15,9 +15,9 @@ import backend.io as io_module
 import backend.method.sae_train as sae_train
 from backend.build import Build, BuildConfig, main, parse_config
 from backend.diffusion.collect import read_shards, shard_names
-from backend.diffusion.models import model_sizes
+from backend.diffusion.models import model_sizes, save_model
 from backend.serving.bundle import Bundle
-from tests.tiny_models import save_in_sd_layout, tiny_model
+from tests.tiny_models import tiny_model
 
 PROMPTS = [f"a {c} {s} in the {p}" for c in ("red", "blue") for s in ("circle", "star") for p in ("top", "left", "center")]
 
@@ -210,7 +210,7 @@ def test_a_full_disk_mid_stage_is_one_line_and_leaves_no_partial_file(model, tmp
 
 
 def test_a_build_killed_with_sigkill_mid_collect_resumes_to_a_bundle_that_matches_its_manifest(model, tmp_path):
-    save_in_sd_layout(model, tmp_path / "model")
+    save_model(model, tmp_path / "model")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"a {c} {s} number {i}" for i in range(12) for c in ("red", "blue") for s in ("circle", "star")))
     command = [sys.executable, "-m", "backend.build", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "bundle"),

@@ -7,9 +7,10 @@ import backend.build as build_module
 from backend.build import Build, main
 from backend.build_plan import SiteShape, site_shape
 from backend.diffusion.collect import shard_info, shard_names
-from backend.diffusion.models import model_sizes
+from backend.diffusion.models import load_model, model_sizes, save_model
+from backend.diffusion.sampler import sample
 from backend.errors import ExplorerError
-from bench.sd15 import save_sd15, sd15_model
+from bench.sd15 import sd15_model
 from tests.test_build import config
 from tests.tiny_models import tiny_model
 
@@ -21,7 +22,7 @@ def sd15_configs(tmp_path_factory):
     """SD 1.5's layout with its configs and no weights (built on the meta device, which allocates nothing)."""
     root = tmp_path_factory.mktemp("sd15-configs")
     with torch.device("meta"):
-        save_sd15(sd15_model(torch.device("meta"), torch.float32), root, weights=False)
+        save_model(sd15_model(torch.device("meta"), torch.float32), root, weights=False)
     return root
 
 
@@ -70,3 +71,15 @@ def test_a_build_that_cannot_fit_refuses_before_any_work(tmp_path, monkeypatch, 
     with pytest.raises(ExplorerError, match=message):
         build.run()
     assert not shard_names(build.train_dir) and not (tmp_path / "bundle" / "bundle.json").exists()
+
+
+def test_the_rehearsal_model_directory_loads_as_a_checkpoint_would(tmp_path):
+    """bench/sd15.py's layout (here at SD 1.5's tiny widths) loads through load_model and samples what it saved."""
+    torch.manual_seed(0)
+    original = sd15_model(torch.device("cpu"), torch.float32, tiny=True, latent_size=8)
+    save_model(original, tmp_path)
+    loaded = load_model(str(tmp_path), device="cpu")
+    assert loaded.vae is not None and loaded.unet.config.sample_size == 8
+    options = dict(seed=1, num_steps=2, guidance_scale=3.0)
+    images = [sample(model, "a photograph of a horse", **options).images for model in (loaded, original)]
+    assert torch.allclose(*images, atol=1e-5)  # loaded tensors may take other kernels: rounding differs in the last bits

@@ -10,11 +10,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from backend.diffusion.collect import shard_names
+from backend.diffusion.models import save_model
 from backend.method.sae import TopKSAE
 from backend.method.sae_train import SAETrainConfig, SAETrainer
 from backend.serving.bundle import Bundle
 from tests.ports import free_port
-from tests.tiny_models import save_in_sd_layout, tiny_model
+from tests.tiny_models import tiny_model
 
 
 def _train_two_steps(rank: int, port: int, out_dir: str) -> None:
@@ -39,7 +40,7 @@ def test_data_parallel_steps_keep_ranks_in_sync(tmp_path):
 
 
 def test_torchrun_build_with_two_cpu_processes(tmp_path):
-    save_in_sd_layout(tiny_model(), tmp_path / "model")
+    save_model(tiny_model(), tmp_path / "model")
     (tmp_path / "prompts.txt").write_text("\n".join(f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "square")))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "backend.build", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "bundle"),

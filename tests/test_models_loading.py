@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from backend.diffusion.models import load_model
+from backend.diffusion.models import load_model, save_model
 from backend.diffusion.sampler import sample
 from backend.errors import ExplorerError
-from tests.tiny_models import save_in_sd_layout, tiny_model
+from tests.tiny_models import tiny_model
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def offline(monkeypatch):
 @pytest.mark.parametrize("with_vae", [False, True])
 def test_a_saved_tiny_model_loads_offline_and_samples_identically(tmp_path, offline, with_vae):
     original = tiny_model(with_vae=with_vae)
-    save_in_sd_layout(original, tmp_path)
+    save_model(original, tmp_path)
     loaded = load_model(str(tmp_path), device="cpu")
     assert (loaded.vae is None) == (not with_vae)
     assert loaded.dtype == torch.float32
@@ -26,12 +26,12 @@ def test_a_saved_tiny_model_loads_offline_and_samples_identically(tmp_path, offl
 
 
 def test_explicit_dtype_is_respected(tmp_path, offline):
-    save_in_sd_layout(tiny_model(), tmp_path)
+    save_model(tiny_model(), tmp_path)
     assert load_model(str(tmp_path), device="cpu", dtype=torch.float16).dtype == torch.float16
 
 
 def test_missing_component_names_what_to_pass(tmp_path, offline):
-    save_in_sd_layout(tiny_model(), tmp_path)
+    save_model(tiny_model(), tmp_path)
     (tmp_path / "text_encoder" / "config.json").rename(tmp_path / "unet_config_moved.json")
     with pytest.raises(ExplorerError, match="Pass --model"):
         load_model(str(tmp_path), device="cpu")
@@ -44,7 +44,7 @@ def test_directory_without_the_sd_layout_is_refused(tmp_path):
 
 
 def test_weights_that_do_not_match_the_config_are_refused_not_randomized(tmp_path, offline):
-    save_in_sd_layout(tiny_model(), tmp_path)
+    save_model(tiny_model(), tmp_path)
     config_path = tmp_path / "text_encoder" / "config.json"
     config = json.loads(config_path.read_text())
     config["num_hidden_layers"] += 1  # one layer more than the weights hold
@@ -56,7 +56,7 @@ def test_weights_that_do_not_match_the_config_are_refused_not_randomized(tmp_pat
 def test_a_unet_checkpoint_missing_a_tensor_is_refused_not_randomized(tmp_path, offline):
     from safetensors.torch import load_file, save_file
 
-    save_in_sd_layout(tiny_model(), tmp_path)
+    save_model(tiny_model(), tmp_path)
     weights = next((tmp_path / "unet").glob("*.safetensors"))
     state = load_file(weights)
     del state["conv_out.weight"]

@@ -1,8 +1,5 @@
 """Tiny SD-architecture models built from config, for tests that must not download anything."""
 
-import json
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -43,12 +40,3 @@ def tiny_model(with_vae: bool = False, prediction_type: str = "epsilon", seed: i
     return DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
 
 
-def save_in_sd_layout(model: DiffusionModel, root: Path) -> None:
-    """Write a model the way SD 1.5 checkpoints are laid out on the hub."""
-    model.unet.save_pretrained(root / "unet")
-    model.text_encoder.save_pretrained(root / "text_encoder")
-    model.tokenizer.save_pretrained(root / "tokenizer")
-    model.scheduler.save_pretrained(root / "scheduler")
-    if model.vae is not None:
-        model.vae.save_pretrained(root / "vae")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))

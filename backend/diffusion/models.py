@@ -131,6 +131,25 @@ def check_weight_digests(source: str, expected: dict[str, str]) -> None:
                                 "the file is corrupt or replaced; restore it, or pass --model to use other weights on purpose.")
 
 
+def save_model(model: DiffusionModel, root: str | Path, weights: bool = True) -> None:
+    """Write `model` in SD 1.5's directory layout, which `load_model` reads (weights as safetensors).
+
+    Without `weights` only the configs are written: enough for `model_sizes` and `backend.build --plan`.
+    """
+    root = Path(root)
+    for name in ("unet", "vae"):
+        module = getattr(model, name)
+        if module is not None:
+            module.save_pretrained(root / name) if weights else module.save_config(root / name)
+    if weights:
+        model.text_encoder.save_pretrained(root / "text_encoder")
+    else:
+        model.text_encoder.config.save_pretrained(root / "text_encoder")
+    model.tokenizer.save_pretrained(root / "tokenizer")
+    model.scheduler.save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+
+
 def model_sizes(source: str | DiffusionModel, dtype: torch.dtype) -> tuple[dict, int]:
     """The UNet's config and the bytes of all the model's weights in `dtype`, read from configs only (no weights loaded).
 
