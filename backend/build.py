@@ -30,7 +30,7 @@ from backend.diffusion.collect import (
 )
 from backend.diffusion.hooks import SITE_MODULES
 from backend.build_plan import BuildPlan, bytes_under, disk_free, memory_available, plan_build
-from backend.diffusion.models import DiffusionModel, default_dtype, load_model, model_sizes, weight_digests
+from backend.diffusion.models import DiffusionModel, default_dtype, load_model, model_sizes, unet_step_flops, weight_digests
 from backend.errors import ExplorerError
 from backend.io import atomic_path, write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
@@ -217,7 +217,8 @@ class Build:
     def plan(self) -> BuildPlan:
         """Disk and peak memory of each stage for these settings, from the model's configs (no weights loaded)."""
         unet_config, weight_bytes = model_sizes(self.model or self.config.model, default_dtype(self.device))
-        return plan_build(self.config, unet_config, weight_bytes, len(self.prompts))
+        rows = 2 if self.config.guidance_scale > 1 else 1  # guidance runs the UNet on a conditional and an unconditional row
+        return plan_build(self.config, unet_config, weight_bytes, len(self.prompts), unet_step_flops(unet_config, rows))
 
     def check_fits(self) -> None:
         """Refuse settings whose stages cannot fit this machine's memory or the work directory's disk, before any work."""
@@ -366,6 +367,7 @@ class Build:
         for flag, folder in (("--out", self.config.out), ("--work-dir", self.work)):
             check_writable(Path(folder), flag)
         self.check_fits()
+        self.barrier()  # no rank writes before every rank has checked: a rank's check reads what the others write
         for stage in STAGES:
             if stage in stages and (self.rank == 0 or stage in PARALLEL_STAGES):
                 log.info("stage %s (rank %d of %d)", stage, self.rank, self.world_size)

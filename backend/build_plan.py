@@ -19,6 +19,11 @@ FP16, FP32, FP64 = 2, 4, 8
 # Python, torch and diffusers themselves: a stage's peak RSS less its tensors, measured on the SD 1.5 rehearsal's
 # dynamics stage (docs/BENCHMARKS.md); with it the plan came within 12 % of every stage's measured peak RSS there
 PROCESS = 1.3 * GB
+# effective FLOP/s of the collect stage's UNet calls, and where each figure comes from (docs/BENCHMARKS.md)
+COLLECT_RATES = (
+    ("this project's 2-core AMD EPYC, fp32 (measured)", 1.4e11),
+    ("an A100, fp16 (fal.ai's SD 1.5 figure, 31.2 it/s at 512 px)", 5.0e13),
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class BuildPlan:
     d_in: int  # SAE input width: T × C
     n_latents: int
     stages: tuple[StageNeeds, ...]
+    collect_flops: float  # the UNet calls of every image's sampling run
 
     @property
     def disk(self) -> float:
@@ -83,7 +89,9 @@ class BuildPlan:
         for stage in self.stages:
             lines.append(f"{stage.name:<10}{stage.memory / GB:>11.2f} GB{stage.disk / GB:>9.2f} GB  {stage.holds}")
         lines.append(f"{'total':<10}{'':>14}{self.disk / GB:>9.2f} GB")
-        lines.append("time: not projected here; measured rates per stage are in docs/BENCHMARKS.md")
+        lines.append(f"rough collect time ({self.collect_flops / 1e15:.1f} PFLOP of UNet calls; divide by the GPUs under torchrun):")
+        lines += [f"  {duration(self.collect_flops / rate):>9} on {where}" for where, rate in COLLECT_RATES]
+        lines.append("  the other stages are not projected: 0.2-0.5x collect's time in the CPU rehearsal (docs/BENCHMARKS.md)")
         return "\n".join(lines)
 
     def check_fits(self, memory_available: float, disk_free: float, disk_used: float = 0.0) -> None:
@@ -105,8 +113,14 @@ class BuildPlan:
                 "steps (--recorded-steps) or prompts, or pass a --work-dir on a larger disk.")
 
 
-def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int) -> BuildPlan:
-    """The sizes of `config`'s build (a BuildConfig) with a UNet of `unet_config` and models of `weight_bytes` in all.
+def duration(seconds: float) -> str:
+    """'42 s', '12 min' or '3.5 h'."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int, step_flops: float) -> BuildPlan:
+    """The sizes of `config`'s build (a BuildConfig) with a UNet of `unet_config`, models of `weight_bytes` in all,
+    and `step_flops` per image and sampler step.
 
     Disk is the files each stage writes (the index stage's at most: small indexes are rebuilt at load).
     """
@@ -141,7 +155,8 @@ def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int) -
                    "the latents' feature trajectories and their search index (--n-latents × recorded steps × channels)"),
     )
     return BuildPlan(images=n_prompts, atlas_images=atlas_images, site=site, steps=steps, train_positions=train_positions,
-                     d_in=d_in, n_latents=config.n_latents, stages=stages)
+                     d_in=d_in, n_latents=config.n_latents, stages=stages,
+                     collect_flops=n_prompts * config.num_steps * step_flops)
 
 
 def memory_available() -> float:
@@ -167,5 +182,11 @@ def disk_free(folder: Path) -> float:
 
 
 def bytes_under(folder: Path) -> float:
-    """Bytes of the files under `folder` (0 when it does not exist)."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).exists() else 0.0
+    """Bytes of the files under `folder` (0 when it does not exist); a file that goes away while it is listed counts 0."""
+    total = 0.0
+    for path in Path(folder).rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:  # another rank's atomic write renamed its temporary file meanwhile
+            pass
+    return total

@@ -7,7 +7,7 @@ import backend.build as build_module
 from backend.build import Build, main
 from backend.build_plan import SiteShape, site_shape
 from backend.diffusion.collect import shard_info, shard_names
-from backend.diffusion.models import load_model, model_sizes, save_model
+from backend.diffusion.models import load_model, model_sizes, save_model, unet_step_flops
 from backend.diffusion.sampler import sample
 from backend.errors import ExplorerError
 from bench.sd15 import sd15_model
@@ -35,13 +35,21 @@ def test_sd15_sizes_come_from_its_configs_without_weights(sd15_configs):
     assert site_shape(unet_config, "up_ft3").channels == 320 and site_shape(unet_config, "up_ft3").grid == (64, 64)
 
 
+def test_sd15_unet_flops_match_its_published_multiply_adds(sd15_configs):
+    """BK-SDM (Kim et al., 2023) gives SD v1's U-Net 339 G MACs per image at 512 px; the count here adds attention's own matmuls."""
+    unet_config, _ = model_sizes(str(sd15_configs), torch.float32)
+    per_image = unet_step_flops(unet_config, rows=2) / 2
+    assert 2 * 339e9 <= per_image <= 1.25 * 2 * 339e9
+    assert unet_step_flops(unet_config | {"sample_size": 32}, rows=1) < per_image / 3  # 256 px: a quarter of the positions
+
+
 def test_plan_prints_the_needs_and_runs_nothing(sd15_configs, tmp_path, capsys):
     cfg = config(tmp_path, model=str(sd15_configs), recorded_steps=10, num_steps=25, n_latents=16384, device="cpu")
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items() if k in ("model", "out", "prompts", "num_steps",
                                                                                     "recorded_steps", "n_latents", "device")]
     main([*argv, "--plan"])
     printed = capsys.readouterr().out
-    assert "32×32 grid" in printed and "SAE 12800 → 16384 latents" in printed and "collect" in printed
+    assert "32×32 grid" in printed and "SAE 12800 → 16384 latents" in printed and "rough collect time" in printed
     assert not (tmp_path / "bundle").exists() and not (tmp_path / "bundle.work").exists()
 
 

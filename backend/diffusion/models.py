@@ -173,6 +173,18 @@ def model_sizes(source: str | DiffusionModel, dtype: torch.dtype) -> tuple[dict,
     return dict(unet_config), sum(p.numel() for m in modules for p in m.parameters()) * dtype.itemsize
 
 
+def unet_step_flops(unet_config: dict, rows: int, tokens: int = 77) -> float:
+    """FLOPs of one UNet call on `rows` latents at the config's sample size, counted on the meta device (nothing runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    side = int(unet_config["sample_size"])
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        unet = UNet2DConditionModel.from_config(unet_config)
+        unet(torch.zeros(rows, unet_config["in_channels"], side, side), torch.full((rows,), 500),
+             encoder_hidden_states=torch.zeros(rows, tokens, unet_config["cross_attention_dim"]))
+    return float(counter.get_total_flops())
+
+
 def load_model(source: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
     """Load unet, text_encoder, tokenizer, scheduler (and vae when present) in the SD 1.5 layout.
 
