@@ -48,12 +48,16 @@ def portable_path(source: str) -> str:
 
 
 def check_writable(folder: Path, flag: str) -> None:
-    """Create `folder` and write a probe file in it, or say in one line why the build cannot use it."""
+    """Create `folder` and write a probe file in it, or say in one line why the build cannot use it.
+
+    The probe's name is this process's own: under torchrun every rank probes the same folder at once.
+    """
+    probe_path = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / ".write-probe") as probe:
+        with atomic_path(probe_path) as probe:
             probe.write_bytes(b"")
-        (folder / ".write-probe").unlink()
+        probe_path.unlink()
     except OSError as err:
         raise ExplorerError(f"{flag} {folder} cannot be written: {err.strerror or err}. Pass a folder you can write to.") from None
 

@@ -51,3 +51,18 @@ def test_search_open_a_latent_and_steer_it(page):
     link = page.locator("#link textarea, #link input").first
     page.wait_for_function("(el) => el.value.includes('tab=steer')", arg=link.element_handle())
     assert f"latent={latent}&alpha=-" in link.input_value()
+
+
+def test_a_latent_and_the_table_export_as_files(page):
+    page.goto(app_url(), wait_until="load")
+    page.wait_for_selector("#latent-header h2")
+    latent = page.locator("#latent-header h2").inner_text().split()[-1]
+    page.locator("#export-latent").click()
+    link = page.locator(f"#exported a[download='latent-{latent}.json']")
+    record = page.request.get(link.get_attribute("href")).json()  # the file the browser downloads
+    assert record["latent"] == int(latent) and record["top_images"]
+    page.locator("#export-table-csv").click()
+    link = page.locator("#exported a[download='latents.csv']")
+    table = page.request.get(link.get_attribute("href")).text().splitlines()
+    assert table[0].startswith("latent,label,purity") and len(table) > 1
+    page.locator("#exported").screenshot(path=SHOTS / "export.png")

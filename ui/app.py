@@ -6,9 +6,9 @@ import logging
 import gradio as gr
 
 from backend.errors import ExplorerError
-from ui import browse, inspect, status, steer, timeline, views
+from ui import browse, export, inspect, status, steer, timeline, views
 from ui.explorer import Explorer
-from ui.image_files import ImageFiles
+from ui.image_files import ImageFiles, temporary_folder
 from ui.latents import HEADERS, SORTS
 from ui.state import STEER_MODES, alpha_from_position
 from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
@@ -82,7 +82,7 @@ def steer_slot(i: int) -> tuple:
 def build_app(ex: Explorer) -> gr.Blocks:
     """Lay out the app for one explorer; every event calls a handler from `ui/`."""
     steps = len(ex.recorded_steps)
-    files = ImageFiles.temporary()
+    files, exports = ImageFiles.temporary(), temporary_folder("exports")
     first = browse.served_page(ex, views.default_latent(ex), files)  # drawn into the page itself: on screen before any event runs
     rows, listed = browse.search(ex)
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
@@ -124,6 +124,11 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             play = gr.Button("▶ Play", scale=1)
                         step_caption = gr.Markdown()
                         similar = gr.Dataframe(first.similar, headers=browse.SIMILAR_HEADERS, interactive=False, label="Similar latents (feature trajectory)")
+                        with gr.Row():
+                            table_csv = gr.Button("Latent table as CSV", size="sm", elem_id="export-table-csv")
+                            table_json = gr.Button("Latent table as JSON", size="sm")
+                            latent_json = gr.Button("This latent as JSON", size="sm", elem_id="export-latent")
+                        exported = gr.File(label="Export", interactive=False, elem_id="exported")
             with gr.Tab("Steer", id="steer") as steer_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -211,6 +216,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
         with_timeline(latent_box.submit(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE))
         with_page(table.select(row_latent, None, latent_box, api_name=False))
         with_page(similar.select(row_latent, None, latent_box, api_name=False))
+        table_csv.click(shown(lambda: export.export_table(ex, "csv", exports)), None, exported, api_name="export_table_csv", **BROWSE)
+        table_json.click(shown(lambda: export.export_table(ex, "json", exports)), None, exported, api_name="export_table_json", **BROWSE)
+        latent_json.click(shown(lambda j: export.export_latent(ex, j, exports)), latent_box, exported, api_name="export_latent", **BROWSE)
         step.change(shown(timeline.frame), [timeline_state, step], [x0_image, final_image, step_caption], api_name=False, **BROWSE)
         playing = gr.State(False)
         play.click(lambda on: (not on, gr.Timer(active=not on), "Pause" if not on else "▶ Play"), playing,

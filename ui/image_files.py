@@ -21,6 +21,13 @@ from PIL import Image
 MAX_FILES = 4096  # about 20-40 MB of pictures: more than the kept pages show (ui/explorer.PAGES x 24), so theirs stay
 
 
+def temporary_folder(purpose: str) -> Path:
+    """A fresh folder for files the app serves, removed when the process exits."""
+    root = Path(tempfile.mkdtemp(prefix=f"sae-explorer-{purpose}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 class ImageFiles:
     """A folder of lossless WebP files by pixel hash, served by Gradio as static files; the least recently used dropped beyond `max_files`."""
 
@@ -34,9 +41,7 @@ class ImageFiles:
     @classmethod
     def temporary(cls, max_files: int = MAX_FILES) -> "ImageFiles":
         """A store in a fresh temporary folder, removed when the process exits."""
-        root = Path(tempfile.mkdtemp(prefix="sae-explorer-images-"))
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
-        return cls(root, max_files)
+        return cls(temporary_folder("images"), max_files)
 
     def path(self, image: Image.Image) -> str:
         """The file holding `image`, written now (atomically) unless an identical picture already was."""
