@@ -35,7 +35,8 @@ from backend.errors import ExplorerError
 from backend.io import atomic_path, write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
 from backend.method.encodings import VARIANTS, TrajectoryEncoding
-from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, train_sae
+from backend.method.global_local import GlobalLocalSAE
+from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, tensor_batches, train_sae
 from backend.serving.atlas import AtlasAccumulator, label_latents
 from backend.serving.bundle import Bundle, rewrite_manifest
 from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
@@ -88,6 +89,9 @@ class BuildConfig:
     ridge: float = option(-1.0, "ridge strength of the dynamics (negative: chosen on held-out positions)")
     n_latents: int = option(1024, "SAE latents")
     k: int = option(32, "active latents per position")
+    global_latents: int = option(64, "global_local variant: latents of the image-level SAE")
+    global_k: int = option(4, "global_local variant: active image-level latents per image")
+    global_steps: int = option(2000, "global_local variant: training steps of the image-level SAE (it has one row per image)")
     epochs: int = option(2, "passes over the trajectories")
     sae_batch_size: int = option(1024, "rows per SAE step")
     lr: float = option(0.0, "SAE learning rate (0: scaled from the number of latents)")
@@ -128,6 +132,10 @@ def parse_command(argv=None) -> tuple[BuildConfig, bool]:
         parser.error("--model and --out are required")
     if config.recorded_steps == 1 or not 0 <= config.recorded_steps <= config.num_steps:
         parser.error("--recorded-steps must be 0 (all) or between 2 and --num-steps: the dynamics need two steps")
+    if config.variant == "global_local" and config.positions_per_image:
+        parser.error("--variant global_local needs every position of an image (its spatial mean): leave --positions-per-image at 0")
+    if not 0 < config.global_k <= config.global_latents:
+        parser.error("--global-k must be between 1 and --global-latents")
     return config, plan
 
 
@@ -248,14 +256,20 @@ class Build:
         return dyn
 
     def encoding(self) -> TrajectoryEncoding:
-        return TrajectoryEncoding(self.config.variant, self.dynamics())
+        grid = shard_info(self.train_dir, shard_names(self.train_dir)[0])["grid"]
+        return TrajectoryEncoding(self.config.variant, self.dynamics(), grid[0] * grid[1])
 
     def train(self) -> None:
         cfg, encoding = self.config, self.encoding()
         train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.sae_seed)
-        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "sae_batch_size", "sae_seed")}
+        global_settings = ("global_latents", "global_k", "global_steps") if cfg.variant == "global_local" else ()
+        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "sae_batch_size", "sae_seed", *global_settings)}
                          | {"lr": train_config.learning_rate(), "decay_share": train_config.decay_share})
         names = shard_names(self.train_dir)
+        local_width = encoding.d_in() // encoding.parts  # global_local: the per-position SAE reads the deviations only
+
+        def local_rows(traj: torch.Tensor) -> torch.Tensor:
+            return encoding.to_rows(traj)[:, :local_width]
         batches_in = [-(-shard_info(self.train_dir, name)["rows"] // cfg.sae_batch_size) for name in names]
 
         def shard_order(epoch: int) -> list[int]:
@@ -273,22 +287,24 @@ class Build:
 
             def rows():
                 for i in order[self.rank :: self.world_size]:
-                    shard_rows = encoding.to_rows(read_shard(self.train_dir, names[i])["traj"].float())
+                    shard_rows = local_rows(read_shard(self.train_dir, names[i])["traj"].float())
                     yield from shard_rows[torch.randperm(len(shard_rows), generator=generator)].split(cfg.sae_batch_size)
 
             return itertools.islice(rows(), steps)
 
         traj = read_shard(self.train_dir, names[0])["traj"].float()  # also the sample the summary's FVU is measured on
         rows = encoding.to_rows(traj)
-        init_sample = rows[:4096]
-        sae, history = train_sae(batches, encoding.d_in(), train_config, init_sample, checkpoint=self.work / "sae-train.safetensors",
+        sae, history = train_sae(batches, local_width, train_config, rows[:4096, :local_width], checkpoint=self.work / "sae-train.safetensors",
                                  device=self.device, progress=self.rank == 0, total_steps=sum(map(steps_in, range(cfg.epochs))))
+        if cfg.variant == "global_local":
+            sae = GlobalLocalSAE(sae, self.train_global(encoding, names))
         if self.rank != 0:
             self.barrier()
             return
         with torch.no_grad():
             recon = sae.decode(sae.encode(rows))
-            self.summary["fvu_sae_input"] = round(float(fraction_of_variance_unexplained(rows, recon)), 4)
+            fvu = fraction_of_variance_unexplained(encoding.combined(rows), encoding.combined(recon))  # global_local: parts summed
+            self.summary["fvu_sae_input"] = round(float(fvu), 4)
             for name, traj_hat in (("rollout", encoding.from_rows(recon)), ("one_step", encoding.one_step_reconstruction(recon, traj))):
                 self.summary[f"fvu_activation_{name}_per_step"] = [
                     round(float(fraction_of_variance_unexplained(traj[:, t], traj_hat[:, t])), 4) for t in range(traj.shape[1])
@@ -302,6 +318,29 @@ class Build:
             extra={"build": cfg.portable_record() | {"final_fvu": history[-1]["fvu"] if history else None}},
         )
         self.barrier()
+
+    def train_global(self, encoding: TrajectoryEncoding, names: list[str]):
+        """The image-level SAE of the global_local variant, on every image's mean row.
+
+        There is one row per image, so every rank reads all of them (identical batches keep the
+        ranks' averaged gradients those of one process) and the SAE takes `global_steps` steps.
+        """
+        cfg, width = self.config, encoding.d_in() // 2
+        means = []
+        for name in names:
+            shard = read_shard(self.train_dir, name)
+            ids = shard["image_id"]
+            if not torch.equal(ids, ids[:: encoding.positions].repeat_interleave(encoding.positions)):
+                raise ExplorerError(f"Shard {name} does not hold whole images position after position; recollect it.")
+            means.append(encoding.to_rows(shard["traj"].float())[:: encoding.positions, width:])
+        means = torch.cat(means)
+        batch = min(256, len(means))
+        epochs = -(-cfg.global_steps // -(-len(means) // batch))
+        config = SAETrainConfig(n_latents=cfg.global_latents, k=cfg.global_k, epochs=epochs, seed=cfg.sae_seed)
+        sae, _ = train_sae(tensor_batches(means, batch, cfg.sae_seed), width, config, means[:4096],
+                           device=self.device, progress=self.rank == 0,  # seconds of work: no resume checkpoint
+                           total_steps=epochs * -(-len(means) // batch))
+        return sae
 
     def atlas(self) -> None:
         bundle = Bundle.load(self.config.out)

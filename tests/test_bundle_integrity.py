@@ -42,7 +42,13 @@ MANIFEST_CASES = {
     "negative grid": (lambda m: m["shapes"].update(grid=[-4, 4]), "shapes.grid"),
     "a hash that is no sha256": (lambda m: m["files"].update({"dynamics.safetensors": "abc"}), "files.dynamics.safetensors"),
     "a model without a source": (lambda m: m.update(model={}), "model.source"),
-    "a newer format": (lambda m: m.update(format_version=2), "format 2 is not supported"),
+    "a newer format": (lambda m: m.update(format_version=3), "format 3 is not supported"),
+    "global latents in a residualized bundle": (lambda m: m["sae"].update({"global": dict(m["sae"], n_latents=8, k=2)}),
+                                                "sae.global is there exactly when"),
+    "a global_local bundle without global latents": (lambda m: m.update(variant="global_local"), "sae.global is there exactly when"),
+    "global latents in format 1": (lambda m: m.update(variant="global_local", format_version=1,
+                                                      sae=dict(m["sae"], **{"global": dict(m["sae"], n_latents=8, k=2)})),
+                                   "format 2 or later"),
 }
 
 

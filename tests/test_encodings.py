@@ -5,6 +5,12 @@ from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import VARIANTS, TrajectoryEncoding
 from tests.test_dynamics import linear_trajectories
 
+POSITIONS = 4  # positions per image, for the global_local variant (rows come image by image)
+
+
+def encoding_of(variant: str, dyn: LinearDynamics) -> TrajectoryEncoding:
+    return TrajectoryEncoding(variant, dyn, POSITIONS)
+
 
 @pytest.fixture(scope="module")
 def dynamics_and_traj():
@@ -15,7 +21,7 @@ def dynamics_and_traj():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_rows_round_trip_to_trajectories(dynamics_and_traj, variant):
     dyn, traj = dynamics_and_traj
-    encoding = TrajectoryEncoding(variant, dyn)
+    encoding = encoding_of(variant, dyn)
     rows = encoding.to_rows(traj)
     assert rows.shape[1] == encoding.d_in()
     assert torch.allclose(encoding.from_rows(rows), traj, atol=1e-10)
@@ -31,10 +37,10 @@ def test_residualized_blocks_have_unit_mean_square(dynamics_and_traj):
 def test_feature_trajectory_is_the_effect_of_one_unit_of_a_latent(dynamics_and_traj, variant):
     """φ_j equals from_rows(x + e_j-th decoder column) − from_rows(x), computed independently."""
     dyn, traj = dynamics_and_traj
-    encoding = TrajectoryEncoding(variant, dyn)
+    encoding = encoding_of(variant, dyn)
     W_dec = torch.randn(encoding.d_in(), 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     phi = encoding.feature_trajectories(W_dec)
-    base = encoding.to_rows(traj[:1])
+    base = encoding.to_rows(traj[:POSITIONS])  # one whole image
     for j in range(3):
         if variant == "per_step":  # the same direction added at every step's row
             shifted = base + W_dec[:, j]
@@ -79,7 +85,7 @@ def test_activation_scale_is_the_root_mean_square_norm(dynamics_and_traj):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_one_step_reconstruction_of_exact_rows_is_the_trajectory(dynamics_and_traj, variant):
     dyn, traj = dynamics_and_traj
-    encoding = TrajectoryEncoding(variant, dyn)
+    encoding = encoding_of(variant, dyn)
     assert torch.allclose(encoding.one_step_reconstruction(encoding.to_rows(traj), traj), traj, atol=1e-10)
 
 

@@ -9,7 +9,7 @@ from backend.evaluation import evaluate
 from backend.evaluation.evaluate import EvaluateConfig, Evaluation, parse_config
 from backend.evaluation.report import write_report
 
-TINY = dict(model="checkpoints/shapes-model", sites="up_ft1", variants="residualized,per_step", seeds="0,1", train_images=20,
+TINY = dict(model="checkpoints/shapes-model", sites="up_ft1", variants="residualized,global_local,per_step", seeds="0,1", train_images=20,
             test_images=3, num_steps=4, n_latents=48, k=6, epochs=1, sigma_latents=24, strengths="5",
             window_strength=5.0, targets_per_factor=1, images_per_target=1)
 
@@ -25,12 +25,16 @@ def evaluation(tmp_path_factory):
 def test_every_variant_and_seed_is_measured_at_every_step(evaluation):
     _, config, results = evaluation
     runs = results["runs"]
-    assert [(r["variant"], r["seed"]) for r in runs] == [("residualized", 0), ("residualized", 1), ("per_step", 0), ("per_step", 1)]
+    assert [(r["variant"], r["seed"]) for r in runs] == [(v, seed) for v in ("residualized", "global_local", "per_step") for seed in (0, 1)]
     for run in runs:
         assert len(run["fvu_activation"]) == len(run["fvu_residual"]) == config.num_steps
         assert all(v >= 0 for v in run["fvu_activation"] + run["fvu_residual"]) and 0 <= run["dead_fraction"] <= 1
         assert set(run["sigma_label"]) == {"shape", "colour", "size", "position", "background"}
         assert all(t["kind"] in ("add", "ablate") for t in run["trials"])
+        located = run["localization"]
+        assert 0 < located["object_share_chance"] < 1 and 0 <= located["image_wide_mass_share"] <= 1
+        n_latents = config.n_latents + (config.global_latents if run["variant"] == "global_local" else 0)
+        assert sum(run["temporal"]["peak_step_counts"]) == round((1 - run["dead_fraction_train"]) * n_latents)  # every latent that fired
     per_step = [r for r in runs if r["variant"] == "per_step"]
     assert all(r["fvu_activation"] == r["fvu_activation_one_step"] for r in per_step)
     assert runs[0]["fvu_activation"] != runs[1]["fvu_activation"]  # seeds train different SAEs

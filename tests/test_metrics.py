@@ -5,6 +5,7 @@ import torch
 from backend.evaluation.metrics import factor_codes, fvu_per_step, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import VARIANTS, TrajectoryEncoding
+from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae import TopKSAE
 from tests.test_dynamics import linear_trajectories
 
@@ -32,9 +33,10 @@ def test_fvu_per_step_matches_numpy():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_reconstruction_measures_each_space_independently(dynamics_and_traj, variant):
     dyn, traj = dynamics_and_traj
-    encoding = TrajectoryEncoding(variant, dyn)
+    encoding = TrajectoryEncoding(variant, dyn, positions=10)  # global_local: 30 images of 10 positions
     torch.manual_seed(0)
-    sae = TopKSAE(encoding.d_in(), 16, 4)
+    width = encoding.d_in() // encoding.parts
+    sae = GlobalLocalSAE(TopKSAE(width, 16, 4), TopKSAE(width, 8, 2)) if variant == "global_local" else TopKSAE(width, 16, 4)
     result = reconstruction(encoding, sae, traj, chunk=97)
     with torch.no_grad():
         traj_hat = encoding.from_rows(sae.decode(sae.encode(encoding.to_rows(traj))))
@@ -46,6 +48,11 @@ def test_reconstruction_measures_each_space_independently(dynamics_and_traj, var
         with torch.no_grad():
             rows_hat = sae.decode(sae.encode(encoding.to_rows(traj))).reshape(len(traj), 4, -1)
         assert result["fvu_residual"] == pytest.approx([numpy_fvu(rows[:, t], rows_hat[:, t]) for t in range(4)], rel=1e-3)
+    elif variant == "global_local":  # input FVU is of the residualized row the two parts add up to
+        rows = encoding.combined(encoding.to_rows(traj)).numpy()
+        with torch.no_grad():
+            rows_hat = encoding.combined(sae.decode(sae.encode(encoding.to_rows(traj)))).numpy()
+        assert result["fvu_input"] == pytest.approx(numpy_fvu(rows, rows_hat), rel=1e-4)
     else:
         assert result["fvu_activation_one_step"] == result["fvu_activation"]
 

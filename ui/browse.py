@@ -63,7 +63,9 @@ def header(ex: Explorer, j: int) -> str:
     """Markdown title and stats line of latent j."""
     atlas, table = ex.bundle.atlas, ex.table
     label = label_text(ex.bundle.labels[j]) or "no label (no factor is enriched among its top images)"
-    stats = (f"fires at {table.frequency[j]:.2%} of positions · mean {float(atlas['mean'][j]):.3g} · "
+    where = (f"a global latent: one code per image, the same at every position, so it has no map · fires on {table.frequency[j]:.2%} of images"
+             if table.kinds[j] == "global" else f"fires at {table.frequency[j]:.2%} of positions")
+    stats = (f"{where} · mean {float(atlas['mean'][j]):.3g} · "
              f"max {table.max_activation[j]:.3g} · typical activation s = {float(atlas['typical'][j]):.3g} · "
              f"peaks at step {table.peak_step[j]} (relative to the activation scale) · "
              f"{float(ex.bundle.temporal_profiles.residual_share[j]):.0%} of its trajectory injected as residual")
@@ -84,12 +86,13 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
     j = latent_id(ex, value)
     vmax = float(ex.table.max_activation[j])
     tops = bundle.top_images(j, n)
+    local = ex.table.kinds[j] == "local"  # a global latent's code is the same everywhere: no map, no patch
     maps = bundle.top_image_maps(j, n).numpy()
-    top_images = [(overlay(bundle.thumbnails[i], maps[rank], vmax), f"image {i} · {score:.2f} · {bundle.images[i]['prompt']}")
-                  for rank, (i, score) in enumerate(tops)]
+    top_images = [(overlay(bundle.thumbnails[i], maps[rank], vmax) if local else upscale(bundle.thumbnails[i]),
+                   f"image {i} · {score:.2f} · {bundle.images[i]['prompt']}") for rank, (i, score) in enumerate(tops)]
     grid = tuple(bundle.manifest["shapes"]["grid"])
     top_patches = [(mark_patch(bundle.thumbnails[i], r, c, grid), f"image {i} ({r}, {c}) · {score:.2f}")
-                   for i, r, c, score in bundle.top_patches(j, n)]
+                   for i, r, c, score in (bundle.top_patches(j, n) if local else [])]
     quantile_images = [(upscale(bundle.thumbnails[i]), f"{quantile_name(b)} · image {i} · {score:.2f}")
                        for b, i, score in bundle.quantile_images(j, QUANTILE_BINS, PER_BIN)]
     similar = [[int(k), ex.table.labels[k], round(cos, 3)] for k, cos in bundle.similar_latents(j, SIMILAR_N)]
@@ -139,6 +142,9 @@ def timeline_view(ex: Explorer, value) -> tuple:
     """Timeline state, slider position (the last step), the two frame images and a caption; a notice without a model."""
     if ex.model_state == "off":
         return None, 0, None, None, ex.notice
-    line = latent_timeline(ex, value)
+    j = latent_id(ex, value)
+    if ex.table.kinds[j] == "global":
+        return None, 0, None, None, f"Latent {j} is global: one code per image, the same at every position, so it has no map over time."
+    line = latent_timeline(ex, j)
     last = len(line.frames) - 1
     return (line, last, *frame(line, last))

@@ -7,19 +7,21 @@ import numpy as np
 from backend.errors import ExplorerError
 
 SORTS = ("frequency", "max activation", "purity", "peak step", "latent id")
-HEADERS = ["latent", "label", "freq.", "max", "purity", "peak"]
+HEADERS = ["latent", "label", "freq.", "max", "purity", "peak", "kind"]
 MAX_QUERY = 200
 
 
 @dataclass
 class LatentTable:
-    """Per-latent columns: frequency, max activation, label purity, peak step (sampler step, relative profile), label text."""
+    """Per-latent columns: frequency, max activation, label purity, peak step (sampler step, relative profile), label text,
+    kind (local: per position; global: per image, global_local bundles)."""
 
     frequency: np.ndarray
     max_activation: np.ndarray
     purity: np.ndarray
     peak_step: np.ndarray
     labels: list[str]
+    kinds: list[str]
 
     @classmethod
     def of(cls, bundle) -> "LatentTable":
@@ -32,6 +34,7 @@ class LatentTable:
             purity=np.array([label.get("purity") or 0.0 for label in bundle.labels], dtype=np.float64),
             peak_step=steps[bundle.temporal_profiles.peak_index.numpy()],
             labels=[f"{label['factor']} {label['value']}" if label.get("factor") else "" for label in bundle.labels],
+            kinds=["global" if image_level else "local" for image_level in bundle.is_global.tolist()],
         )
 
     def sort_key(self, sort: str) -> np.ndarray:
@@ -43,9 +46,9 @@ class LatentTable:
         return keys[sort]
 
     def row(self, j: int) -> list:
-        """One table row: id, label, frequency, max activation, purity, peak step."""
+        """One table row: id, label, frequency, max activation, purity, peak step, kind."""
         return [j, self.labels[j], round(float(self.frequency[j]), 4), round(float(self.max_activation[j]), 3),
-                round(float(self.purity[j]), 2), int(self.peak_step[j])]
+                round(float(self.purity[j]), 2), int(self.peak_step[j]), self.kinds[j]]
 
 
 def list_latents(bundle, table: LatentTable, query: str = "", sort: str = "frequency", labelled_only: bool = False,

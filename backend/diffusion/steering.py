@@ -76,15 +76,18 @@ def steering_deltas(
     typical: Tensor,  # [n_latents]   s_j
     base_codes: Tensor,  # [P, n_latents] the base image's codes
     mask: Tensor,  # [P] bool or float weights
+    image_wide: Tensor | None = None,  # [n_latents] bool: global latents, which edit every position whatever the mask
 ) -> Tensor:
     """Σ over steers of the per-position change of a_t: Tensor[T, P, C]."""
     steps, channels = feature_trajectories.shape[1:]
     total = torch.zeros(steps, mask.shape[0], channels)
+    everywhere = torch.ones(mask.shape[0])
     for steer in steers:
+        where = everywhere if image_wide is not None and image_wide[steer.latent] else mask
         phi = feature_trajectories[steer.latent].float()  # [T, C]
         if steer.mode == "add":
             amount = steer.strength * float(typical[steer.latent]) * torch.ones(mask.shape[0])  # [P]
         else:
             amount = (steer.strength - 1.0) * base_codes[:, steer.latent].float()
-        total += (amount * mask.float())[None, :, None] * phi[:, None, :]
+        total += (amount * where.float())[None, :, None] * phi[:, None, :]
     return total

@@ -24,6 +24,7 @@ from backend.diffusion.hooks import SITE_MODULES
 from backend.diffusion.models import load_model
 from backend.errors import ExplorerError
 from backend.evaluation.controllability import steering_trials
+from backend.evaluation.localization import label_group, localization, map_iou, object_masks, temporal_structure
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.evaluation.report import write_report
 from backend.io import write_json
@@ -57,6 +58,8 @@ class EvaluateConfig:
     guidance_scale: float = option(4.0, "classifier-free guidance scale")
     n_latents: int = option(1024, "SAE latents (the same budget for every variant)")
     k: int = option(32, "active latents per row")
+    global_latents: int = option(64, "global_local variant: image-level latents")
+    global_k: int = option(4, "global_local variant: active image-level latents per image")
     epochs: int = option(3, "passes over the training trajectories")
     sigma_latents: int = option(256, "σ_label is measured over this many most active latents")
     steer_factors: str = option("colour,background", "factors whose labelled latents are steered")
@@ -73,7 +76,7 @@ class EvaluateConfig:
     def build_config(self, site: str, work: Path, **overrides) -> BuildConfig:
         values = dict(model=self.model, out=str(work / "bundle"), work_dir=str(work), site=site, shapes_prompts=self.train_images,
                       num_steps=self.num_steps, guidance_scale=self.guidance_scale, n_latents=self.n_latents, k=self.k,
-                      epochs=self.epochs, images_per_shard=100, batch_size=16)
+                      epochs=self.epochs, images_per_shard=100, batch_size=16, global_latents=self.global_latents, global_k=self.global_k)
         return BuildConfig(**(values | overrides))
 
 
@@ -114,6 +117,19 @@ def purity(bundle: Bundle, count: int) -> dict:
     }
 
 
+def where_and_when(bundle: Bundle, test: dict[str, torch.Tensor]) -> dict:
+    """Localization against object masks on the test images, map IoU on the atlas, temporal structure (localization.py)."""
+    grid = tuple(bundle.manifest["shapes"]["grid"])
+    with torch.no_grad():
+        codes = bundle.codes(test["traj"]).reshape(len(test["thumbnails"]), grid[0] * grid[1], bundle.n_latents)
+    located = localization(codes, object_masks(test["thumbnails"], grid), bundle.labels, bundle.is_global)
+    object_latents = [j for j, label in enumerate(bundle.labels) if label_group(label) == "object" and not bundle.is_global[j]]
+    atlas = bundle.atlas
+    iou = map_iou(atlas["top_image_id"], atlas["top_image_map"], object_masks(bundle.thumbnails, grid), object_latents)
+    return {"localization": located, "map_iou_object": iou,
+            "temporal": temporal_structure(bundle.temporal_profiles.trajectory, atlas["frequency"] > 0)}
+
+
 class Evaluation:
     """The runs of one evaluation, sharing the model, the classifier and the work directory."""
 
@@ -134,17 +150,18 @@ class Evaluation:
                                 "pass a new --work-dir or delete it.")
         write_json(path, self.settings)
 
-    def prepare_site(self, site: str) -> tuple[Path, torch.Tensor, list[float]]:
-        """Training trajectories and dynamics (shared by the site's runs), and the test trajectories."""
+    def prepare_site(self, site: str) -> tuple[Path, dict[str, torch.Tensor], list[float]]:
+        """Training trajectories and dynamics (shared by the site's runs), and the test trajectories and images."""
         shared = self.work / site / "train"
         summary = Build(self.config.build_config(site, shared, stages="collect,dynamics"), self.model).run()
         test = self.work / site / "test"
         Build(self.config.build_config(site, test, shapes_prompts=self.config.test_images, seed=TEST_SEED, stages="collect"),
               self.model).run()
-        test_traj = torch.cat([shard["traj"].float() for shard in read_shards(test / "collect")])
-        return shared, test_traj, summary["r2_per_step"]
+        shards = list(read_shards(test / "collect"))
+        test = {"traj": torch.cat([shard["traj"].float() for shard in shards]), "thumbnails": torch.cat([shard["thumbnails"] for shard in shards])}
+        return shared, test, summary["r2_per_step"]
 
-    def run_one(self, site: str, variant: str, seed: int, shared: Path, test_traj: torch.Tensor) -> dict:
+    def run_one(self, site: str, variant: str, seed: int, shared: Path, test: dict[str, torch.Tensor]) -> dict:
         """Train and measure one SAE; its result file makes a rerun skip it."""
         cfg = self.config
         run_work = self.work / site / f"{variant}-seed{seed}"
@@ -157,9 +174,10 @@ class Evaluation:
         bundle = Bundle.load(run_work / "bundle")
         bundle.attach_model(self.model)
         result = {"site": site, "variant": variant, "seed": seed}
-        result |= reconstruction(bundle.encoding, bundle.sae, test_traj)
+        result |= reconstruction(bundle.encoding, bundle.sae, test["traj"])
         result["dead_fraction_train"] = float((bundle.atlas["frequency"] == 0).float().mean())
         result |= purity(bundle, cfg.sigma_latents)
+        result |= where_and_when(bundle, test)
         result["trials"] = steering_trials(bundle, self.classifier, _list(cfg.steer_factors), _list(cfg.strengths, float),
                                            cfg.window_strength, cfg.targets_per_factor, cfg.images_per_target)
         result["seconds"] = round(time.time() - started, 1)
@@ -172,11 +190,11 @@ class Evaluation:
         results = {"config": dataclasses.asdict(cfg), "device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
                    "model_training": self.model_training, "r2_per_step": {}, "runs": []}
         for site in _list(cfg.sites):
-            shared, test_traj, results["r2_per_step"][site] = self.prepare_site(site)
+            shared, test, results["r2_per_step"][site] = self.prepare_site(site)
             for variant in _list(cfg.variants):
                 for seed in _list(cfg.seeds, int):
                     log.info("site %s, variant %s, seed %d", site, variant, seed)
-                    results["runs"].append(self.run_one(site, variant, seed, shared, test_traj))
+                    results["runs"].append(self.run_one(site, variant, seed, shared, test))
         write_json(self.work / "results.json", results)
         write_report(results, Path(cfg.out))
         return results

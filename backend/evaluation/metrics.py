@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from backend.method.encodings import TrajectoryEncoding
+from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae import TopKSAE
 from backend.method.sae_train import fraction_of_variance_unexplained
 
@@ -21,7 +22,7 @@ def fvu_per_step(traj: Tensor, traj_hat: Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def reconstruction(encoding: TrajectoryEncoding, sae: TopKSAE, traj: Tensor, chunk: int = 8192) -> dict:
+def reconstruction(encoding: TrajectoryEncoding, sae: TopKSAE | GlobalLocalSAE, traj: Tensor, chunk: int = 8192) -> dict:
     """Per-step FVU of the SAE's reconstruction of `traj` [N, T, d], in activation and residual space.
 
     `activation` decodes every step from reconstructed rows alone (for the residualized variant
@@ -43,7 +44,7 @@ def reconstruction(encoding: TrajectoryEncoding, sae: TopKSAE, traj: Tensor, chu
         "fvu_activation": fvu_per_step(traj, traj_hat),
         "fvu_activation_one_step": fvu_per_step(traj, encoding.one_step_reconstruction(rows_hat, traj)),
         "fvu_residual": fvu_per_step(dynamics.residualize(traj), dynamics.residualize(traj_hat)),
-        "fvu_input": float(fraction_of_variance_unexplained(rows, rows_hat)),
+        "fvu_input": float(fraction_of_variance_unexplained(encoding.combined(rows), encoding.combined(rows_hat))),
         "dead_fraction": float(1 - fired.float().mean()),
     }
 

@@ -59,7 +59,25 @@ def summary_metrics(runs: list[dict], strength: float) -> dict[str, list[float]]
     return metrics
 
 
-HIGHER_IS_BETTER = {"labelled share", "steering reached", "steering clean", "ablation success"}
+def localization_metrics(runs: list[dict]) -> dict[str, list[float]]:
+    """One number per run for where and when latents fire (backend/evaluation/localization.py); NaN for runs measured before."""
+    metrics = defaultdict(list)
+    for run in runs:
+        located = run.get("localization", {})
+        groups = located.get("groups", {})
+        for name in ("object", "background", "position", "unlabelled"):
+            metrics[f"{name} mass ×chance"].append(groups.get(name, {}).get("median_ratio"))
+        metrics["image-wide mass"].append(located.get("image_wide_mass_share"))
+        metrics["object map IoU"].append(run.get("map_iou_object"))
+        metrics["effective steps"].append(run.get("temporal", {}).get("effective_steps_median"))
+    return {name: [float("nan") if v is None else v for v in values] for name, values in metrics.items()}
+
+
+LOCALIZATION_HEADERS = ["object ×chance", "background ×chance", "position ×chance", "unlabelled ×chance", "image-wide mass",
+                        "object map IoU", "effective steps"]
+HIGHER_IS_BETTER = {"labelled share", "steering reached", "steering clean", "ablation success", "object mass ×chance",
+                    "position mass ×chance", "object map IoU"}
+NEUTRAL = {"background mass ×chance", "unlabelled mass ×chance", "effective steps"}  # neither direction is better
 
 
 def _save(fig, path: Path) -> None:
@@ -142,6 +160,21 @@ def plot_steering(results: dict, sites: list[str], variants: list[str], path: Pa
     _save(fig, path)
 
 
+def plot_peaks(results: dict, sites: list[str], variants: list[str], path: Path) -> None:
+    """Share of latents whose feature trajectory (relative to the activation scale) peaks at each step, summed over seeds."""
+    fig, axes = plt.subplots(1, len(sites), figsize=(5 * len(sites), 3.5), squeeze=False)
+    groups = group(results["runs"])
+    for ax, site in zip(axes[0], sites):
+        for variant in variants:
+            counts = [run["temporal"]["peak_step_counts"] for run in groups[site, variant] if "temporal" in run]
+            if counts:
+                totals = [sum(c) for c in zip(*counts)]
+                ax.plot(range(len(totals)), [t / sum(totals) for t in totals], marker=".", label=variant)
+        ax.set(title=site, xlabel="recorded step", ylabel="share of latents peaking there")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def _mean_and_spread(rates_per_run: list[dict], keys: list, measure: str) -> tuple[list[float], list[float]]:
     stats = [mean_spread([rates[key][measure] for rates in rates_per_run if key in rates]) for key in keys]
     return [m for m, _ in stats], [s for _, s in stats]
@@ -152,8 +185,10 @@ def findings(results: dict, sites: list[str], variants: list[str], strength: flo
     groups = group(results["runs"])
     lines = []
     for site in sites:
-        per_variant = {v: summary_metrics(groups[site, v], strength) for v in variants}
+        per_variant = {v: summary_metrics(groups[site, v], strength) | localization_metrics(groups[site, v]) for v in variants}
         for metric in next(iter(per_variant.values())):
+            if metric in NEUTRAL:
+                continue
             means = {v: mean_spread(per_variant[v][metric])[0] for v in variants}
             means = {v: m for v, m in means.items() if m == m}
             if not means:
@@ -177,6 +212,7 @@ def write_report(results: dict, out: Path) -> Path:
     plot_r2(results, sites, out / "eval-r2.png")
     plot_purity(results, sites, variants, out / "eval-purity.png")
     plot_steering(results, sites, variants, out / "eval-steering.png")
+    plot_peaks(results, sites, variants, out / "eval-peaks.png")
     groups = group(results["runs"])
     header = ["site", "variant", "seeds", "FVU act.", "FVU act. 1-step", "FVU resid.", "dead (train)", "σ/random",
               "labelled", "steer reached", "steer clean", "ablation ok"]
@@ -184,9 +220,10 @@ def write_report(results: dict, out: Path) -> Path:
     for (site, variant), runs in groups.items():
         m = summary_metrics(runs, strength)
         rows.append([site, variant, str(len(runs))] + [fmt(m[k]) for k in m])
+    located_rows = [[site, variant] + [fmt(values, 2) for values in localization_metrics(runs).values()] for (site, variant), runs in groups.items()]
     sigma_rows = [[site, variant] + [fmt([r["sigma_label"][f] for r in runs], 2) for f in FACTORS] for (site, variant), runs in groups.items()]
     random_row = {f: groups[next(iter(groups))][0]["sigma_random"][f] for f in FACTORS}
-    text = f"""# Evaluation: residualized vs temporal-concat vs per-step SAEs
+    text = f"""# Evaluation: SAE input variants (residualized, global/local, temporal-concat, per-step)
 
 Reproduce with `python -m backend.evaluate` (this file and the `eval-*.png` plots beside it).
 Model `{cfg['model']}`{_model_step(results)}; {cfg['train_images']} training captions (SAE training and the atlas that labels latents),
@@ -221,6 +258,22 @@ all steps recorded; {cfg['n_latents']} latents, k = {cfg['k']}, {cfg['epochs']} 
 σ_label per factor (random 10-image sets: {", ".join(f"{f} {random_row[f]:.2f}" for f in FACTORS)}):
 
 {_table(["site", "variant", *FACTORS], sigma_rows)}
+
+Where and when latents fire (test images; object masks from the factor classifier, pooled to the site's grid, cells more
+than half covered; global latents excluded from the spatial measures):
+
+{_table(["site", "variant", *LOCALIZATION_HEADERS], located_rows)}
+
+- **mass ×chance**: per label group (object = colour, shape or size; background; position; unlabelled), the median over
+  latents of the share of the latent's code mass on object positions, divided by the share of positions on the object.
+- **image-wide mass**: share of all (local) code mass carried by latents that fire on more than a quarter of an image's
+  positions, on average over the images where they fire.
+- **object map IoU**: per object-labelled latent, the IoU of its map (code > 0) with the object on its top atlas images,
+  averaged; the median over those latents.
+- **effective steps**: per latent, exp of the entropy of its feature trajectory's norm over steps (relative to the
+  activation scale at each step), median over latents that fired; 1 = one step, {cfg['num_steps']} = spread evenly.
+
+![Peak steps](eval-peaks.png)
 
 R² of the linear dynamics per step (held-out positions): {"; ".join(f"{s}: min {min(results['r2_per_step'][s]):.3f}, median {statistics.median(results['r2_per_step'][s]):.3f}" for s in sites)}.
 

@@ -37,9 +37,13 @@ class TopKSAE(nn.Module):
         """W_enc (x − b_pre) + b_enc: Tensor[N, n_latents]."""
         return (x - self.b_pre) @ self.W_enc.T + self.b_enc
 
+    def activate(self, pre: Tensor) -> Tensor:
+        """Codes from pre-activations: TopK then ReLU."""
+        return topk_codes(pre, self.k)
+
     def encode(self, x: Tensor) -> Tensor:
         """Dense codes with at most k non-zeros per row (exactly k when the k-th pre-activation is positive)."""
-        return topk_codes(self.pre_activations(x), self.k)
+        return self.activate(self.pre_activations(x))
 
     def decode(self, codes: Tensor) -> Tensor:
         """W_dec z + b_pre: Tensor[N, d_in]."""

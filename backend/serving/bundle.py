@@ -1,7 +1,7 @@
 """A bundle: everything the app serves for one model × site, in one verified directory.
 
 Layout: `bundle.json` (versioned manifest with the sha256 of every other file),
-`sae/` (TopKSAE), `dynamics.safetensors` (LinearDynamics), and from the atlas stage on
+`sae/` (TopKSAE; a global_local bundle adds the image-level one in `sae/global/`), `dynamics.safetensors` (LinearDynamics), and from the atlas stage on
 `atlas/` (tables, thumbnails, image and latent metadata) and `index/` (FAISS indexes too
 large to rebuild at load). Tensors are safetensors only; nothing is unpickled.
 """
@@ -27,7 +27,8 @@ from backend.hub import hub_offline
 from backend.io import sha256_file, write_json, write_safetensors
 from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import TrajectoryEncoding
-from backend.method.sae import TopKSAE, topk_codes
+from backend.method.global_local import GlobalLocalSAE
+from backend.method.sae import TopKSAE
 from backend.serving.atlas import TemporalProfiles, temporal_profiles
 from backend.serving.manifest import FORMAT_VERSION, validate_manifest
 from backend.serving.search import VectorIndex
@@ -93,15 +94,15 @@ class Bundle:
 
     root: Path
     manifest: dict
-    sae: TopKSAE
+    sae: TopKSAE | GlobalLocalSAE
     encoding: TrajectoryEncoding
 
     @classmethod
-    def save(cls, root: str | Path, *, sae: TopKSAE, dynamics: LinearDynamics, variant: str, site: str,
+    def save(cls, root: str | Path, *, sae: TopKSAE | GlobalLocalSAE, dynamics: LinearDynamics, variant: str, site: str,
              model: dict, schedule: dict, grid: tuple[int, int], extra: dict | None = None) -> "Bundle":
         """Write the SAE, the dynamics and a manifest describing them; returns the loaded bundle."""
         root = Path(root)
-        encoding = TrajectoryEncoding(variant, dynamics)
+        encoding = TrajectoryEncoding(variant, dynamics, grid[0] * grid[1])
         if sae.d_in != encoding.d_in():
             raise ExplorerError(f"SAE input width {sae.d_in} does not match the {variant} encoding's {encoding.d_in()}.")
         for stale in ("atlas", "index"):  # built from an earlier SAE: they would pass the new manifest's hashes
@@ -134,9 +135,9 @@ class Bundle:
             dynamics = LinearDynamics.from_state_dict(load_file(root / "dynamics.safetensors"))
         except Exception as err:
             raise ExplorerError(f"Bundle file dynamics.safetensors in {root} cannot be read: {err}") from err
-        sae = TopKSAE.load(root / "sae")
-        encoding = TrajectoryEncoding(manifest["variant"], dynamics)
+        sae = (GlobalLocalSAE if "global" in manifest["sae"] else TopKSAE).load(root / "sae")
         shapes = manifest["shapes"]
+        encoding = TrajectoryEncoding(manifest["variant"], dynamics, shapes["grid"][0] * shapes["grid"][1])
         if (encoding.steps, encoding.dim) != (shapes["steps"], shapes["dim"]) or sae.d_in != encoding.d_in():
             raise ExplorerError(f"Bundle {root}: SAE, dynamics and bundle.json disagree on shapes; rebuild the bundle.")
         return cls(root=root, manifest=manifest, sae=sae, encoding=encoding)
@@ -168,6 +169,11 @@ class Bundle:
     @property
     def n_latents(self) -> int:
         return self.sae.n_latents
+
+    @cached_property
+    def is_global(self) -> Tensor:
+        """Bool Tensor[n_latents]: image-level latents (global_local bundles), whose code is the same at every position."""
+        return self.sae.is_global() if isinstance(self.sae, GlobalLocalSAE) else torch.zeros(self.n_latents, dtype=torch.bool)
 
     def check_latent(self, j: int) -> int:
         """`j` as an int, or a clear error when it is not a latent of this bundle."""
@@ -398,7 +404,7 @@ class Bundle:
         prefixed = self.encoding.variant != "per_step"
         with torch.no_grad():
             prefixes = self.encoding.prefix_pre_activations(traj, sae.W_enc, sae.b_enc - sae.W_enc @ sae.b_pre)
-            frames = [topk_codes(pre, sae.k)[:, latents] for _, pre in zip(range(steps - 1 if prefixed else steps), prefixes)]
+            frames = [sae.activate(pre)[:, latents] for _, pre in zip(range(steps - 1 if prefixed else steps), prefixes)]
             if prefixed:
                 frames.append((self.codes(traj) if codes is None else codes)[:, latents])
         grid = self.manifest["shapes"]["grid"]

@@ -154,7 +154,8 @@ class Generator:
         run = self.base(prompt, seed, guidance_scale)
         if not steers:
             return Generation(base=run.image, steered=run.image, base_run=run, steered_images=run.result.images)
-        deltas = steering_deltas(steers, self.bundle.feature_trajectories, typical, run.codes, self._mask(mask, steers, run))
+        deltas = steering_deltas(steers, self.bundle.feature_trajectories, typical, run.codes, self._mask(mask, steers, run),
+                                 self.bundle.is_global)
         hook = SteeringHook(self.site, deltas, self.recorded_steps, (start, end))
         steered = self.sampler.run(SamplingRun(self.model, prompt, int(seed), num_steps=self.num_steps,
                                                guidance_scale=self._guidance(guidance_scale), hooks=[hook],

@@ -9,7 +9,8 @@ from backend.diffusion.hooks import SITE_MODULES
 from backend.errors import ExplorerError
 from backend.method.encodings import VARIANTS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added global latents (sae.global); version 1 bundles still load
+READABLE_VERSIONS = (1, 2)
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(gt=0, le=10**9)]
@@ -43,14 +44,20 @@ class Shapes(Strict):
     grid: tuple[Count, Count]
 
 
-class SAEInfo(Strict):
+class SAEShape(Strict):
     d_in: Count
     n_latents: Count
     k: Count
 
 
+class SAEInfo(SAEShape):
+    """The per-position SAE, and for the global_local variant the image-level one under "global"."""
+
+    image_level: SAEShape | None = Field(None, alias="global")
+
+
 class Manifest(Strict):
-    format_version: Literal[1]
+    format_version: Literal[READABLE_VERSIONS]
     model: ModelInfo
     site: Literal[tuple(SITE_MODULES)]
     schedule: Schedule
@@ -65,8 +72,13 @@ class Manifest(Strict):
     def consistent(self):
         if self.shapes.steps != len(self.schedule.recorded_steps):
             raise ValueError(f"shapes.steps={self.shapes.steps} but schedule.recorded_steps has {len(self.schedule.recorded_steps)} steps")
-        if self.sae.k > self.sae.n_latents:
-            raise ValueError(f"sae.k={self.sae.k} exceeds sae.n_latents={self.sae.n_latents}")
+        for name, sae in (("sae", self.sae), ("sae.global", self.sae.image_level)):
+            if sae is not None and sae.k > sae.n_latents:
+                raise ValueError(f"{name}.k={sae.k} exceeds {name}.n_latents={sae.n_latents}")
+        if (self.variant == "global_local") != (self.sae.image_level is not None):
+            raise ValueError("sae.global is there exactly when the variant is global_local")
+        if self.sae.image_level is not None and (self.sae.image_level.d_in != self.sae.d_in or self.format_version < 2):
+            raise ValueError("sae.global reads rows as wide as sae's, in bundle format 2 or later")
         return self
 
 
@@ -80,7 +92,7 @@ def validate_manifest(text: str, where: str) -> dict:
         version = next((e for e in err.errors() if e["loc"] == ("format_version",)), None)
         if version is not None and version["type"] != "missing":
             raise ExplorerError(f"{where}: bundle format {version['input']!r} is not supported (this version reads "
-                                f"{FORMAT_VERSION}); rebuild the bundle.") from None
+                                f"{' and '.join(map(str, READABLE_VERSIONS))}); rebuild the bundle.") from None
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:3])
         more = f" (and {err.error_count() - 3} more)" if err.error_count() > 3 else ""
         raise ExplorerError(f"{where} does not describe a valid bundle: {problems}{more}. Rebuild the bundle.") from None

@@ -1,0 +1,82 @@
+"""Where and when latents fire, measured against the shapes world's ground truth (issue: global and local features).
+
+Object masks come from the factor classifier's soft mask of each generated image, pooled to the
+site's grid. Global latents (global_local bundles) have one code per image and no place, so the
+spatial measures read local latents only.
+"""
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from backend.shapes.classify import analyse
+
+OBJECT_FACTORS = ("colour", "shape", "size")
+LABEL_GROUPS = ("object", "background", "position", "unlabelled")
+IMAGE_WIDE = 0.25  # a latent that fires on more than this share of an image's positions, on average where it fires
+
+
+def object_masks(thumbnails: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Bool Tensor[B, H*W]: grid cells more than half covered by the object, from uint8 images Tensor[B, h, w, 3]."""
+    alpha = analyse(thumbnails.permute(0, 3, 1, 2).float() / 255)["alpha"]
+    return (F.interpolate(alpha[:, None], size=tuple(grid), mode="area")[:, 0] > 0.5).flatten(1)
+
+
+def label_group(label: dict) -> str:
+    factor = label.get("factor")
+    return "object" if factor in OBJECT_FACTORS else factor if factor in LABEL_GROUPS else "unlabelled"
+
+
+def localization(codes: Tensor, masks: Tensor, labels: list[dict], is_global: Tensor) -> dict:
+    """Code mass on object positions against chance, per label group, and the mass of image-wide latents.
+
+    `codes` Tensor[B, P, n] of B whole images, `masks` Tensor[B, P]. A latent's object share is its
+    code mass on object positions over all its mass; chance is the share of positions on the object.
+    """
+    codes = codes.float()
+    mass = codes.sum((0, 1))
+    on_object = (codes * masks[..., None]).sum((0, 1))
+    chance = float(masks.float().mean())
+    measured = (mass > 0) & ~is_global
+    groups = {}
+    for name in LABEL_GROUPS:
+        members = [j for j in measured.nonzero().flatten().tolist() if label_group(labels[j]) == name]
+        shares = [float(on_object[j] / mass[j]) for j in members]
+        groups[name] = {"latents": len(members), "median_ratio": statistics.median(shares) / chance if shares else None}
+    fired_share = (codes > 0).float().mean(1)  # [B, n]: share of each image's positions where the latent fired
+    images_fired = (fired_share > 0).sum(0)
+    mean_share = fired_share.sum(0) / images_fired.clamp_min(1)
+    image_wide = measured & (mean_share > IMAGE_WIDE)
+    return {"object_share_chance": chance, "groups": groups, "image_wide_latents": int(image_wide.sum()),
+            "image_wide_mass_share": float(mass[image_wide].sum() / mass[measured].sum().clamp_min(1e-12))}
+
+
+def map_iou(top_image_id: Tensor, top_image_map: Tensor, atlas_masks: Tensor, latents: list[int]) -> float | None:
+    """Median over `latents` of the mean IoU of the latent's binarized map (code > 0) with the object on its top images
+    (None without such latents: results are JSON, where NaN would not equal itself on a rerun)."""
+    per_latent = []
+    for j in latents:
+        ious = []
+        for i, z in zip(top_image_id[j].tolist(), top_image_map[j].float()):
+            if i < 0 or not (z > 0).any():
+                continue
+            fired, mask = z > 0, atlas_masks[i]
+            ious.append(float((fired & mask).sum() / (fired | mask).sum()))
+        if ious:
+            per_latent.append(statistics.fmean(ious))
+    return statistics.median(per_latent) if per_latent else None
+
+
+def temporal_structure(profile: Tensor, alive: Tensor) -> dict:
+    """Effective number of steps per latent (exp of the entropy of its normalized profile) and where profiles peak.
+
+    `profile` Tensor[n, T] is ‖φ_t‖ relative to the activation scale at each step; `alive` selects latents that fired.
+    """
+    profile = profile[alive].double().clamp_min(0)
+    p = profile / profile.sum(1, keepdim=True).clamp_min(1e-12)
+    effective = (-(p * p.clamp_min(1e-300).log()).sum(1)).exp()
+    peaks = torch.bincount(profile.argmax(1), minlength=profile.shape[1])
+    return {"effective_steps_median": float(effective.median()) if len(effective) else None,
+            "peak_step_counts": peaks.tolist()}
