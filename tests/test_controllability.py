@@ -2,9 +2,12 @@ from types import SimpleNamespace
 
 import pytest
 
+import torch
+
 from backend.evaluation.controllability import (
     SteeringJudge,
     images_not_showing,
+    insertion_windows,
     images_showing,
     labelled_latents,
     step_windows,
@@ -77,3 +80,28 @@ def test_success_rates_count_by_key_and_filter():
     assert success_rates(trials, "strength", window="all") == {
         3: {"n": 2, "reached": 0.5, "clean": 0.0}, 10: {"n": 1, "reached": 1.0, "clean": 1.0}}
     assert success_rates(trials, "window", kind="ablate") == {"all": {"n": 1, "reached": 1.0, "clean": 1.0}}
+
+
+@pytest.mark.parametrize("num_steps", [6, 20])
+def test_insertion_windows_start_later_and_all_end_at_the_last_step(num_steps):
+    windows = insertion_windows(num_steps)
+    starts = [start for start, end in windows.values()]
+    assert starts == sorted(starts) and 0 < starts[0] and all(end == num_steps - 1 for _, end in windows.values())
+    assert list(windows) == [f"from {s}" for s in starts]
+
+
+def test_the_prompting_baseline_writes_the_target_into_the_caption_with_the_same_seed():
+    asked = []
+
+    def generate(prompt, seed, steering):
+        asked.append((prompt, seed, steering))
+        return SimpleNamespace(base_run=SimpleNamespace(result=SimpleNamespace(images=torch.zeros(1, 3, 4, 4) + len(asked))))
+
+    factors = {"background": "black", "colour": "green", "position": "center", "shape": "star", "size": "large"}
+    bundle = SimpleNamespace(images=[{"factors": factors, "prompt": "a big green star", "seed": 5}], generate=generate)
+    readings = [BASE, BASE | {"colour": "red"}]
+    classifier = SimpleNamespace(predict=lambda images: readings)
+    trial = SteeringJudge(bundle, classifier).prompted("colour", "red", 0)
+    assert asked[0] == ("a big green star", 5, []) and asked[1][1:] == (5, [])
+    assert "red" in asked[1][0] and "green" not in asked[1][0] and "star" in asked[1][0]
+    assert (trial.kind, trial.window, trial.reached, trial.clean) == ("prompt", "prompt", True, True)

@@ -30,7 +30,7 @@ def test_every_variant_and_seed_is_measured_at_every_step(evaluation):
         assert len(run["fvu_activation"]) == len(run["fvu_residual"]) == config.num_steps
         assert all(v >= 0 for v in run["fvu_activation"] + run["fvu_residual"]) and 0 <= run["dead_fraction"] <= 1
         assert set(run["sigma_label"]) == {"shape", "colour", "size", "position", "background"}
-        assert all(t["kind"] in ("add", "ablate") for t in run["trials"])
+        assert all(t["kind"] in ("add", "ablate", "prompt") for t in run["trials"])
         located = run["localization"]
         assert 0 < located["object_share_chance"] < 1 and 0 <= located["image_wide_mass_share"] <= 1
         n_latents = config.n_latents + (config.global_latents if run["variant"] == "global_local" else 0)

@@ -5,7 +5,9 @@ A trial steers one atlas image with the purest latent labelled `factor = target`
 classifier. It counts as *reached* when the steered reading of the factor is the target, and
 as *clean* when, besides, every other factor reads as in the base image. Ablation trials
 instead scale to zero every latent labelled with the image's own value and ask whether the
-reading leaves it.
+reading leaves it. Insertion trials add from a later start step to the end (when can a concept
+still be inserted?), and prompting trials write the target value into the image's caption
+instead: what a user could do without the SAE.
 """
 
 from collections import Counter
@@ -15,11 +17,13 @@ import torch
 
 from backend.diffusion.steering import Steer
 from backend.serving.bundle import Bundle
+from backend.shapes.captions import canonical_caption
+from backend.shapes.render import Factors
 
 
 @dataclass(frozen=True)
 class Trial:
-    kind: str  # "add" (steer towards target) or "ablate" (remove the image's own value)
+    kind: str  # "add" (steer towards target), "ablate" (remove the image's own value) or "prompt" (target in the caption)
     factor: str
     target: str
     image_id: int
@@ -33,6 +37,11 @@ def step_windows(num_steps: int) -> dict[str, tuple[int, int]]:
     """The whole schedule and its thirds, as inclusive sampler-step windows."""
     third = num_steps // 3
     return {"all": (0, num_steps - 1), "early": (0, third - 1), "middle": (third, 2 * third - 1), "late": (2 * third, num_steps - 1)}
+
+
+def insertion_windows(num_steps: int) -> dict[str, tuple[int, int]]:
+    """Windows from a quarter, half and three quarters of the schedule to its end ("from 0" is the whole schedule)."""
+    return {f"from {start}": (start, num_steps - 1) for start in (num_steps // 4, num_steps // 2, 3 * num_steps // 4)}
 
 
 def labelled_latents(bundle: Bundle, factor: str) -> dict[str, list[int]]:
@@ -71,6 +80,30 @@ class SteeringJudge:
     def __init__(self, bundle: Bundle, classifier):
         self.bundle, self.classifier = bundle, classifier
 
+    def judged(self, kind: str, factor: str, target: str, image_id: int, base: dict, after: dict, strength: float,
+               window_name: str) -> Trial | None:
+        """A trial from the classifier's readings before and after; None when the base image does not qualify
+        (already shows the target, or for ablation lacks it)."""
+        if kind == "ablate":
+            if base[factor] != target:
+                return None
+            reached = after[factor] != target
+        else:
+            if base[factor] == target:
+                return None
+            reached = after[factor] == target
+        clean = reached and all(after[f] == base[f] for f in base if f != factor)
+        return Trial(kind, factor, target, image_id, strength, window_name, reached, clean)
+
+    def prompted(self, factor: str, target: str, image_id: int) -> Trial | None:
+        """The prompting baseline: the image's seed with a caption that names `target` for `factor`, nothing steered."""
+        image = self.bundle.images[image_id]
+        caption = canonical_caption(Factors(**(image["factors"] | {factor: target})))
+        base = self.bundle.generate(image["prompt"], image["seed"], []).base_run.result.images
+        prompted = self.bundle.generate(caption, image["seed"], []).base_run.result.images
+        before, after = self.classifier.predict(torch.cat([base, prompted]))
+        return self.judged("prompt", factor, target, image_id, before, after, 0.0, "prompt")
+
     def readings(self, image_id: int, steers: list[Steer], window: tuple[int, int]) -> tuple[dict, dict]:
         image = self.bundle.images[image_id]
         result = self.bundle.generate(image["prompt"], image["seed"], steers, window=window)
@@ -79,29 +112,22 @@ class SteeringJudge:
 
     def trial(self, kind: str, factor: str, target: str, image_id: int, steers: list[Steer], strength: float,
               window_name: str, window: tuple[int, int]) -> Trial | None:
-        """One trial; None when the base image does not qualify (already shows the target, or lacks its value)."""
+        """One steering trial; None when the base image does not qualify."""
         base, steered = self.readings(image_id, steers, window)
-        if kind == "add":
-            if base[factor] == target:
-                return None
-            reached = steered[factor] == target
-        else:
-            if base[factor] != target:
-                return None
-            reached = steered[factor] != target
-        clean = reached and all(steered[f] == base[f] for f in base if f != factor)
-        return Trial(kind, factor, target, image_id, strength, window_name, reached, clean)
+        return self.judged(kind, factor, target, image_id, base, steered, strength, window_name)
 
 
 def steering_trials(bundle: Bundle, classifier, factors: list[str], strengths: list[float], window_strength: float,
                     targets_per_factor: int, images_per_target: int) -> list[dict]:
-    """Add trials over strengths (whole schedule) and windows (at `window_strength`), and ablation trials.
+    """Add trials over strengths (whole schedule), windows and insertion windows (at `window_strength`), ablation
+    trials, and the prompting baseline.
 
     Per factor, the `targets_per_factor` values whose best latent is purest are steered towards,
     each on `images_per_target` images that show another value.
     """
     judge = SteeringJudge(bundle, classifier)
-    windows = step_windows(int(bundle.manifest["schedule"]["num_steps"]))
+    num_steps = int(bundle.manifest["schedule"]["num_steps"])
+    windows = step_windows(num_steps) | insertion_windows(num_steps)
     conditions = list(dict.fromkeys([(s, "all") for s in strengths] + [(window_strength, w) for w in windows]))
     trials = []
     for factor in factors:
@@ -113,6 +139,7 @@ def steering_trials(bundle: Bundle, classifier, factors: list[str], strengths: l
                 for strength, window in conditions:
                     trials.append(judge.trial("add", factor, target, image_id, [Steer(best, strength, "add")], strength,
                                               window, windows[window]))
+                trials.append(judge.prompted(factor, target, image_id))
             ablation = [Steer(j, 0.0, "scale") for j in latents[target]]
             for image_id in images_showing(bundle, factor, target, images_per_target):
                 trials.append(judge.trial("ablate", factor, target, image_id, ablation, 0.0, "all", windows["all"]))

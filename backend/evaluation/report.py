@@ -73,11 +73,30 @@ def localization_metrics(runs: list[dict]) -> dict[str, list[float]]:
     return {name: [float("nan") if v is None else v for v in values] for name, values in metrics.items()}
 
 
+def insertion_metrics(runs: list[dict], strength: float) -> dict[str, list[float]]:
+    """Per run: the prompting baseline's success, and steering success by the step the window starts at (to the end)."""
+    metrics = defaultdict(list)
+    for run in runs:
+        prompt = success_rates(run["trials"], "window", kind="prompt").get("prompt", {})
+        metrics["prompting reached"].append(prompt.get("reached", float("nan")))
+        metrics["prompting clean"].append(prompt.get("clean", float("nan")))
+        for start, rate in insertion_curve(run, strength):
+            metrics[f"reached from step {start}"].append(rate)
+    return metrics
+
+
+def insertion_curve(run: dict, strength: float) -> list[tuple[int, float]]:
+    """(start step, reached) of the add trials at `strength` whose window runs from that step to the end."""
+    rates = success_rates(run["trials"], "window", strength=strength)
+    starts = [(0, "all")] + sorted((int(name.split()[-1]), name) for name in rates if name.startswith("from "))
+    return [(start, rates[name]["reached"]) for start, name in starts if name in rates]
+
+
 LOCALIZATION_HEADERS = ["object ×chance", "background ×chance", "position ×chance", "unlabelled ×chance", "image-wide mass",
                         "object map IoU", "effective steps"]
 HIGHER_IS_BETTER = {"labelled share", "steering reached", "steering clean", "ablation success", "object mass ×chance",
                     "position mass ×chance", "object map IoU"}
-NEUTRAL = {"background mass ×chance", "unlabelled mass ×chance", "effective steps"}  # neither direction is better
+NEUTRAL = {"background mass ×chance", "unlabelled mass ×chance", "effective steps", "prompting reached", "prompting clean"}  # neither direction is better
 
 
 def _save(fig, path: Path) -> None:
@@ -175,6 +194,24 @@ def plot_peaks(results: dict, sites: list[str], variants: list[str], path: Path)
     _save(fig, path)
 
 
+def plot_insertion(results: dict, sites: list[str], variants: list[str], strength: float, path: Path) -> None:
+    """Steering reached against the window's start step, per variant (mean over seeds), with the prompting baseline."""
+    fig, axes = plt.subplots(1, len(sites), figsize=(5 * len(sites), 3.5), squeeze=False)
+    groups = group(results["runs"])
+    for ax, site in zip(axes[0], sites):
+        for variant in variants:
+            curves = [dict(insertion_curve(run, strength)) for run in groups[site, variant]]
+            starts = sorted(set().union(*curves))
+            if starts:
+                ax.plot(starts, [statistics.fmean(c[s] for c in curves if s in c) for s in starts], marker="o", label=variant)
+        prompting = [m for v in variants for m in insertion_metrics(groups[site, v], strength)["prompting reached"] if m == m]
+        if prompting:
+            ax.axhline(statistics.fmean(prompting), color="gray", linestyle="--", label="prompting")
+        ax.set(title=site, xlabel="first edited sampler step (edit runs to the end)", ylabel="steering reached", ylim=(-0.05, 1.05))
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def _mean_and_spread(rates_per_run: list[dict], keys: list, measure: str) -> tuple[list[float], list[float]]:
     stats = [mean_spread([rates[key][measure] for rates in rates_per_run if key in rates]) for key in keys]
     return [m for m, _ in stats], [s for _, s in stats]
@@ -185,9 +222,10 @@ def findings(results: dict, sites: list[str], variants: list[str], strength: flo
     groups = group(results["runs"])
     lines = []
     for site in sites:
-        per_variant = {v: summary_metrics(groups[site, v], strength) | localization_metrics(groups[site, v]) for v in variants}
+        per_variant = {v: summary_metrics(groups[site, v], strength) | localization_metrics(groups[site, v])
+                       | insertion_metrics(groups[site, v], strength) for v in variants}
         for metric in next(iter(per_variant.values())):
-            if metric in NEUTRAL:
+            if metric in NEUTRAL or metric.startswith("reached from step"):
                 continue
             means = {v: mean_spread(per_variant[v][metric])[0] for v in variants}
             means = {v: m for v, m in means.items() if m == m}
@@ -213,6 +251,7 @@ def write_report(results: dict, out: Path) -> Path:
     plot_purity(results, sites, variants, out / "eval-purity.png")
     plot_steering(results, sites, variants, out / "eval-steering.png")
     plot_peaks(results, sites, variants, out / "eval-peaks.png")
+    plot_insertion(results, sites, variants, strength, out / "eval-insertion.png")
     groups = group(results["runs"])
     header = ["site", "variant", "seeds", "FVU act.", "FVU act. 1-step", "FVU resid.", "dead (train)", "σ/random",
               "labelled", "steer reached", "steer clean", "ablation ok"]
@@ -221,6 +260,9 @@ def write_report(results: dict, out: Path) -> Path:
         m = summary_metrics(runs, strength)
         rows.append([site, variant, str(len(runs))] + [fmt(m[k]) for k in m])
     located_rows = [[site, variant] + [fmt(values, 2) for values in localization_metrics(runs).values()] for (site, variant), runs in groups.items()]
+    inserted = {key: insertion_metrics(runs, strength) for key, runs in groups.items()}
+    insertion_header = ["site", "variant", *next(iter(inserted.values()))]
+    insertion_rows = [[site, variant] + [fmt(values, 2) for values in m.values()] for (site, variant), m in inserted.items()]
     sigma_rows = [[site, variant] + [fmt([r["sigma_label"][f] for r in runs], 2) for f in FACTORS] for (site, variant), runs in groups.items()]
     random_row = {f: groups[next(iter(groups))][0]["sigma_random"][f] for f in FACTORS}
     text = f"""# Evaluation: SAE input variants (residualized, global/local, temporal-concat, per-step)
@@ -274,6 +316,15 @@ than half covered; global latents excluded from the spatial measures):
   activation scale at each step), median over latents that fired; 1 = one step, {cfg['num_steps']} = spread evenly.
 
 ![Peak steps](eval-peaks.png)
+
+Steering against prompting, and concept insertion by step (add trials at α = {strength:g}; *prompting*: the image's
+seed with a caption that names the target value, nothing steered: what a user could do without the SAE; *reached
+from step s*: the edit runs from sampler step s to the end, so later starts ask how late a concept can still be
+inserted):
+
+{_table(insertion_header, insertion_rows)}
+
+![Insertion by start step](eval-insertion.png)
 
 R² of the linear dynamics per step (held-out positions): {"; ".join(f"{s}: min {min(results['r2_per_step'][s]):.3f}, median {statistics.median(results['r2_per_step'][s]):.3f}" for s in sites)}.
 
