@@ -11,7 +11,7 @@ from backend.evaluation.report import write_report
 
 TINY = dict(model="checkpoints/shapes-model", sites="up_ft1", variants="residualized,global_local,per_step", seeds="0,1", train_images=20,
             test_images=3, num_steps=4, n_latents=48, k=6, epochs=1, sigma_latents=24, strengths="5",
-            window_strength=5.0, targets_per_factor=1, images_per_target=1)
+            window_strength=5.0, targets_per_factor=1, images_per_target=1, concept_factors="background", concept_captions=2)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,8 @@ def test_every_variant_and_seed_is_measured_at_every_step(evaluation):
         assert all(t["kind"] in ("add", "ablate", "prompt") for t in run["trials"])
         located = run["localization"]
         assert 0 < located["object_share_chance"] < 1 and 0 <= located["image_wide_mass_share"] <= 1
+        assert set(run["concepts"]["background"]) == {"black", "gray", "dark blue", "dark green"}
+        assert all(rate in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) for rate in run["concepts"]["background"].values())
         n_latents = config.n_latents + (config.global_latents if run["variant"] == "global_local" else 0)
         assert sum(run["temporal"]["peak_step_counts"]) == round((1 - run["dead_fraction_train"]) * n_latents)  # every latent that fired
     per_step = [r for r in runs if r["variant"] == "per_step"]
@@ -47,7 +49,7 @@ def test_report_has_a_row_per_variant_and_valid_plots(evaluation):
     assert "| up_ft1 | residualized | 2 |" in text and "| up_ft1 | per_step | 2 |" in text
     step = json.loads(Path(config.model, "training.json").read_text())["step"]
     assert f"Model `{config.model}` (training step {step})" in text
-    assert "- up_ft1, FVU residual:" in text and "steering clean" in text
+    assert "- up_ft1, FVU residual:" in text and "steering clean" in text and "| background found |" in text
     for name in ("eval-fvu.png", "eval-r2.png", "eval-purity.png", "eval-steering.png"):
         with Image.open(Path(config.out) / name) as image:
             assert image.format == "PNG" and min(image.size) > 200
@@ -72,7 +74,8 @@ def test_report_prose_follows_the_numbers(evaluation, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [(["--sites", "up_ft9"], "unknown site"), (["--variants", "pca"], "unknown variant"),
-                                           (["--num-steps", "2"], "at least 3")])
+                                           (["--num-steps", "2"], "at least 3"), (["--concept-captions", "1"], "at least 2"),
+                                           (["--concept-factors", "mood"], "unknown factor")])
 def test_bad_options_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_config(argv)

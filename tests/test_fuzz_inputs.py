@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from backend.errors import ExplorerError
 from tests.test_ui_api import app_url
 from tests.test_ui_handlers import NO_STEER, one_thread, tiny_explorer
-from ui import browse, steer, views
+from ui import browse, find, steer, views
 from ui.state import MAX_SEED, parse_int, parse_query
 
 PYTHON_ERROR = re.compile(r"invalid literal|Traceback|object has no attribute|KeyError|/tmp/|/work/")  # raw exception text, paths
@@ -97,6 +97,23 @@ def test_a_steer_request_of_any_shape_is_an_image_or_a_message(ex, latent, posit
         valid_strength = isinstance(position, int | float) and not isinstance(position, bool) and math.isfinite(position) and abs(position) <= 1
         assert not slot_on or mode == "ablate" or valid_strength
     assert history_before == []  # the caller's history is never changed in place
+
+
+prompt_list = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(["a red circle", "a blue star", " ", "", "x" * 400]), max_size=40).map("\n".join),
+                        st.none(), st.integers())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(with_text=prompt_list, without_text=prompt_list, seeds=anything)
+def test_a_find_request_of_any_shape_is_a_ranking_or_a_message(ex, with_text, without_text, seeds):
+    try:
+        rows, text = find.find_latents(ex, with_text, without_text, seeds)
+    except ExplorerError as err:
+        assert str(err) and not PYTHON_ERROR.search(str(err))
+    else:
+        assert len(rows) == find.FOUND and "images with the concept" in text
+        differences = [row[2] for row in rows]
+        assert differences == sorted(differences, reverse=True)
 
 
 @pytest.fixture(scope="module")

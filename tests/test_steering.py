@@ -3,51 +3,34 @@ import math
 import pytest
 import torch
 
-from backend.build import Build, BuildConfig
 from backend.diffusion.hooks import site_module
 from backend.diffusion.steering import Steer, SteeringHook, interpolate_over_steps, steering_deltas
 from backend.errors import ExplorerError
-from backend.serving.bundle import Bundle
-from tests.tiny_models import tiny_model
-
-PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "square")]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("steer")
-    (root / "prompts.txt").write_text("\n".join(PROMPTS))
-    model = tiny_model()
-    Build(BuildConfig(model="tiny", out=str(root / "bundle"), prompts=str(root / "prompts.txt"), num_steps=6, recorded_steps=3,
-                      n_latents=32, k=4, epochs=1, sae_batch_size=128, top_n=4, images_per_shard=9), model=model).run()
-    loaded = Bundle.load(root / "bundle")
-    loaded.attach_model(model)
-    return loaded
 
 
 def strongest_latent(bundle, prompt="a red circle", seed=0):
     return int(bundle.generator.base(prompt, seed).codes.sum(0).argmax())
 
 
-def test_scale_mode_with_alpha_one_reproduces_the_base_image_exactly(bundle):
-    j = strongest_latent(bundle)
-    result = bundle.generate("a red circle", 0, [Steer(j, 1.0, "scale")])
-    assert torch.equal(result.steered_images, bundle.generator.base("a red circle", 0).result.images)
+def test_scale_mode_with_alpha_one_reproduces_the_base_image_exactly(tiny_bundle):
+    j = strongest_latent(tiny_bundle)
+    result = tiny_bundle.generate("a red circle", 0, [Steer(j, 1.0, "scale")])
+    assert torch.equal(result.steered_images, tiny_bundle.generator.base("a red circle", 0).result.images)
 
 
-def test_add_mode_changes_the_image(bundle):
-    result = bundle.generate("a red circle", 0, [Steer(strongest_latent(bundle), 20.0, "add")])
-    assert not torch.equal(result.steered_images, bundle.generator.base("a red circle", 0).result.images)
+def test_add_mode_changes_the_image(tiny_bundle):
+    result = tiny_bundle.generate("a red circle", 0, [Steer(strongest_latent(tiny_bundle), 20.0, "add")])
+    assert not torch.equal(result.steered_images, tiny_bundle.generator.base("a red circle", 0).result.images)
 
 
-def test_ablation_edit_lowers_the_latent_where_it_fired(bundle):
-    j = strongest_latent(bundle)
-    base = bundle.generator.base("a red circle", 0)
+def test_ablation_edit_lowers_the_latent_where_it_fired(tiny_bundle):
+    j = strongest_latent(tiny_bundle)
+    base = tiny_bundle.generator.base("a red circle", 0)
     fired = base.codes[:, j] > 0
-    deltas = steering_deltas([Steer(j, 0.0, "scale")], bundle.feature_trajectories, bundle.typical_activation,
+    deltas = steering_deltas([Steer(j, 0.0, "scale")], tiny_bundle.feature_trajectories, tiny_bundle.typical_activation,
                              base.codes, torch.ones(base.codes.shape[0]))  # [T, P, C]
     edited = base.traj + deltas.permute(1, 0, 2)  # the recorded trajectory with the edit applied
-    pre = lambda traj: bundle.sae.pre_activations(bundle.encoding.to_rows(traj))[:, j]  # noqa: E731
+    pre = lambda traj: tiny_bundle.sae.pre_activations(tiny_bundle.encoding.to_rows(traj))[:, j]  # noqa: E731
     assert (pre(edited)[fired] < pre(base.traj)[fired]).all()
     assert torch.equal(edited[~fired], base.traj[~fired])  # z = 0 there: nothing to remove
 
@@ -63,25 +46,25 @@ def test_the_edit_goes_to_the_conditional_rows_only():
     assert hook(1, output, slice(2, 4)) is not None and hook(0, output, slice(2, 4)) is None  # outside the window
 
 
-def test_steps_before_the_window_are_not_recomputed(bundle):
-    bundle.generator.base("a blue star", 1)  # warm the base cache
+def test_steps_before_the_window_are_not_recomputed(tiny_bundle):
+    tiny_bundle.generator.base("a blue star", 1)  # warm the base cache
     calls = []
-    handle = site_module(bundle.generator.model.unet, "bottleneck").register_forward_hook(lambda *a: calls.append(1))
+    handle = site_module(tiny_bundle.generator.model.unet, "bottleneck").register_forward_hook(lambda *a: calls.append(1))
     try:
-        bundle.generate("a blue star", 1, [Steer(strongest_latent(bundle, "a blue star", 1), 3.0)], window=(4, 5))
+        tiny_bundle.generate("a blue star", 1, [Steer(strongest_latent(tiny_bundle, "a blue star", 1), 3.0)], window=(4, 5))
     finally:
         handle.remove()
     assert len(calls) == 2  # steps 4 and 5 only
 
 
-def test_fired_mask_edits_only_where_the_latent_fired(bundle):
-    j = strongest_latent(bundle)
-    run = bundle.generator.base("a red circle", 0)
-    mask = bundle.generator._mask("fired", [Steer(j, 1.0)], run)
+def test_fired_mask_edits_only_where_the_latent_fired(tiny_bundle):
+    j = strongest_latent(tiny_bundle)
+    run = tiny_bundle.generator.base("a red circle", 0)
+    mask = tiny_bundle.generator._mask("fired", [Steer(j, 1.0)], run)
     assert torch.equal(mask.bool(), run.codes[:, j] > 0)
     region = torch.zeros(8, 8)
     region[:4, :4] = 1
-    assert bundle.generator._mask(region.numpy(), [Steer(j, 1.0)], run).sum() == 16
+    assert tiny_bundle.generator._mask(region.numpy(), [Steer(j, 1.0)], run).sum() == 16
 
 
 @pytest.mark.parametrize("strength", [math.nan, math.inf, 1e9, "3"])
@@ -90,19 +73,19 @@ def test_bad_strengths_are_rejected(strength):
         Steer(0, strength)
 
 
-def test_bad_requests_are_rejected_and_change_nothing(bundle):
-    cached = len(bundle.generator.base_runs)
+def test_bad_requests_are_rejected_and_change_nothing(tiny_bundle):
+    cached = len(tiny_bundle.generator.base_runs)
     bad_requests = (dict(steering=[Steer(999, 1.0)]), dict(steering=[], window=(3, 1)), dict(steering=[], mask="somewhere"),
                     dict(steering=[{"latent": 1, "alpha": 2}]), dict(steering=[], mask=[[0, 1], [1]]),
                     dict(steering=[], mask=[[float("nan")]]), dict(steering=[], window=5))
     for bad in bad_requests:
         with pytest.raises(ExplorerError):
-            bundle.generate("a red circle", 0, **bad)
+            tiny_bundle.generate("a red circle", 0, **bad)
     with pytest.raises(ExplorerError, match="empty"):
-        bundle.generate("", 0, [])
+        tiny_bundle.generate("", 0, [])
     with pytest.raises(ExplorerError, match="mode"):
         Steer(1, 1.0, "multiply")
-    assert len(bundle.generator.base_runs) == cached
+    assert len(tiny_bundle.generator.base_runs) == cached
 
 
 def test_interpolation_between_recorded_steps_is_linear():
@@ -113,33 +96,33 @@ def test_interpolation_between_recorded_steps_is_linear():
     assert interpolate_over_steps(values, [0, 4, 8], 9).item() == 20.0
 
 
-def test_maps_over_time_are_topk_codes_of_the_prefixes_and_end_in_the_codes(bundle):
-    run = bundle.generator.base("a green square", 2)
-    everyone = list(range(bundle.n_latents))
-    maps = bundle.generator.maps_over_time(run, everyone)  # [n, T, 8, 8]
-    assert maps.shape == (bundle.n_latents, 3, 8, 8)
+def test_maps_over_time_are_topk_codes_of_the_prefixes_and_end_in_the_codes(tiny_bundle):
+    run = tiny_bundle.generator.base("a green square", 2)
+    everyone = list(range(tiny_bundle.n_latents))
+    maps = tiny_bundle.generator.maps_over_time(run, everyone)  # [n, T, 8, 8]
+    assert maps.shape == (tiny_bundle.n_latents, 3, 8, 8)
     assert torch.equal(maps[:, -1].flatten(1).T, run.codes)  # exactly the codes at the last step
-    rows = bundle.encoding.to_rows(run.traj).reshape(64, 3, -1)
+    rows = tiny_bundle.encoding.to_rows(run.traj).reshape(64, 3, -1)
     for t in range(3):  # independently: zero the later blocks and encode with the SAE itself
         prefix = rows.clone()
         prefix[:, t + 1 :] = 0
-        expected = bundle.sae.encode(prefix.flatten(1)).detach()
+        expected = tiny_bundle.sae.encode(prefix.flatten(1)).detach()
         assert torch.allclose(maps[:, t].flatten(1).T, expected, atol=1e-5)
-        assert ((maps[:, t].flatten(1) > 0).sum(0) <= bundle.sae.k).all()  # TopK: at most k latents per position
-    j = strongest_latent(bundle, "a green square", 2)
-    assert torch.equal(bundle.generator.maps_over_time(run, [j])[0], maps[j])
+        assert ((maps[:, t].flatten(1) > 0).sum(0) <= tiny_bundle.sae.k).all()  # TopK: at most k latents per position
+    j = strongest_latent(tiny_bundle, "a green square", 2)
+    assert torch.equal(tiny_bundle.generator.maps_over_time(run, [j])[0], maps[j])
 
 
-def test_an_uploaded_image_gets_codes_and_maps(bundle):
-    generated = bundle.generator.base("a blue circle", 4)
-    uploaded = bundle.generator.trajectory_of_image(generated.image, prompt="a blue circle")
+def test_an_uploaded_image_gets_codes_and_maps(tiny_bundle):
+    generated = tiny_bundle.generator.base("a blue circle", 4)
+    uploaded = tiny_bundle.generator.trajectory_of_image(generated.image, prompt="a blue circle")
     assert uploaded.traj.shape == generated.traj.shape
     assert uploaded.codes.shape == generated.codes.shape and ((uploaded.codes > 0).sum(1) <= 4).all()
     assert torch.allclose(uploaded.result.images, generated.result.images, atol=1 / 255)
-    assert bundle.generator.maps_over_time(uploaded, [0, 1]).shape == (2, 3, 8, 8)
+    assert tiny_bundle.generator.maps_over_time(uploaded, [0, 1]).shape == (2, 3, 8, 8)
 
 
-def test_x0_images_are_given_for_each_recorded_step(bundle):
-    run = bundle.generator.base("a red star", 5)
-    frames = bundle.generator.x0_images(run)
+def test_x0_images_are_given_for_each_recorded_step(tiny_bundle):
+    run = tiny_bundle.generator.base("a red star", 5)
+    frames = tiny_bundle.generator.x0_images(run)
     assert len(frames) == 3 and frames[-1].size == (16, 16)

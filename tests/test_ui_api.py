@@ -26,7 +26,7 @@ def client():
 
 def test_the_api_lists_the_app_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/search", "/latent_page", "/steer", "/inspect_prompt"} <= set(endpoints)
+    assert {"/search", "/latent_page", "/steer", "/inspect_prompt", "/find_latents"} <= set(endpoints)
 
 
 def test_search_through_the_api(client):
@@ -52,3 +52,9 @@ def test_steering_through_the_api(client):
     base, steered, diff, history, text = client.predict(
         "a red circle", 0, 4.0, 0, 5, "everywhere", [], "3", 0.5, "add", "", 0, "add", "", 0, "add", api_name="/steer")
     assert base and steered and diff and len(history) == 1 and "latent 3: add" in text
+
+
+def test_finding_latents_through_the_api(client):
+    table, summary = client.predict("a red circle\na red star", "a blue circle\na blue star", 1, api_name="/find_latents")
+    assert table["headers"][:3] == ["latent", "label", "difference"] and len(table["data"]) == 20
+    assert "2 images with the concept, 2 without" in summary

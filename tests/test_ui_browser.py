@@ -66,3 +66,18 @@ def test_a_latent_and_the_table_export_as_files(page):
     table = page.request.get(link.get_attribute("href")).text().splitlines()
     assert table[0].startswith("latent,kind,label,purity") and len(table) > 1
     page.locator("#exported").screenshot(path=SHOTS / "export.png")
+
+
+def test_find_the_latents_for_a_concept_and_open_one(page):
+    page.goto(app_url(), wait_until="load")
+    page.wait_for_selector("#latent-header h2")
+    page.get_by_text("Find latents for a concept").click()
+    page.locator("#find-with textarea").fill("a red circle\na red star")
+    page.locator("#find-without textarea").fill("a blue circle\na blue star")
+    page.locator("#find-button").click()
+    page.locator("#find-summary", has_text="4 images with the concept, 4 without").wait_for()
+    first = page.locator("#find-table [data-testid=cell-0-0]")
+    latent = first.inner_text().strip()
+    page.locator("#find-panel").screenshot(path=SHOTS / "find.png")
+    first.click()
+    page.locator("#latent-header h2", has_text=f"Latent {latent}").wait_for()

@@ -18,7 +18,7 @@ from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
 from backend.serving.recent import Recent
 from tests.tiny_models import tiny_model
-from ui import browse, inspect, status, steer, timeline, views
+from ui import browse, find, inspect, status, steer, timeline, views
 from ui.explorer import Explorer, open_explorer
 from ui import explorer, image_files
 from ui.image_files import ImageFiles
@@ -192,6 +192,42 @@ def test_inspecting_an_upload_finds_latents(ex, tmp_path):
     assert inspect.inspect_upload(ex, str(path)).rows
     with pytest.raises(ExplorerError, match="Upload"):
         inspect.inspect_upload(ex, None)
+
+
+def test_find_ranks_latents_by_how_much_more_they_fire_with_the_concept(ex):
+    rows, text = find.find_latents(ex, "a red circle\n\n a red star \n", "a blue circle\na blue star", 2)
+    assert len(rows) == find.FOUND and "4 images with the concept, 4 without" in text
+    differences = [row[2] for row in rows]
+    assert differences == sorted(differences, reverse=True)
+    for latent, label, difference, interval, with_, without in rows:
+        assert label == ex.table.labels[latent] and difference == pytest.approx(with_ - without, abs=2e-3)
+        low, high = (float(x) for x in interval.strip("[]").split(","))
+        assert low - 5e-3 <= difference <= high + 5e-3
+
+
+@pytest.mark.parametrize("bad", [
+    dict(with_text="", message="at least one prompt"), dict(with_text=None, message="one per line"),
+    dict(with_text="a red circle\n" * 33, message="at most 32"), dict(seeds=0, message="between 1 and 8"),
+    dict(seeds="two", message="whole number"), dict(without_text="x" * 2000, message="characters long"),
+])
+def test_bad_find_requests_are_explained_and_make_no_image(ex, bad):
+    request = dict(with_text="a red circle", without_text="a blue circle", seeds=2) | bad
+    message = request.pop("message")
+    cache = ex.bundle.generator.base_runs.keys()
+    with pytest.raises(ExplorerError, match=message):
+        find.find_latents(ex, **request)
+    assert ex.bundle.generator.base_runs.keys() == cache
+
+
+def test_the_find_panel_opens_with_an_example_in_the_shapes_world_only(ex):
+    build = ex.bundle.manifest["build"]
+    assert find.example_sets(ex) == ("", "")  # the tiny bundle is built from a prompt file
+    original, build["shapes_prompts"] = build.get("shapes_prompts"), 400
+    try:
+        with_, without = find.example_sets(ex)
+        assert len(with_.splitlines()) == len(without.splitlines()) >= 2
+    finally:
+        build["shapes_prompts"] = original
 
 
 def test_strength_slider_is_exponential_signed_and_invertible():

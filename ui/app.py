@@ -6,7 +6,7 @@ import logging
 import gradio as gr
 
 from backend.errors import ExplorerError
-from ui import browse, export, inspect, status, steer, timeline, views
+from ui import browse, export, find, inspect, status, steer, timeline, views
 from ui.explorer import Explorer
 from ui.image_files import ImageFiles, temporary_folder
 from ui.latents import HEADERS, SORTS
@@ -102,6 +102,17 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         summary = gr.Markdown(listed)
                         table = gr.Dataframe(rows, headers=HEADERS, interactive=False, max_height=640, elem_id="latent-table",
                                              column_widths=["13%", "31%", "16%", "13%", "14%", "13%"])
+                        with gr.Accordion("Find latents for a concept", open=False, elem_id="find-panel"):
+                            with_example, without_example = find.example_sets(ex)
+                            with gr.Row():
+                                find_with = gr.Textbox(with_example, lines=4, label="Prompts with the concept (one per line)", elem_id="find-with")
+                                find_without = gr.Textbox(without_example, lines=4, label="The same without it (one per line)", elem_id="find-without")
+                            with gr.Row():
+                                find_seeds = gr.Number(2, label="Seeds per prompt", precision=0, minimum=1, maximum=find.MAX_SEEDS)
+                                find_btn = gr.Button(status.button_label(ex, status.BUTTONS[3]), variant="primary", elem_id="find-button")
+                            find_summary = gr.Markdown(elem_id="find-summary")
+                            find_table = gr.Dataframe(headers=find.HEADERS, interactive=False, max_height=400, elem_id="find-table",
+                                                      column_widths=["11%", "27%", "15%", "23%", "12%", "12%"])
                     with gr.Column(scale=6):
                         with gr.Row():
                             latent_box = gr.Number(first.latent, label="Latent", precision=0, elem_id="latent-box")
@@ -182,7 +193,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
             text = status.notice_text(ex)
             return gr.Markdown(text, visible=bool(text)), *buttons, gr.Timer(active=ex.model_state == "loading")
 
-        model_watch.tick(model_status, None, [notice, generate, analyse, inspect_generate, model_watch], api_name=False, **BROWSE)
+        model_watch.tick(model_status, None, [notice, generate, analyse, inspect_generate, find_btn, model_watch], api_name=False, **BROWSE)
 
         # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
         list_inputs = [query, sort, labelled, min_freq]
@@ -218,6 +229,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
         with_page(similar.select(row_latent, None, latent_box, api_name=False))
         table_csv.click(shown(lambda: export.export_table(ex, "csv", exports)), None, exported, api_name="export_table_csv", **BROWSE)
         table_json.click(shown(lambda: export.export_table(ex, "json", exports)), None, exported, api_name="export_table_json", **BROWSE)
+        find_btn.click(shown(on_gpu(functools.partial(find.find_latents, ex))), [find_with, find_without, find_seeds],
+                       [find_table, find_summary], api_name="find_latents", **MODEL)
+        with_page(find_table.select(row_latent, None, latent_box, api_name=False))
         latent_json.click(shown(lambda j: export.export_latent(ex, j, exports)), latent_box, exported, api_name="export_latent", **BROWSE)
         step.change(shown(timeline.frame), [timeline_state, step], [x0_image, final_image, step_caption], api_name=False, **BROWSE)
         playing = gr.State(False)

@@ -3,7 +3,7 @@
 from ui.explorer import Explorer
 
 LOADING_LABEL = "Model loading…"
-BUTTONS = ("Generate", "Find its latents", "Generate and find its latents")  # steer, inspect an upload, inspect a prompt
+BUTTONS = ("Generate", "Find its latents", "Generate and find its latents", "Find")  # steer, inspect an upload, inspect a prompt, find
 
 
 def notice_text(ex: Explorer) -> str:

@@ -23,6 +23,7 @@ from backend.diffusion.collect import read_shards
 from backend.diffusion.hooks import SITE_MODULES
 from backend.diffusion.models import load_model
 from backend.errors import ExplorerError
+from backend.evaluation.concepts import CONCEPT_TOP, concept_hits
 from backend.evaluation.controllability import steering_trials
 from backend.evaluation.localization import label_group, localization, map_iou, object_masks, temporal_structure
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
@@ -67,6 +68,8 @@ class EvaluateConfig:
     window_strength: float = option(10.0, "add strength for the early / middle / late window trials")
     targets_per_factor: int = option(2, "target values per steered factor (those with the purest latents)")
     images_per_target: int = option(2, "images steered per target value and condition")
+    concept_factors: str = option("colour,shape,background", "factors whose values Bundle.contrast is asked to find")
+    concept_captions: int = option(4, "captions per set (with / without the value) for each found value, at one seed")
 
     def run_settings(self) -> dict:
         """What a finished run's result depends on, apart from its site, variant and seed."""
@@ -91,6 +94,11 @@ def parse_config(argv=None) -> EvaluateConfig:
     for variant in _list(config.variants):
         if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    if config.concept_captions < 2:
+        parser.error("--concept-captions must be at least 2: each set needs two images for an interval")
+    for factor in _list(config.concept_factors):
+        if factor not in FACTOR_VALUES:
+            parser.error(f"unknown factor {factor!r}; choose from {', '.join(FACTOR_VALUES)}")
     return config
 
 
@@ -180,6 +188,7 @@ class Evaluation:
         result |= where_and_when(bundle, test)
         result["trials"] = steering_trials(bundle, self.classifier, _list(cfg.steer_factors), _list(cfg.strengths, float),
                                            cfg.window_strength, cfg.targets_per_factor, cfg.images_per_target)
+        result["concepts"] = concept_hits(bundle, _list(cfg.concept_factors), cfg.concept_captions, seeds=(0,), top=CONCEPT_TOP)
         result["seconds"] = round(time.time() - started, 1)
         write_json(result_path, result)
         return result

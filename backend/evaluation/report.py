@@ -73,6 +73,15 @@ def localization_metrics(runs: list[dict]) -> dict[str, list[float]]:
     return {name: [float("nan") if v is None else v for v in values] for name, values in metrics.items()}
 
 
+def concept_metrics(runs: list[dict]) -> dict[str, list[float]]:
+    """Per run and found factor: the hit rate of Bundle.contrast at top 5, averaged over the factor's values."""
+    metrics = defaultdict(list)
+    for run in runs:
+        for factor, by_value in run.get("concepts", {}).items():
+            metrics[f"{factor} found"].append(statistics.fmean(by_value.values()))
+    return metrics
+
+
 def insertion_metrics(runs: list[dict], strength: float) -> dict[str, list[float]]:
     """Per run: the prompting baseline's success, and steering success by the step the window starts at (to the end)."""
     metrics = defaultdict(list)
@@ -94,7 +103,7 @@ def insertion_curve(run: dict, strength: float) -> list[tuple[int, float]]:
 
 LOCALIZATION_HEADERS = ["object ×chance", "background ×chance", "position ×chance", "unlabelled ×chance", "image-wide mass",
                         "object map IoU", "effective steps"]
-HIGHER_IS_BETTER = {"labelled share", "steering reached", "steering clean", "ablation success", "object mass ×chance",
+HIGHER_IS_BETTER = {"colour found", "shape found", "background found", "labelled share", "steering reached", "steering clean", "ablation success", "object mass ×chance",
                     "position mass ×chance", "object map IoU"}
 NEUTRAL = {"background mass ×chance", "unlabelled mass ×chance", "effective steps", "prompting reached", "prompting clean"}  # neither direction is better
 
@@ -223,7 +232,7 @@ def findings(results: dict, sites: list[str], variants: list[str], strength: flo
     lines = []
     for site in sites:
         per_variant = {v: summary_metrics(groups[site, v], strength) | localization_metrics(groups[site, v])
-                       | insertion_metrics(groups[site, v], strength) for v in variants}
+                       | insertion_metrics(groups[site, v], strength) | concept_metrics(groups[site, v]) for v in variants}
         for metric in next(iter(per_variant.values())):
             if metric in NEUTRAL or metric.startswith("reached from step"):
                 continue
@@ -263,6 +272,9 @@ def write_report(results: dict, out: Path) -> Path:
     inserted = {key: insertion_metrics(runs, strength) for key, runs in groups.items()}
     insertion_header = ["site", "variant", *next(iter(inserted.values()))]
     insertion_rows = [[site, variant] + [fmt(values, 2) for values in m.values()] for (site, variant), m in inserted.items()]
+    found = {key: concept_metrics(runs) for key, runs in groups.items()}
+    found_header = ["site", "variant", *next(iter(found.values()), {})]
+    found_rows = [[site, variant] + [fmt(values, 2) for values in m.values()] for (site, variant), m in found.items()]
     sigma_rows = [[site, variant] + [fmt([r["sigma_label"][f] for r in runs], 2) for f in FACTORS] for (site, variant), runs in groups.items()]
     random_row = {f: groups[next(iter(groups))][0]["sigma_random"][f] for f in FACTORS}
     text = f"""# Evaluation: SAE input variants (residualized, global/local, temporal-concat, per-step)
@@ -325,6 +337,12 @@ inserted):
 {_table(insertion_header, insertion_rows)}
 
 ![Insertion by start step](eval-insertion.png)
+
+Finding latents for a concept (`Bundle.contrast`, the app's Find panel): for each value of a factor,
+{results["config"].get("concept_captions", 4)} random captions showing it against the same captions with another value, at one seed; *found* is the share of
+the 5 top-ranked latents labelled with that value, averaged over the factor's values (1 = every one of the five):
+
+{_table(found_header, found_rows)}
 
 R² of the linear dynamics per step (held-out positions): {"; ".join(f"{s}: min {min(results['r2_per_step'][s]):.3f}, median {statistics.median(results['r2_per_step'][s]):.3f}" for s in sites)}.
 

@@ -416,11 +416,21 @@ class Bundle:
 
         self.generator = Generator(self, model)
 
-    def generate(self, prompt: str, seed: int, steering=(), **options):
-        """Base and steered images (see `Generator.generate`); needs `attach_model` first."""
+    @property
+    def _generator(self):
         if getattr(self, "generator", None) is None:
             raise ExplorerError("This bundle has no model attached; generation needs the model it was built from.")
-        return self.generator.generate(prompt, seed, list(steering), **options)
+        return self.generator
+
+    def generate(self, prompt: str, seed: int, steering=(), **options):
+        """Base and steered images (see `Generator.generate`); needs `attach_model` first."""
+        return self._generator.generate(prompt, seed, list(steering), **options)
+
+    def contrast(self, with_prompts: list[str], without_prompts: list[str], seeds=(0, 1), n: int = 20):
+        """Latents that fire more on `with_prompts` than on `without_prompts` (contrast.py), best first; needs `attach_model`."""
+        from backend.serving.contrast import contrast
+
+        return contrast(self._generator, with_prompts, without_prompts, seeds, self._check_count(n))
 
 
 def label_text(label: dict) -> str:

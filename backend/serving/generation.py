@@ -95,9 +95,13 @@ class Generator:
             raise ExplorerError(f"Guidance scale must be between 0 and 30, got {guidance_scale!r}.")
         return g
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Clear errors for empty prompts and prompts longer than the model reads."""
+        check_prompts(self.model, prompts)
+
     def base(self, prompt: str, seed: int, guidance_scale: float | None = None) -> BaseRun:
         """The unsteered run for (prompt, seed, guidance), from the cache when possible; concurrent asks sample once."""
-        check_prompts(self.model, [prompt])
+        self.check_prompts([prompt])
         key = (prompt, int(seed), self._guidance(guidance_scale))
         return self.base_runs.get(key, lambda: self._sample_base(*key))
 
