@@ -81,3 +81,15 @@ def test_find_the_latents_for_a_concept_and_open_one(page):
     page.locator("#find-panel").screenshot(path=SHOTS / "find.png")
     first.click()
     page.locator("#latent-header h2", has_text=f"Latent {latent}").wait_for()
+
+
+def test_pin_a_steered_result_and_compare_the_next_one_with_it(page):
+    page.goto(app_url() + "?tab=steer&latent=3&alpha=2&prompt=a%20red%20circle", wait_until="load")
+    page.locator("#applied", has_text="latent 3: add α = +2.00").wait_for()
+    page.locator("#pin").click()
+    page.locator("#pinned-text", has_text="Pinned: a red circle · seed").wait_for()
+    page.wait_for_selector("#pinned-image img")
+    page.locator("#steer-strength-0 input[type=range]").fill("-0.8")
+    page.locator("#applied", has_text=re.compile(r"latent 3: add α = -\d")).wait_for()
+    assert "α = +2.00" in page.locator("#pinned-text").inner_text()  # the pin keeps the settings that made it
+    page.screenshot(path=SHOTS / "steer-compare.png", full_page=True)

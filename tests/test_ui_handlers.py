@@ -161,6 +161,18 @@ def test_steering_shows_base_steered_difference_and_history(ex):
     assert len(history) == 2 and "ablated" in text
 
 
+def test_a_pinned_result_is_the_last_steered_image_with_what_made_it(ex):
+    with pytest.raises(ExplorerError, match="Nothing to pin"):
+        steer.pin([])
+    _, steered, _, history, _ = steer_call(ex, start=2, end=4, mask="region", cells=["center", "top left"])
+    image, caption = steer.pin(history)
+    assert image is history[0][0] and np.array_equal(np.asarray(image), np.asarray(steered))
+    alpha = alpha_from_position(0.5)
+    assert caption == f"**Pinned**: a red circle · seed 0 · guidance 4 · latent 3: add α = {alpha:+.2f} × s · steps 2–4 · region (top left, center)"
+    _, _, _, history, _ = steer_call(ex, history=history, slot=(5, 0.5, "add"))  # the next result leaves the pin as it was
+    assert steer.pin(history[1:]) == (image, caption)
+
+
 def test_scale_by_one_leaves_the_image_unchanged(ex):
     base, steered, diff, _, _ = steer_call(ex, slot=(3, position_from_alpha(1.0), "scale"))
     assert np.asarray(diff).max() <= 4 * 1  # rounding of α only

@@ -160,8 +160,12 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         with gr.Row():
                             base_image = gr.Image(label="Base", elem_id="base-image")
                             steered_image = gr.Image(label="Steered", elem_id="steered-image")
+                            pinned_image = gr.Image(label="Pinned", elem_id="pinned-image")
                             diff_image = gr.Image(label="Difference (×4)")
                         applied = gr.Markdown(elem_id="applied")
+                        with gr.Row():
+                            pin_btn = gr.Button("Pin this result", size="sm", scale=1, elem_id="pin")
+                            pinned_text = gr.Markdown("Pin a result to keep it beside the next ones.", elem_id="pinned-text")
                         history = gr.Gallery(label="History", columns=6, height=220, preview=False, object_fit="contain", fit_columns=False)
                 history_state = gr.State([], time_to_live=STATE_LIFETIME)
             with gr.Tab("Inspect", id="inspect") as inspect_tab:
@@ -257,6 +261,8 @@ def build_app(ex: Explorer) -> gr.Blocks:
                 control(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
         for control in (start.release, end.release, mask.input, cells.input, guidance.release, seed.submit):
             control(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
+
+        pin_btn.click(shown(steer.pin), history_state, [pinned_image, pinned_text], api_name=False, **BROWSE)
 
         def go_steer(value):
             j, pos, mode_value, text, seed_value = views.send_to_steer(ex, value)

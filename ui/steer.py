@@ -1,4 +1,4 @@
-"""The Steer tab's handler: up to three latents, a step window and a mask, applied to one prompt and seed."""
+"""The Steer tab's handlers: up to three latents, a step window and a mask, applied to one prompt and seed; a pinned result."""
 
 import numpy as np
 from PIL import Image
@@ -88,5 +88,17 @@ def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history
     result = ex.generator().generate(prompt, seed, steers, window=window, mask=mask_from(mask, cells),
                                      guidance_scale=check_guidance(guidance))
     summary = describe(steers)
-    history = [(upscale(result.steered), f"{prompt} · seed {seed} · {summary}")] + list(history or [])[: HISTORY - 1]
+    if steers:
+        cells_text = f" ({', '.join(c for c in CELLS if c in (cells or []))})" if mask == "region" else ""
+        summary += f" · steps {window[0]}–{window[1]} · {mask}{cells_text}"
+    caption = f"{prompt} · seed {seed} · guidance {check_guidance(guidance):g} · {summary}"
+    history = [(upscale(result.steered), caption)] + list(history or [])[: HISTORY - 1]
     return upscale(result.base), upscale(result.steered), difference(result.base, result.steered), history, summary
+
+
+def pin(history) -> tuple[Image.Image, str]:
+    """The latest steered result and what made it (the first history entry), to keep beside the next ones."""
+    if not history:
+        raise ExplorerError("Nothing to pin yet: generate a steered image first.")
+    image, caption = history[0]
+    return image, f"**Pinned**: {caption}"
