@@ -38,7 +38,8 @@ from backend.method.encodings import VARIANTS, TrajectoryEncoding
 from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, tensor_batches, train_sae
 from backend.serving.atlas import AtlasAccumulator, label_latents
-from backend.serving.bundle import Bundle, rewrite_manifest
+from backend.serving.bundle import MAP_FILE, Bundle, rewrite_manifest
+from backend.serving.latent_map import latent_map
 from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
 log = logging.getLogger(__name__)
@@ -396,6 +397,7 @@ class Build:
             if len(rows) > EXACT_LIMIT:  # flat indexes are rebuilt at load; only approximate ones are stored
                 (root / "index").mkdir(exist_ok=True)
                 index.save(root / "index" / f"{name}.faiss")
+        write_safetensors(root / MAP_FILE, {"xy": torch.from_numpy(latent_map(vectors["latents"], seed=self.config.sae_seed))})
         rewrite_manifest(root)
 
     def run(self) -> dict:

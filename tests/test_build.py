@@ -47,6 +47,7 @@ def test_tiny_build_end_to_end(model, tmp_path):
     assert len(bundle.images) == len(PROMPTS) and bundle.thumbnails.shape == (len(PROMPTS), 16, 16, 3)
     assert summary["recall@10_images"] == 1.0 and len(summary["r2_per_step"]) == 2
     assert bundle.atlas["image_profile"].shape == (len(PROMPTS), 32)
+    assert bundle.latent_map.shape == (32, 2) and torch.isfinite(bundle.latent_map).all()
     j, (image_id, score) = next((j, bundle.top_images(j, 1)[0]) for j in range(32) if bundle.top_images(j, 1))
     assert score == pytest.approx(float(bundle.atlas["image_profile"][image_id, j]), rel=1e-3)
     recorded = (tmp_path / "bundle" / "bundle.json").read_text()

@@ -97,11 +97,13 @@ def test_the_prompting_baseline_writes_the_target_into_the_caption_with_the_same
         asked.append((prompt, seed, steering))
         return SimpleNamespace(base_run=SimpleNamespace(result=SimpleNamespace(images=torch.zeros(1, 3, 4, 4) + len(asked))))
 
-    factors = {"background": "black", "colour": "green", "position": "center", "shape": "star", "size": "large"}
+    factors = {"colour": "green", "position": "center", "shape": "star", "size": "large"}  # the caption named no background
     bundle = SimpleNamespace(images=[{"factors": factors, "prompt": "a big green star", "seed": 5}], generate=generate)
-    readings = [BASE, BASE | {"colour": "red"}]
-    classifier = SimpleNamespace(predict=lambda images: readings)
+    base_reading = BASE | factors | {"background": "dark blue"}
+    readings = iter([[base_reading], [base_reading | {"colour": "red"}]])
+    classifier = SimpleNamespace(predict=lambda images: next(readings))
     trial = SteeringJudge(bundle, classifier).prompted("colour", "red", 0)
     assert asked[0] == ("a big green star", 5, []) and asked[1][1:] == (5, [])
     assert "red" in asked[1][0] and "green" not in asked[1][0] and "star" in asked[1][0]
+    assert "dark blue background" in asked[1][0]  # a factor the caption left out is named as the base image shows it
     assert (trial.kind, trial.window, trial.reached, trial.clean) == ("prompt", "prompt", True, True)

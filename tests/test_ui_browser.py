@@ -93,3 +93,16 @@ def test_pin_a_steered_result_and_compare_the_next_one_with_it(page):
     page.locator("#applied", has_text=re.compile(r"latent 3: add α = -\d")).wait_for()
     assert "α = +2.00" in page.locator("#pinned-text").inner_text()  # the pin keeps the settings that made it
     page.screenshot(path=SHOTS / "steer-compare.png", full_page=True)
+
+
+def test_the_map_of_all_latents_opens_a_latent_on_click(page):
+    page.goto(app_url(), wait_until="load")
+    page.wait_for_selector("#latent-header h2")
+    page.get_by_text("Map of all latents").click()
+    page.wait_for_selector("#latent-map .js-plotly-plot .point")
+    page.wait_for_function("() => document.querySelector('#latent-map .js-plotly-plot').dataset.opens === '1'")
+    page.locator("#latent-map").screenshot(path=SHOTS / "latent-map.png")
+    point = page.locator("#latent-map .js-plotly-plot .scatterlayer .trace").first.locator(".point").first
+    latent = page.evaluate("() => document.querySelector('#latent-map .js-plotly-plot').data[0].customdata[0]")
+    point.click(force=True)
+    page.locator("#latent-header h2", has_text=f"Latent {latent}").wait_for()

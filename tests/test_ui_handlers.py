@@ -242,6 +242,21 @@ def test_the_find_panel_opens_with_an_example_in_the_shapes_world_only(ex):
         build["shapes_prompts"] = original
 
 
+def test_the_latent_map_shows_every_latent_once_grouped_by_its_label_factor(ex, monkeypatch):
+    figure, note = browse.latent_map(ex)
+    assert "click" in note
+    shown = {j: trace.name for trace in figure.data for j in trace.customdata}
+    assert sorted(shown) == list(range(ex.bundle.n_latents))
+    for j, group in shown.items():
+        assert group == (ex.bundle.labels[j].get("factor") or "unlabelled")
+    x = {j: float(v) for trace in figure.data for j, v in zip(trace.customdata, trace.x)}
+    assert all(x[j] == pytest.approx(float(ex.bundle.latent_map[j, 0])) for j in shown)
+    monkeypatch.delitem(ex.bundle.manifest["files"], "index/latent_map.safetensors")
+    monkeypatch.delitem(ex.bundle.__dict__, "latent_map", raising=False)
+    figure, note = browse.latent_map(ex)
+    assert figure is None and "--stages index" in note
+
+
 def test_strength_slider_is_exponential_signed_and_invertible():
     assert alpha_from_position(0.0) == 0.0 and alpha_from_position(1.0) == pytest.approx(MAX_ALPHA)
     assert alpha_from_position(-1.0) == pytest.approx(-MAX_ALPHA) and 0 < alpha_from_position(0.1) < 0.5

@@ -27,6 +27,21 @@ CACHE_LIFETIME = (600, 3600)  # every 10 min, delete uploads and outputs older t
 # model events run side by side so their sampling runs share UNet calls (backend/serving/batching.py); more wait in the queue
 MODEL = dict(concurrency_limit=16, concurrency_id="model")
 BROWSE = dict(concurrency_limit=None)  # atlas look-ups never wait on the model
+# a click on a point of the latent map opens that latent: plotly's click event is bound once the map is drawn
+MAP_CLICK_JS = """() => {
+  setInterval(() => {
+    document.querySelectorAll('#latent-map .js-plotly-plot').forEach((plot) => {
+      if (plot.dataset.opens || !plot.on) { return; }
+      plot.dataset.opens = '1';
+      plot.on('plotly_click', (event) => {
+        const box = document.querySelector('#latent-box input');
+        box.value = String(event.points[0].customdata);
+        box.dispatchEvent(new Event('input', { bubbles: true }));
+        document.querySelector('#open-latent').click();
+      });
+    });
+  }, 500);
+}"""
 COPY_LINK_JS = """(query) => {
   const url = window.location.origin + window.location.pathname + query;
   if (navigator.clipboard) { navigator.clipboard.writeText(url).catch(() => {}); }
@@ -113,6 +128,10 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             find_summary = gr.Markdown(elem_id="find-summary")
                             find_table = gr.Dataframe(headers=find.HEADERS, interactive=False, max_height=400, elem_id="find-table",
                                                       column_widths=["11%", "27%", "15%", "23%", "12%", "12%"])
+                        with gr.Accordion("Map of all latents", open=False):
+                            figure, map_note = browse.latent_map(ex)
+                            gr.Markdown(map_note, elem_id="map-note")
+                            gr.Plot(figure, visible=figure is not None, show_label=False, elem_id="latent-map")
                     with gr.Column(scale=6):
                         with gr.Row():
                             latent_box = gr.Number(first.latent, label="Latent", precision=0, elem_id="latent-box")
@@ -297,6 +316,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
         def steer_if_asked(tab, *args):
             return steer_fn(*args) if tab == "steer" else tuple(gr.skip() for _ in steer_outputs)
 
+        demo.load(None, None, None, js=MAP_CLICK_JS, api_name=False)
         loaded = demo.load(restore, None, [tabs, current_tab, latent_box, *first, prompt, seed, inspect_prompt], api_name=False)
         with_page(loaded)
         (loaded.then(search, list_inputs, [table, summary], api_name=False, **BROWSE)

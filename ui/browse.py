@@ -5,12 +5,13 @@ from dataclasses import dataclass, replace
 import plotly.graph_objects as go
 from PIL import Image
 
+from backend.errors import ExplorerError
 from backend.serving.bundle import label_text
 from ui.explorer import Explorer
 from ui.image_files import ImageFiles
 from ui.images import mark_patch, overlay, upscale
 from ui.latents import list_latents
-from ui.plots import histogram_figure, profile_figure
+from ui.plots import histogram_figure, latent_map_figure, profile_figure
 from ui.state import parse_int
 from ui.timeline import Timeline, frame, timelines
 
@@ -116,6 +117,18 @@ def served_page(ex: Explorer, value, files: ImageFiles) -> LatentPage:
     page = ex.pages.get(j, lambda: latent_page(ex, j).with_files(files))
     files.touch(page.pictures())
     return page
+
+
+def latent_map(ex: Explorer):
+    """The map of all latents as a figure (hover: id, label, frequency; colour: label factor), or why there is none."""
+    try:
+        xy = ex.bundle.latent_map.numpy()
+    except ExplorerError as err:
+        return None, str(err)
+    table = ex.table
+    groups = [label.get("factor") or "unlabelled" for label in ex.bundle.labels]
+    hover = [f"latent {j} · {table.labels[j] or 'no label'} · {table.kinds[j]} · fires at {table.frequency[j]:.2%}" for j in range(len(groups))]
+    return latent_map_figure(xy, groups, hover, table.frequency), "Hover a point for its latent; click it to open its page."
 
 
 def top_image_of(ex: Explorer, value) -> tuple[str, int]:

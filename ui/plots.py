@@ -1,4 +1,4 @@
-"""Plotly figures of a latent's statistics: activation histogram and temporal profile (relative to the activation scale)."""
+"""Plotly figures: a latent's activation histogram and temporal profile (relative to the activation scale), the map of all latents."""
 
 import numpy as np
 import plotly.graph_objects as go
@@ -38,3 +38,21 @@ def profile_figure(trajectory, injected, residual_share: float, typical: float, 
     return go.Figure(traces, layout=LAYOUT | dict(
         showlegend=True, legend=dict(orientation="h", y=-0.5), height=300, title=f"{title} · {residual_share:.0%} residual",
         xaxis=AXIS | dict(title="sampler step"), yaxis=AXIS | dict(title=f"‖{name}φ_t‖ / RMS ‖a_t‖")))
+
+
+def latent_map_figure(xy, groups: list[str], hover: list[str], frequency) -> go.Figure:
+    """Every latent at its map position, one colour per label factor ("unlabelled" last), sized by how often it fires.
+
+    Each point carries its latent id as customdata, which a click on it opens (ui/app.py).
+    """
+    xy, frequency = np.asarray(xy, dtype=np.float64), np.asarray(frequency, dtype=np.float64)
+    size = 4 + 14 * np.sqrt(frequency / max(frequency.max(), 1e-12))
+    traces = []
+    for name in sorted(set(groups), key=lambda g: (g == "unlabelled", g)):
+        ids = np.array([j for j, g in enumerate(groups) if g == name])
+        traces.append(go.Scatter(x=xy[ids, 0], y=xy[ids, 1], mode="markers", name=name, customdata=ids.tolist(),
+                                 text=[hover[j] for j in ids], hoverinfo="text", marker=dict(size=size[ids], opacity=0.75, color="#b0b0b0" if name == "unlabelled" else None)))
+    hidden = AXIS | dict(showticklabels=False, title=None)
+    return go.Figure(traces, layout=LAYOUT | dict(
+        height=460, showlegend=True, legend=dict(title="label factor"), title="All latents, placed by feature trajectory (UMAP)",
+        xaxis=hidden, yaxis=hidden, hovermode="closest"))

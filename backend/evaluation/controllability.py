@@ -98,10 +98,11 @@ class SteeringJudge:
     def prompted(self, factor: str, target: str, image_id: int) -> Trial | None:
         """The prompting baseline: the image's seed with a caption that names `target` for `factor`, nothing steered."""
         image = self.bundle.images[image_id]
-        caption = canonical_caption(Factors(**(image["factors"] | {factor: target})))
         base = self.bundle.generate(image["prompt"], image["seed"], []).base_run.result.images
-        prompted = self.bundle.generate(caption, image["seed"], []).base_run.result.images
-        before, after = self.classifier.predict(torch.cat([base, prompted]))
+        before = self.classifier.predict(base)[0]
+        # factors the image's caption leaves out were drawn by the model: the new caption names them as read in the base
+        caption = canonical_caption(Factors(**(before | image.get("factors", {}) | {factor: target})))
+        after = self.classifier.predict(self.bundle.generate(caption, image["seed"], []).base_run.result.images)[0]
         return self.judged("prompt", factor, target, image_id, before, after, 0.0, "prompt")
 
     def readings(self, image_id: int, steers: list[Steer], window: tuple[int, int]) -> tuple[dict, dict]:

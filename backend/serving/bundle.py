@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "bundle.json"
 ATLAS_TABLES = ("frequency", "mean", "max", "typical", "histogram", "top_image_id", "top_image_score", "top_image_map",
                 "top_patch_image", "top_patch_position", "top_patch_score")  # one row per latent; image_profile has one per image
+MAP_FILE = "index/latent_map.safetensors"  # the index stage's 2-D map of all latents
 CORE_FILES = ("sae/sae.safetensors", "sae/config.json", "dynamics.safetensors")
 
 
@@ -340,6 +341,16 @@ class Bundle:
     def image_index(self) -> VectorIndex:
         """Atlas images by latent profile (max-pooled codes, normalized)."""
         return self._index("images", lambda: self.atlas["image_profile"].float().numpy())
+
+    @cached_property
+    def latent_map(self) -> Tensor:
+        """Float Tensor[n_latents, 2]: every latent placed by its feature trajectory (UMAP, latent_map.py)."""
+        if MAP_FILE not in self.manifest["files"]:
+            raise ExplorerError("This bundle has no map of its latents; rerun its build with `--stages index` to draw one.")
+        xy = self._read(MAP_FILE, load_file).get("xy")
+        if xy is None or xy.shape != (self.n_latents, 2) or not torch.isfinite(xy).all():
+            raise ExplorerError(f"Bundle file {MAP_FILE} should hold finite 2-D coordinates for {self.n_latents} latents; rebuild the bundle's index.")
+        return xy
 
     def _index(self, name: str, vectors) -> VectorIndex:
         stored = f"index/{name}.faiss"
