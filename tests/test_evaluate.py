@@ -50,7 +50,8 @@ def test_report_has_a_row_per_variant_and_valid_plots(evaluation):
     step = json.loads(Path(config.model, "training.json").read_text())["step"]
     assert f"Model `{config.model}` (training step {step})" in text
     assert "- up_ft1, FVU residual:" in text and "steering clean" in text and "| background found |" in text
-    for name in ("eval-fvu.png", "eval-r2.png", "eval-purity.png", "eval-steering.png"):
+    for name in ("eval-fvu.png", "eval-r2.png", "eval-purity.png", "eval-steering.png", "eval-peaks.png", "eval-insertion.png",
+                 "eval-frontier.png"):
         with Image.open(Path(config.out) / name) as image:
             assert image.format == "PNG" and min(image.size) > 200
 

@@ -203,6 +203,25 @@ def plot_peaks(results: dict, sites: list[str], variants: list[str], path: Path)
     _save(fig, path)
 
 
+def plot_frontier(results: dict, sites: list[str], variants: list[str], strength: float, path: Path) -> None:
+    """Per run: held-out FVU of the SAE input against object mass ×chance, coloured by steering reached (the trade-off)."""
+    fig, axes = plt.subplots(1, len(sites), figsize=(5.5 * len(sites), 4), squeeze=False)
+    groups = group(results["runs"])
+    markers = dict(zip(variants, "osD^vP*X"))
+    for ax, site in zip(axes[0], sites):
+        for variant in variants:
+            runs = groups[site, variant]
+            fvu = [run["fvu_input"] for run in runs]
+            located = localization_metrics(runs)["object mass ×chance"]
+            reached = summary_metrics(runs, strength)["steering reached"]
+            points = ax.scatter(fvu, located, c=reached, cmap="viridis", vmin=0, vmax=1, marker=markers[variant], s=60,
+                                edgecolors="black", label=variant)
+        ax.set(title=site, xlabel="held-out FVU of the SAE input", ylabel="object-labelled mass on the object, ×chance")
+        ax.legend(fontsize=8)
+        fig.colorbar(points, ax=ax, label=f"steering reached (α = {strength:g})")
+    _save(fig, path)
+
+
 def plot_insertion(results: dict, sites: list[str], variants: list[str], strength: float, path: Path) -> None:
     """Steering reached against the window's start step, per variant (mean over seeds), with the prompting baseline."""
     fig, axes = plt.subplots(1, len(sites), figsize=(5 * len(sites), 3.5), squeeze=False)
@@ -261,6 +280,7 @@ def write_report(results: dict, out: Path) -> Path:
     plot_steering(results, sites, variants, out / "eval-steering.png")
     plot_peaks(results, sites, variants, out / "eval-peaks.png")
     plot_insertion(results, sites, variants, strength, out / "eval-insertion.png")
+    plot_frontier(results, sites, variants, strength, out / "eval-frontier.png")
     groups = group(results["runs"])
     header = ["site", "variant", "seeds", "FVU act.", "FVU act. 1-step", "FVU resid.", "dead (train)", "σ/random",
               "labelled", "steer reached", "steer clean", "ablation ok"]
@@ -328,6 +348,11 @@ than half covered; global latents excluded from the spatial measures):
   activation scale at each step), median over latents that fired; 1 = one step, {cfg['num_steps']} = spread evenly.
 
 ![Peak steps](eval-peaks.png)
+
+The trade-off between reconstruction, localization and steering, one point per run (held-out FVU of each variant's own
+SAE input, so the x positions compare SAEs of one input best):
+
+![Frontier](eval-frontier.png)
 
 Steering against prompting, and concept insertion by step (add trials at α = {strength:g}; *prompting*: the image's
 seed with a caption that names the target value, nothing steered: what a user could do without the SAE; *reached
