@@ -98,3 +98,22 @@ def test_a_rerun_with_other_settings_is_refused(evaluation, monkeypatch):
     monkeypatch.setattr(evaluate, "load_model", lambda *a, **k: None)
     with pytest.raises(ExplorerError, match="other settings"):
         Evaluation(changed).run()
+
+
+def test_concept_rows_follow_the_header_whatever_the_key_order(evaluation, tmp_path):
+    _, _, results = evaluation
+    mixed = json.loads(json.dumps(results))
+    for i, run in enumerate(mixed["runs"]):
+        run["concepts"] = {"shape": {"star": 0.0}, "background": {"black": 1.0}}
+        if i % 2:  # half the runs list their factors the other way round, as fresh runs do beside runs read back
+            run["concepts"] = dict(reversed(run["concepts"].items()))
+    text = write_report(mixed, tmp_path).read_text()
+    assert "| background found | shape found |" in text
+    assert "| up_ft1 | residualized | 1.00 ± 0.00 | 0.00 ± 0.00 |" in text
+
+
+def test_the_report_names_the_command_that_reproduces_it():
+    config = EvaluateConfig(sites="up_ft1", variants="residualized,global_local", seeds="0", work_dir="elsewhere")
+    command = config.command()
+    assert command == "python -m backend.evaluate --sites up_ft1 --variants residualized,global_local --seeds 0"
+    assert parse_config(command.split()[3:] + ["--work-dir", "elsewhere"]) == config

@@ -82,6 +82,13 @@ class EvaluateConfig:
                       epochs=self.epochs, images_per_shard=100, batch_size=16, global_latents=self.global_latents, global_k=self.global_k)
         return BuildConfig(**(values | overrides))
 
+    def command(self) -> str:
+        """The command line that reproduces these settings: the options that differ from their defaults."""
+        defaults = EvaluateConfig()
+        changed = [(name, value) for name, value in dataclasses.asdict(self).items()
+                   if value != getattr(defaults, name) and name not in ("work_dir", "out")]
+        return " ".join(["python -m backend.evaluate", *(f"--{name.replace('_', '-')} {value}" for name, value in changed)])
+
 
 def parse_config(argv=None) -> EvaluateConfig:
     parser = config_parser(EvaluateConfig, "python -m backend.evaluate", __doc__)
@@ -197,7 +204,7 @@ class Evaluation:
         cfg = self.config
         self.check_work_dir()
         results = {"config": dataclasses.asdict(cfg), "device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-                   "model_training": self.model_training, "r2_per_step": {}, "runs": []}
+                   "model_training": self.model_training, "command": cfg.command(), "r2_per_step": {}, "runs": []}
         for site in _list(cfg.sites):
             shared, test, results["r2_per_step"][site] = self.prepare_site(site)
             for variant in _list(cfg.variants):

@@ -77,7 +77,7 @@ def concept_metrics(runs: list[dict]) -> dict[str, list[float]]:
     """Per run and found factor: the hit rate of Bundle.contrast at top 5, averaged over the factor's values."""
     metrics = defaultdict(list)
     for run in runs:
-        for factor, by_value in run.get("concepts", {}).items():
+        for factor, by_value in sorted(run.get("concepts", {}).items()):  # runs read back from JSON have their keys sorted
             metrics[f"{factor} found"].append(statistics.fmean(by_value.values()))
     return metrics
 
@@ -294,12 +294,12 @@ def write_report(results: dict, out: Path) -> Path:
     insertion_rows = [[site, variant] + [fmt(values, 2) for values in m.values()] for (site, variant), m in inserted.items()]
     found = {key: concept_metrics(runs) for key, runs in groups.items()}
     found_header = ["site", "variant", *next(iter(found.values()), {})]
-    found_rows = [[site, variant] + [fmt(values, 2) for values in m.values()] for (site, variant), m in found.items()]
+    found_rows = [[site, variant] + [fmt(m[name], 2) for name in found_header[2:]] for (site, variant), m in found.items()]
     sigma_rows = [[site, variant] + [fmt([r["sigma_label"][f] for r in runs], 2) for f in FACTORS] for (site, variant), runs in groups.items()]
     random_row = {f: groups[next(iter(groups))][0]["sigma_random"][f] for f in FACTORS}
-    text = f"""# Evaluation: SAE input variants (residualized, global/local, temporal-concat, per-step)
+    text = f"""# Evaluation: SAE input variants ({", ".join(variants)})
 
-Reproduce with `python -m backend.evaluate` (this file and the `eval-*.png` plots beside it).
+Reproduce with `{results.get('command', 'python -m backend.evaluate')}` (this file and the `eval-*.png` plots beside it).
 Model `{cfg['model']}`{_model_step(results)}; {cfg['train_images']} training captions (SAE training and the atlas that labels latents),
 {cfg['test_images']} other test captions (reconstruction); {cfg['num_steps']} DDIM steps, guidance {cfg['guidance_scale']:g},
 all steps recorded; {cfg['n_latents']} latents, k = {cfg['k']}, {cfg['epochs']} epochs for every variant; SAE seeds
