@@ -1,7 +1,7 @@
 """The Browse tab's Find panel: latents for a concept, from two prompt lists typed one prompt per line."""
 
 from backend.errors import ExplorerError
-from backend.serving.contrast import MAX_PROMPTS, MAX_SEEDS
+from backend.serving.contrast import MAX_SEEDS
 from ui.explorer import Explorer
 from ui.state import parse_int
 from ui.steer import check_prompt
@@ -20,13 +20,10 @@ def example_sets(ex: Explorer) -> tuple[str, str]:
 
 
 def prompt_lines(text, which: str) -> list[str]:
-    """The non-blank lines of `text`, each a checked prompt; at most MAX_PROMPTS."""
+    """The non-blank lines of `text`, each a checked prompt (how many a set may hold, Bundle.contrast checks)."""
     if not isinstance(text, str):
         raise ExplorerError(f"Type the prompts {which} the concept, one per line.")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) > MAX_PROMPTS:
-        raise ExplorerError(f"Give at most {MAX_PROMPTS} prompts {which} the concept; there are {len(lines)}.")
-    return [check_prompt(line) for line in lines]
+    return [check_prompt(line) for line in text.splitlines() if line.strip()]
 
 
 def find_latents(ex: Explorer, with_text, without_text, seeds) -> tuple[list[list], str]:

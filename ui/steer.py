@@ -84,14 +84,13 @@ def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history
     prompt = check_prompt(prompt)
     seed = parse_int(seed, "Seed", 0, MAX_SEED)
     window = (parse_int(start, "Window start", 0, ex.num_steps - 1), parse_int(end, "Window end", 0, ex.num_steps - 1))
-    steers = steers_from(ex, controls)
-    result = ex.generator().generate(prompt, seed, steers, window=window, mask=mask_from(mask, cells),
-                                     guidance_scale=check_guidance(guidance))
+    steers, guidance = steers_from(ex, controls), check_guidance(guidance)
+    result = ex.generator().generate(prompt, seed, steers, window=window, mask=mask_from(mask, cells), guidance_scale=guidance)
     summary = describe(steers)
     if steers:
         cells_text = f" ({', '.join(c for c in CELLS if c in (cells or []))})" if mask == "region" else ""
         summary += f" · steps {window[0]}–{window[1]} · {mask}{cells_text}"
-    caption = f"{prompt} · seed {seed} · guidance {check_guidance(guidance):g} · {summary}"
+    caption = f"{prompt} · seed {seed} · guidance {guidance:g} · {summary}"
     history = [(upscale(result.steered), caption)] + list(history or [])[: HISTORY - 1]
     return upscale(result.base), upscale(result.steered), difference(result.base, result.steered), history, summary
 
