@@ -1,4 +1,4 @@
-"""`python -m backend.build`: from prompts to a served bundle (collect, dynamics, train, atlas, index).
+"""`python -m backend.build`: from prompts to a served bundle (collect, dynamics, train, atlas, index, icons).
 
 Every stage writes to a work directory beside the bundle and skips what is already done,
 so an interrupted build resumes where it stopped.
@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from backend.cli import config_parser, option
 from backend.diffusion.collect import (
@@ -39,6 +41,8 @@ from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, tensor_batches, train_sae
 from backend.serving.atlas import AtlasAccumulator, label_latents
 from backend.serving.bundle import MAP_FILE, Bundle, rewrite_manifest
+from backend.serving.icon_drawing import base_icon, draw_icons
+from backend.serving.icons import DEFAULT_STRENGTHS, ICON_FILE, IconSettings
 from backend.serving.latent_map import latent_map
 from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
@@ -64,8 +68,9 @@ def check_writable(folder: Path, flag: str) -> None:
         raise ExplorerError(f"{flag} {folder} cannot be written: {err.strerror or err}. Pass a folder you can write to.") from None
 
 
-STAGES = ("collect", "dynamics", "train", "atlas", "index")
-PARALLEL_STAGES = ("collect", "dynamics", "train")  # the others are quick and run on rank 0 alone
+STAGES = ("collect", "dynamics", "train", "atlas", "index", "icons")
+PARALLEL_STAGES = ("collect", "dynamics", "train", "icons")  # the others are quick and run on rank 0 alone
+ICON_CHUNK = 32  # latents per resumable piece of the icons stage
 
 
 @dataclass
@@ -98,6 +103,10 @@ class BuildConfig:
     lr: float = option(0.0, "SAE learning rate (0: scaled from the number of latents)")
     sae_seed: int = option(0, "seed of the SAE's initialization and data order")
     top_n: int = option(16, "top images and patches kept per latent")
+    icon_prompt: str = option("", "feature icons: the neutral prompt every latent is steered into (empty: the unconditional image)")
+    icon_seed: int = option(0, "feature icons: the seed of the neutral image")
+    icon_strengths: str = option(",".join(f"{a:g}" for a in DEFAULT_STRENGTHS),
+                                 "feature icons: add strengths, comma-separated (units of the latent's typical activation)")
     device: str = option("", "cpu or cuda (default: cuda when available)")
     stages: str = option(",".join(STAGES), "comma-separated stages to run")
 
@@ -109,6 +118,9 @@ class BuildConfig:
     @property
     def work(self) -> Path:
         return Path(self.work_dir or f"{self.out.rstrip('/')}.work")
+
+    def icon_settings(self) -> IconSettings:
+        return IconSettings.parse(self.icon_prompt, self.icon_seed, self.icon_strengths)
 
     def collect_config(self, positions: int | None) -> CollectConfig:
         recorded = evenly_spaced_steps(self.num_steps, self.recorded_steps or self.num_steps)
@@ -137,6 +149,10 @@ def parse_command(argv=None) -> tuple[BuildConfig, bool]:
         parser.error("--variant global_local needs every position of an image (its spatial mean): leave --positions-per-image at 0")
     if not 0 < config.global_k <= config.global_latents:
         parser.error("--global-k must be between 1 and --global-latents")
+    try:
+        config.icon_settings()
+    except ExplorerError as err:
+        parser.error(str(err))
     return config, plan
 
 
@@ -399,6 +415,42 @@ class Build:
                 index.save(root / "index" / f"{name}.faiss")
         write_safetensors(root / MAP_FILE, {"xy": torch.from_numpy(latent_map(vectors["latents"], seed=self.config.sae_seed))})
         rewrite_manifest(root)
+
+    def icons(self) -> None:
+        """Every live latent steered into the neutral prompt at each strength (icons.py).
+
+        The latents go in chunks, shared round-robin by the ranks; each chunk is its own file in
+        the work directory, so an interrupted stage resumes at the first chunk not yet written.
+        """
+        self.barrier()  # the index stage (rank 0 alone) rewrites the manifest before any rank loads the bundle
+        settings, root = self.config.icon_settings(), Path(self.config.out)
+        bundle = Bundle.load(root)
+        bundle.attach_model(self.get_model())
+        size = bundle.thumbnails.shape[1]
+        live = bundle.typical_activation.gt(0).nonzero().flatten().tolist()
+        chunks = [live[i : i + ICON_CHUNK] for i in range(0, len(live), ICON_CHUNK)]
+        files = bundle.manifest["files"]
+        key = json.dumps([files["sae/sae.safetensors"], files["atlas/tables.safetensors"], dataclasses.asdict(settings)])
+        chunk_dir = self.work / f"icons-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        mine = range(self.rank, len(chunks), self.world_size)
+        with tqdm(total=sum(len(chunks[i]) for i in mine), desc="icons", unit="latent", disable=self.rank != 0) as progress:
+            for i in mine:
+                path = chunk_dir / f"{i:05d}.safetensors"
+                if not path.exists():
+                    write_safetensors(path, {"icons": draw_icons(bundle.generator, settings, chunks[i], size)})
+                progress.update(len(chunks[i]))
+        self.barrier()
+        if self.rank != 0:
+            return
+        images = torch.zeros(bundle.n_latents, len(settings.strengths), *bundle.thumbnails.shape[1:], dtype=torch.uint8)
+        for i, chunk in enumerate(chunks):
+            images[chunk] = load_file(chunk_dir / f"{i:05d}.safetensors")["icons"]
+        drawn = torch.zeros(bundle.n_latents, dtype=torch.bool)
+        drawn[live] = True
+        write_safetensors(root / ICON_FILE, {"icons": images, "base": base_icon(bundle.generator, settings, size), "drawn": drawn})
+        rewrite_manifest(root, icons=settings.record(files["atlas/tables.safetensors"]))
+        shutil.rmtree(chunk_dir, ignore_errors=True)  # no chunks when every latent is dead
+        self.summary["icons"] = len(live) * len(settings.strengths)
 
     def run(self) -> dict:
         """Run the configured stages in order; returns the summary."""

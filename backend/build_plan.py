@@ -11,7 +11,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.diffusion.collect import CollectConfig
 from backend.errors import ExplorerError
+from backend.serving.icon_drawing import WORKERS as ICON_RUNS
 
 GB = 1e9
 HEADROOM = 0.9  # share of the available memory and free disk a build may plan to use
@@ -19,6 +21,7 @@ FP16, FP32, FP64 = 2, 4, 8
 # Python, torch and diffusers themselves: a stage's peak RSS less its tensors, measured on the SD 1.5 rehearsal's
 # dynamics stage (docs/BENCHMARKS.md); with it the plan came within 12 % of every stage's measured peak RSS there
 PROCESS = 1.3 * GB
+THUMBNAIL_SIZE = CollectConfig.thumbnail_size
 # effective FLOP/s of the collect stage's UNet calls, and where each figure comes from (docs/BENCHMARKS.md)
 COLLECT_RATES = (
     ("this project's 2-core AMD EPYC, fp32 (measured)", 1.4e11),
@@ -74,6 +77,7 @@ class BuildPlan:
     n_latents: int
     stages: tuple[StageNeeds, ...]
     collect_flops: float  # the UNet calls of every image's sampling run
+    icon_flops: float  # the UNet calls of every feature icon's steered run
 
     @property
     def disk(self) -> float:
@@ -89,9 +93,10 @@ class BuildPlan:
         for stage in self.stages:
             lines.append(f"{stage.name:<10}{stage.memory / GB:>11.2f} GB{stage.disk / GB:>9.2f} GB  {stage.holds}")
         lines.append(f"{'total':<10}{'':>14}{self.disk / GB:>9.2f} GB")
-        lines.append(f"rough collect time ({self.collect_flops / 1e15:.1f} PFLOP of UNet calls; divide by the GPUs under torchrun):")
-        lines += [f"  {duration(self.collect_flops / rate):>9} on {where}" for where, rate in COLLECT_RATES]
-        lines.append("  the other stages are not projected: 0.2-0.5x collect's time in the CPU rehearsal (docs/BENCHMARKS.md)")
+        for stage, flops in (("collect", self.collect_flops), ("icons", self.icon_flops)):
+            lines.append(f"rough {stage} time ({flops / 1e15:.1f} PFLOP of UNet calls; divide by the GPUs under torchrun):")
+            lines += [f"  {duration(flops / rate):>9} on {where}" for where, rate in COLLECT_RATES]
+        lines.append("  dynamics, train, atlas and index are not projected: 0.2-0.5x collect's time in the CPU rehearsal (docs/BENCHMARKS.md)")
         return "\n".join(lines)
 
     def check_fits(self, memory_available: float, disk_free: float, disk_used: float = 0.0) -> None:
@@ -138,6 +143,7 @@ def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int, s
     shard_values = shard * train_positions * per_position
     atlas_shard_values = shard * site.positions * per_position
     trajectory_vectors = config.n_latents * per_position * FP32  # each latent's feature trajectory, for similar latents
+    icons = config.n_latents * len(config.icon_settings().strengths)
     stages = (
         StageNeeds("collect", PROCESS + weight_bytes + shard_values * FP16, collect_disk,
                    "the models' weights and one shard of trajectories (--images-per-shard)"),
@@ -153,10 +159,13 @@ def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int, s
                    "one shard's codes over every latent (--images-per-shard × positions × --n-latents)"),
         StageNeeds("index", PROCESS + 1.5 * sae_bytes + 4 * trajectory_vectors, trajectory_vectors,
                    "the latents' feature trajectories and their search index (--n-latents × recorded steps × channels)"),
+        StageNeeds("icons", PROCESS + weight_bytes + 1.5 * sae_bytes + 2 * trajectory_vectors + ICON_RUNS * site.positions * per_position * FP32,
+                   icons * THUMBNAIL_SIZE**2 * 3,  # at most: images smaller than the thumbnail size stay as they are
+                   f"the models' weights, the feature trajectories and {ICON_RUNS} steered runs' edits (recorded steps × positions × channels)"),
     )
     return BuildPlan(images=n_prompts, atlas_images=atlas_images, site=site, steps=steps, train_positions=train_positions,
                      d_in=d_in, n_latents=config.n_latents, stages=stages,
-                     collect_flops=n_prompts * config.num_steps * step_flops)
+                     collect_flops=n_prompts * config.num_steps * step_flops, icon_flops=icons * config.num_steps * step_flops)
 
 
 def memory_available() -> float:

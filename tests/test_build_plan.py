@@ -91,3 +91,12 @@ def test_the_rehearsal_model_directory_loads_as_a_checkpoint_would(tmp_path):
     options = dict(seed=1, num_steps=2, guidance_scale=3.0)
     images = [sample(model, "a photograph of a horse", **options).images for model in (loaded, original)]
     assert torch.allclose(*images, atol=1e-5)  # loaded tensors may take other kernels: rounding differs in the last bits
+
+
+def test_the_plan_counts_the_icons_stage_as_steered_runs(tmp_path):
+    build = Build(config(tmp_path, icon_strengths="1,2"), model=tiny_model())
+    plan, latents, prompts = build.plan(), build.config.n_latents, len(build.prompts)
+    assert plan.icon_flops / plan.collect_flops == pytest.approx(2 * latents / prompts)  # one sampling run per icon
+    icons = next(stage for stage in plan.stages if stage.name == "icons")
+    assert icons.disk == 2 * latents * 128 * 128 * 3  # at most thumbnail-sized uint8 images
+    assert "rough icons time" in plan.table()

@@ -31,13 +31,15 @@ def test_the_api_lists_the_app_endpoints(client):
 
 def test_search_through_the_api(client):
     table, summary = client.predict("red", api_name="/search")
-    assert table["data"] and all("red" in row[1] for row in table["data"])
+    assert table["data"] and all("red" in row[2] for row in table["data"])  # after the id and the icons
     assert "latents match" in summary
 
 
 def test_a_latent_page_through_the_api(client):
-    latent, header, top_images, patches, quantiles, histogram, profile, similar = client.predict(5, api_name="/latent_page")
+    latent, header, icons, icon_note, top_images, patches, quantiles, histogram, profile, similar = client.predict(5, api_name="/latent_page")
     assert latent == 5 and header.startswith("## Latent 5")
+    assert [item["caption"] for item in icons] == ["nothing added", "α = +1 × s", "α = +2 × s", "α = +4 × s"]
+    assert "Feature icon" in icon_note
     assert top_images and all(item["image"] for item in top_images)
     assert quantiles and all(item["caption"].startswith("q ") for item in quantiles)
     assert similar["data"] and all(row[0] != 5 for row in similar["data"])

@@ -31,7 +31,7 @@ def test_search_open_a_latent_and_steer_it(page):
     page.goto(app_url(), wait_until="load")
     page.wait_for_selector("#latent-header h2")
     page.locator("#search textarea, #search input").first.fill("red")
-    page.locator("#latent-table [data-testid=cell-0-1]", has_text="red").wait_for()
+    page.locator("#latent-table [data-testid=cell-0-2]", has_text="red").wait_for()  # after the id and the icons
     first = page.locator("#latent-table [data-testid=cell-0-0]")
     latent = first.inner_text().strip()
     first.click()
@@ -106,3 +106,20 @@ def test_the_map_of_all_latents_opens_a_latent_on_click(page):
     latent = page.evaluate("() => document.querySelector('#latent-map .js-plotly-plot').data[0].customdata[0]")
     point.click(force=True)
     page.locator("#latent-header h2", has_text=f"Latent {latent}").wait_for()
+
+
+def test_feature_icons_show_on_the_latent_page_and_in_the_table(page):
+    page.goto(app_url(), wait_until="load")
+    page.wait_for_selector("#latent-header h2")
+    page.locator("#icon-note", has_text="Feature icon").wait_for()
+    gallery = page.locator("#feature-icons img")
+    gallery.nth(3).wait_for()
+    assert gallery.count() == 4  # the unsteered image and three strengths
+    strip = page.locator("#latent-table [data-testid=cell-0-1] img")  # the first row's icons, after its id
+    strip.wait_for()
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=strip.element_handle())
+    width, height = page.evaluate("(img) => [img.naturalWidth, img.naturalHeight]", strip.element_handle())
+    assert (width, height) == (48, 16)  # three 16 px icons side by side, served as drawn
+    first_id = page.locator("#latent-table [data-testid=cell-0-0]").inner_text().strip()
+    assert strip.get_attribute("alt") == f"latent {first_id}"
+    page.screenshot(path=SHOTS / "icons.png", full_page=True)

@@ -1,5 +1,6 @@
 import atexit
 import functools
+import json
 import math
 import shutil
 import tempfile
@@ -125,7 +126,42 @@ def test_latent_page_shows_the_atlas_view_of_the_latent(ex):
     assert page.similar and all(row[0] != j for row in page.similar)
     assert len(page.quantile_images) == len(ex.bundle.quantile_images(j, browse.QUANTILE_BINS, browse.PER_BIN)) > 0
     assert page.quantile_images[0][1].startswith("q 0–25 %") and page.quantile_images[-1][1].startswith("q 75–100 %")
-    assert len(page.outputs()) == 8
+    assert len(page.outputs()) == 10
+
+
+def test_the_latent_page_shows_its_icons_beside_the_unsteered_image(ex):
+    j = labelled_latent(ex)
+    page, icons = browse.latent_page(ex, j), ex.bundle.icons
+    assert [caption for _, caption in page.icons] == ["nothing added", "α = +1 × s", "α = +2 × s", "α = +4 × s"]
+    for (picture, _), icon in zip(page.icons, [icons.base, *icons.images[j]]):
+        assert np.array_equal(np.asarray(picture)[::12, ::12], icon.numpy())  # 16 px icons upscaled 12x, nearest
+    assert "the empty prompt (seed 0)" in page.icon_note and f"latent {j} added" in page.icon_note
+    dead = ex.bundle.typical_activation.eq(0).nonzero().flatten().tolist()
+    for k in dead[:1]:
+        assert browse.latent_page(ex, k).icons == [] and "no icon" in browse.latent_page(ex, k).icon_note
+
+
+def test_each_table_row_shows_its_latents_icon_strip_after_the_id(ex, tmp_path):
+    files = ImageFiles(tmp_path)
+    rows, _ = browse.table(ex, files, "red")
+    assert browse.table_headers(ex)[:2] == ["latent", "icons"] and len(rows[0]) == len(browse.table_headers(ex))
+    for row in rows:
+        path = row[1].split("gradio_api/file=")[1].rstrip(")")
+        strip = np.asarray(Image.open(path))
+        icons = ex.bundle.icons.images[row[0]].numpy()
+        assert np.array_equal(strip, np.concatenate(list(icons), axis=1))  # strengths left to right, pixels as drawn
+    assert [row[:1] + row[2:] for row in rows] == browse.search(ex, "red")[0]
+
+
+def test_a_bundle_with_unusable_icons_still_serves_and_says_why(tmp_path):
+    bundle_dir = shutil.copytree(ui_bundle_dir(), tmp_path / "bundle")
+    manifest = json.loads((bundle_dir / "bundle.json").read_text())
+    manifest["icons"]["atlas_sha256"] = "0" * 64  # drawn with another atlas
+    (bundle_dir / "bundle.json").write_text(json.dumps(manifest))
+    stale = Explorer(Bundle.load(bundle_dir))
+    assert stale.icons is None and "--stages icons" in stale.icon_note
+    assert browse.latent_page(stale, 3).icon_note == stale.icon_note and "icons" not in browse.table_headers(stale)
+    assert browse.table(stale, ImageFiles(tmp_path / "files"))[0] == browse.search(stale)[0]
 
 
 @pytest.mark.parametrize("bad", [-1, 32, 10**12, "abc", None, 1.5, math.nan, "3; drop"])

@@ -9,7 +9,7 @@ from backend.errors import ExplorerError
 from ui import browse, export, find, inspect, status, steer, timeline, views
 from ui.explorer import Explorer
 from ui.image_files import ImageFiles, temporary_folder
-from ui.latents import HEADERS, SORTS
+from ui.latents import SORTS
 from ui.state import STEER_MODES, alpha_from_position
 from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
 
@@ -21,7 +21,9 @@ INTRO = ("Sparse features of a diffusion model's activations *over the denoising
          "(a residualized temporal SAE). Browse the latents, watch their maps form step by step, and steer generation with them.")
 # every launch of the app: uploads capped, messages shown, the state of the oldest sessions dropped beyond SESSIONS
 SESSIONS = 200
-LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True, state_session_capacity=SESSIONS)
+# the latent table's icon strips: one row tall, pixels kept sharp (the demo's icons are 32 px)
+CSS = "#latent-table img { height: 24px; width: auto; max-width: none; image-rendering: pixelated; margin: 0; }"
+LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True, state_session_capacity=SESSIONS, css=CSS)
 STATE_LIFETIME = 900  # seconds a session keeps its image-holding state (timeline frames, history) after its last update
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete uploads and outputs older than an hour (and all of them at shutdown)
 # model events run side by side so their sampling runs share UNet calls (backend/serving/batching.py); more wait in the queue
@@ -98,8 +100,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
     """Lay out the app for one explorer; every event calls a handler from `ui/`."""
     steps = len(ex.recorded_steps)
     files, exports = ImageFiles.temporary(), temporary_folder("exports")
+    icon_files = ImageFiles.temporary(max_files=ex.bundle.n_latents)  # one strip per latent: none is ever dropped
     first = browse.served_page(ex, views.default_latent(ex), files)  # drawn into the page itself: on screen before any event runs
-    rows, listed = browse.search(ex)
+    rows, listed = browse.table(ex, icon_files)
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         notice = gr.Markdown(status.notice_text(ex), visible=bool(ex.notice), elem_id="notice")
@@ -108,15 +111,17 @@ def build_app(ex: Explorer) -> gr.Blocks:
         with gr.Tabs(selected="browse") as tabs:
             with gr.Tab("Browse", id="browse") as browse_tab:
                 with gr.Row():
-                    with gr.Column(scale=5):
+                    with gr.Column(scale=6):
                         query = gr.Textbox(label="Search", placeholder="a latent id, or label words such as 'red'", elem_id="search")
                         with gr.Row():
                             sort = gr.Dropdown(list(SORTS), value="frequency", label="Sort by")
                             labelled = gr.Checkbox(label="Labelled only")
                             min_freq = gr.Number(0.0, label="Min frequency", minimum=0, maximum=1, step=0.001)
                         summary = gr.Markdown(listed)
-                        table = gr.Dataframe(rows, headers=HEADERS, interactive=False, max_height=640, elem_id="latent-table",
-                                             column_widths=["13%", "31%", "16%", "13%", "14%", "13%"])
+                        headers = browse.table_headers(ex)
+                        table = gr.Dataframe(rows, headers=headers, interactive=False, max_height=640, elem_id="latent-table",
+                                             datatype=["markdown" if name == browse.ICONS_HEADER else "str" for name in headers],
+                                             column_widths=[browse.COLUMN_WIDTHS[name] for name in headers])
                         with gr.Accordion("Find latents for a concept", open=False, elem_id="find-panel"):
                             with_example, without_example = find.example_sets(ex)
                             with gr.Row():
@@ -138,6 +143,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             open_btn = gr.Button("Open", elem_id="open-latent")
                             to_steer = gr.Button("Steer with this latent", variant="primary", elem_id="to-steer")
                         header = gr.Markdown(first.header, elem_id="latent-header")
+                        icon_note = gr.Markdown(first.icon_note, elem_id="icon-note")
+                        icon_gallery = gr.Gallery(first.icons, label="Feature icon (this latent added to a neutral prompt)", columns=4,
+                                                  height=170, elem_id="feature-icons", visible=ex.icons is not None)
                         top_gallery = gr.Gallery(first.top_images, label="Top images (map overlaid)", columns=4, height=330, elem_id="top-images")
                         patches = gr.Gallery(first.top_patches, label="Top patches (cell outlined)", columns=4, height=330)
                         quantiles = gr.Gallery(first.quantile_images, label="Examples across its activation range (weakest quarter first)", columns=4,
@@ -220,11 +228,11 @@ def build_app(ex: Explorer) -> gr.Blocks:
 
         # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
         list_inputs = [query, sort, labelled, min_freq]
-        search = shown(functools.partial(browse.search, ex))
+        search = shown(functools.partial(browse.table, ex, icon_files))
         query.change(search, list_inputs, [table, summary], api_name="search", **BROWSE)
         for control in (sort, labelled, min_freq):
             control.change(search, list_inputs, [table, summary], api_name=False, **BROWSE)
-        page_outputs = [latent_box, header, top_gallery, patches, quantiles, histogram, profile, similar]
+        page_outputs = [latent_box, header, icon_gallery, icon_note, top_gallery, patches, quantiles, histogram, profile, similar]
         timeline_outputs = [timeline_state, step, x0_image, final_image, step_caption]
 
         def open_page(value):

@@ -8,9 +8,11 @@ from PIL import Image
 from backend.errors import ExplorerError
 from backend.serving.bundle import label_text
 from ui.explorer import Explorer
+from ui.icons import HEADER as ICONS_HEADER
+from ui.icons import icon_gallery, with_icon_cells
 from ui.image_files import ImageFiles
 from ui.images import mark_patch, overlay, upscale
-from ui.latents import list_latents
+from ui.latents import HEADERS, list_latents
 from ui.plots import histogram_figure, latent_map_figure, profile_figure
 from ui.state import parse_int
 from ui.timeline import Timeline, frame, timelines
@@ -19,12 +21,26 @@ TOP_N = 8
 QUANTILE_BINS, PER_BIN = 4, 2
 SIMILAR_N = 8
 SIMILAR_HEADERS = ["latent", "label", "cosine"]
+COLUMN_WIDTHS = {"latent": "12%", ICONS_HEADER: "15%", "label": "19%", "freq.": "12%", "max": "11%", "purity": "12%", "peak": "9%",
+                 "kind": "10%"}  # of the latent table (without icons the columns share the rest)
 
 
 def search(ex: Explorer, query: str = "", sort: str = "frequency", labelled_only: bool = False,
            min_frequency: float = 0.0) -> tuple[list[list], str]:
     """The latent list for the search box, sort menu and filters."""
     return list_latents(ex.bundle, ex.table, query, sort, labelled_only, min_frequency)
+
+
+def table(ex: Explorer, icon_files: ImageFiles, query: str = "", sort: str = "frequency", labelled_only: bool = False,
+          min_frequency: float = 0.0) -> tuple[list[list], str]:
+    """The latent list as the app's table shows it: `search`'s rows, each with its latent's icon strip after the id."""
+    rows, summary = search(ex, query, sort, labelled_only, min_frequency)
+    return with_icon_cells(ex, rows, icon_files), summary
+
+
+def table_headers(ex: Explorer) -> list[str]:
+    """Column names of the app's latent table (the icon column only when the bundle has icons)."""
+    return HEADERS[:1] + [ICONS_HEADER] + HEADERS[1:] if ex.icons is not None else HEADERS
 
 
 def latent_id(ex: Explorer, value) -> int:
@@ -38,6 +54,8 @@ class LatentPage:
 
     latent: int
     header: str  # markdown
+    icons: list[tuple[Image.Image | str, str]]  # the unsteered image, then the latent added at each strength
+    icon_note: str  # markdown: how the icons were drawn, or why there are none
     top_images: list[tuple[Image.Image | str, str]]  # (picture or its file, caption)
     top_patches: list[tuple[Image.Image | str, str]]
     quantile_images: list[tuple[Image.Image | str, str]]  # weakest quarter first
@@ -47,17 +65,17 @@ class LatentPage:
 
     def outputs(self) -> tuple:
         """The page as the tuple of values the Gradio outputs take, in field order."""
-        return (self.latent, self.header, self.top_images, self.top_patches, self.quantile_images, self.histogram, self.profile,
-                self.similar)
+        return (self.latent, self.header, self.icons, self.icon_note, self.top_images, self.top_patches, self.quantile_images,
+                self.histogram, self.profile, self.similar)
 
     def pictures(self) -> list:
         """Every picture on the page (images or their files), gallery by gallery."""
-        return [picture for items in (self.top_images, self.top_patches, self.quantile_images) for picture, _ in items]
+        return [picture for items in (self.icons, self.top_images, self.top_patches, self.quantile_images) for picture, _ in items]
 
     def with_files(self, files: ImageFiles) -> "LatentPage":
         """The page with its pictures as files in `files` (Gradio serves them without encoding them again)."""
-        return replace(self, top_images=files.gallery(self.top_images), top_patches=files.gallery(self.top_patches),
-                       quantile_images=files.gallery(self.quantile_images))
+        return replace(self, icons=files.gallery(self.icons), top_images=files.gallery(self.top_images),
+                       top_patches=files.gallery(self.top_patches), quantile_images=files.gallery(self.quantile_images))
 
 
 def header(ex: Explorer, j: int) -> str:
@@ -82,7 +100,8 @@ def quantile_name(b: int) -> str:
 
 
 def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
-    """Latent page: top images with maps, top patches, examples by quantile, histogram, temporal profile, similar latents."""
+    """Latent page: feature icons, top images with maps, top patches, examples by quantile, histogram, temporal profile,
+    similar latents."""
     bundle = ex.bundle
     j = latent_id(ex, value)
     vmax = float(ex.table.max_activation[j])
@@ -98,8 +117,9 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
                        for b, i, score in bundle.quantile_images(j, QUANTILE_BINS, PER_BIN)]
     similar = [[int(k), ex.table.labels[k], round(cos, 3)] for k, cos in bundle.similar_latents(j, SIMILAR_N)]
     profiles = bundle.temporal_profiles
+    icons, icon_note = icon_gallery(ex, j)
     return LatentPage(
-        latent=j, header=header(ex, j), top_images=top_images, top_patches=top_patches, quantile_images=quantile_images,
+        latent=j, header=header(ex, j), icons=icons, icon_note=icon_note, top_images=top_images, top_patches=top_patches, quantile_images=quantile_images,
         histogram=histogram_figure(bundle.atlas["histogram"][j].numpy(), vmax),
         profile=profile_figure(profiles.trajectory[j].numpy(), profiles.injected[j].numpy(), float(profiles.residual_share[j]),
                                float(bundle.typical_activation[j]), ex.recorded_steps),

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
+from backend.serving.icons import FeatureIcons
 from backend.serving.opener import attach_model
 from backend.serving.recent import Recent
 from ui.latents import LatentTable
@@ -24,6 +25,8 @@ class Explorer:
     table: LatentTable = field(init=False)
     model_settled: threading.Event = field(init=False)  # clear while the model loads: generation waits on it
     page_served: threading.Event = field(init=False)  # set once a latent page has been answered
+    icons: FeatureIcons | None = field(init=False)  # None: the bundle has none, or they cannot be used (`icon_note` says why)
+    icon_note: str = field(init=False)
 
     def __post_init__(self):
         if not self.bundle.has_atlas:
@@ -31,6 +34,10 @@ class Explorer:
         for name in ("thumbnails", "images", "latent_index"):  # load once, before requests race
             getattr(self.bundle, name)
         self.table = LatentTable.of(self.bundle)
+        try:  # a bundle without usable icons still serves everything else
+            self.icons, self.icon_note = self.bundle.icons, ""
+        except ExplorerError as err:
+            self.icons, self.icon_note = None, str(err)
         self.model_settled = threading.Event()
         self.model_settled.set()
         self.page_served = threading.Event()

@@ -44,11 +44,14 @@ def make_scheduler(model: DiffusionModel, num_steps: int) -> DDIMScheduler:
     return scheduler
 
 
-def check_prompts(model: DiffusionModel, prompts: Sequence[str]) -> None:
-    """Reject empty prompts and prompts longer than the text encoder's context."""
+def check_prompts(model: DiffusionModel, prompts: Sequence[str], allow_empty: bool = False) -> None:
+    """Reject prompts longer than the text encoder's context, and empty ones unless `allow_empty`.
+
+    A user's empty prompt is a mistake; the feature icons ask for it on purpose (the unconditional image).
+    """
     limit = model.tokenizer.model_max_length
     for prompt in prompts:
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str) or not (prompt.strip() or allow_empty and prompt == ""):
             raise ExplorerError("The prompt is empty; type a description of the image.")
         with TOKENIZER_LOCK:
             n_tokens = len(model.tokenizer(prompt).input_ids)

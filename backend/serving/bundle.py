@@ -30,6 +30,7 @@ from backend.method.encodings import TrajectoryEncoding
 from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae import TopKSAE
 from backend.serving.atlas import TemporalProfiles, temporal_profiles
+from backend.serving.icons import ICON_FILE, FeatureIcons, IconSettings
 from backend.serving.manifest import FORMAT_VERSION, validate_manifest
 from backend.serving.search import VectorIndex
 
@@ -70,10 +71,10 @@ def resolve_source(source: str | Path) -> Path:
         raise ExplorerError(f"Bundle {str(source)!r} was not found {mode}: {type(err).__name__}. Pass a local bundle directory instead.") from err
 
 
-def rewrite_manifest(root: str | Path) -> dict:
-    """Re-hash a bundle after a stage added files, keeping what its manifest says."""
+def rewrite_manifest(root: str | Path, **entries) -> dict:
+    """Re-hash a bundle after a stage added files, keeping what its manifest says and adding `entries`."""
     manifest = json.loads((Path(root) / MANIFEST).read_text())
-    return write_manifest(root, {k: v for k, v in manifest.items() if k not in ("files", "versions", "format_version")})
+    return write_manifest(root, {k: v for k, v in manifest.items() if k not in ("files", "versions", "format_version")} | entries)
 
 
 def write_manifest(root: str | Path, info: dict) -> dict:
@@ -351,6 +352,30 @@ class Bundle:
         if xy is None or xy.shape != (self.n_latents, 2) or not torch.isfinite(xy).all():
             raise ExplorerError(f"Bundle file {MAP_FILE} should hold finite 2-D coordinates for {self.n_latents} latents; rebuild the bundle's index.")
         return xy
+
+    @property
+    def has_icons(self) -> bool:
+        return ICON_FILE in self.manifest["files"] and self.manifest.get("icons") is not None
+
+    @cached_property
+    def icons(self) -> FeatureIcons:
+        """Every latent steered into one neutral prompt at a few strengths (the icons stage, icons.py)."""
+        if not self.has_icons:
+            raise ExplorerError("This bundle has no feature icons; rerun its build with `--stages icons` to draw them.")
+        info = self.manifest["icons"]
+        if info["atlas_sha256"] != self.manifest["files"].get("atlas/tables.safetensors"):
+            raise ExplorerError("This bundle's feature icons were drawn before its atlas was rebuilt (their strengths are in the old "
+                                "atlas's units); rerun its build with `--stages icons`.")
+        tensors = self._read(ICON_FILE, load_file)
+        images, base, drawn = (tensors.get(name) for name in ("icons", "base", "drawn"))
+        strengths = len(info["strengths"])
+        if (images is None or base is None or drawn is None or images.dtype != torch.uint8 or base.dtype != torch.uint8
+                or drawn.dtype != torch.bool or base.ndim != 3 or base.shape[-1] != 3
+                or images.shape != (self.n_latents, strengths, *base.shape) or drawn.shape != (self.n_latents,)):
+            raise ExplorerError(f"Bundle file {ICON_FILE} should hold uint8 icons for {self.n_latents} latents at {strengths} strengths, "
+                                "their base image and which latents were drawn; rerun its build with `--stages icons`.")
+        settings = IconSettings(info["prompt"], info["seed"], tuple(info["strengths"]))
+        return FeatureIcons(settings=settings, base=base, images=images, drawn=drawn)
 
     def _index(self, name: str, vectors) -> VectorIndex:
         stored = f"index/{name}.faiss"

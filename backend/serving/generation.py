@@ -95,13 +95,16 @@ class Generator:
             raise ExplorerError(f"Guidance scale must be between 0 and 30, got {guidance_scale!r}.")
         return g
 
-    def check_prompts(self, prompts: list[str]) -> None:
-        """Clear errors for empty prompts and prompts longer than the model reads."""
-        check_prompts(self.model, prompts)
+    def check_prompts(self, prompts: list[str], allow_empty: bool = False) -> None:
+        """Clear errors for prompts longer than the model reads, and for empty ones unless `allow_empty`."""
+        check_prompts(self.model, prompts, allow_empty)
 
-    def base(self, prompt: str, seed: int, guidance_scale: float | None = None) -> BaseRun:
-        """The unsteered run for (prompt, seed, guidance), from the cache when possible; concurrent asks sample once."""
-        self.check_prompts([prompt])
+    def base(self, prompt: str, seed: int, guidance_scale: float | None = None, allow_empty: bool = False) -> BaseRun:
+        """The unsteered run for (prompt, seed, guidance), from the cache when possible; concurrent asks sample once.
+
+        `allow_empty`: the empty prompt is the unconditional image (feature icons), not a user's mistake.
+        """
+        self.check_prompts([prompt], allow_empty)
         key = (prompt, int(seed), self._guidance(guidance_scale))
         return self.base_runs.get(key, lambda: self._sample_base(*key))
 
@@ -137,7 +140,7 @@ class Generator:
         return (run.codes[:, [s.latent for s in steers]] > 0).any(1).float()
 
     def generate(self, prompt: str, seed: int, steering: list[Steer], window: tuple[int, int] | None = None,
-                 mask="all", guidance_scale: float | None = None) -> Generation:
+                 mask="all", guidance_scale: float | None = None, allow_empty: bool = False) -> Generation:
         """Steered image beside its base; sampler steps before the window are taken from the base run."""
         try:
             steers = [s if isinstance(s, Steer) else Steer(**s) for s in steering]
@@ -155,7 +158,7 @@ class Generator:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end < self.num_steps):
             raise ExplorerError(f"Step window must satisfy 0 ≤ start ≤ end < {self.num_steps}, got {window!r}.")
         self._region(mask)
-        run = self.base(prompt, seed, guidance_scale)
+        run = self.base(prompt, seed, guidance_scale, allow_empty)
         if not steers:
             return Generation(base=run.image, steered=run.image, base_run=run, steered_images=run.result.images)
         deltas = steering_deltas(steers, self.bundle.feature_trajectories, typical, run.codes, self._mask(mask, steers, run),

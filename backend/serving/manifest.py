@@ -56,6 +56,15 @@ class SAEInfo(SAEShape):
     image_level: SAEShape | None = Field(None, alias="global")
 
 
+class IconInfo(Strict):
+    """The feature icons' settings (backend/serving/icons.py), and the atlas whose typical activations their strengths are in units of."""
+
+    prompt: str
+    seed: Annotated[int, Field(ge=0)]
+    strengths: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=8)]
+    atlas_sha256: Sha256
+
+
 class Manifest(Strict):
     format_version: Literal[READABLE_VERSIONS]
     model: ModelInfo
@@ -67,6 +76,7 @@ class Manifest(Strict):
     files: dict[str, Sha256]
     versions: dict[str, str] = {}
     build: dict = {}
+    icons: IconInfo | None = None
 
     @model_validator(mode="after")
     def consistent(self):

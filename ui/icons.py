@@ -1,0 +1,48 @@
+"""Feature icons on screen: a latent's icons on its page, and a strip of them in each row of the latent table."""
+
+import numpy as np
+from PIL import Image
+
+from ui.explorer import Explorer
+from ui.image_files import ImageFiles
+from ui.images import to_pil, upscale
+
+TABLE_ICON_PX = 64  # larger icons (SD 1.5's 128 px thumbnails) are shrunk to this height in the table
+HEADER = "icons"  # the latent table's second column (after the id) when the bundle has icons
+
+
+def strength_caption(strength: float) -> str:
+    return f"α = {strength:+g} × s"
+
+
+def icon_gallery(ex: Explorer, j: int) -> tuple[list[tuple[Image.Image, str]], str]:
+    """Latent j's icons beside the unsteered image, as gallery items, and a line saying how they were drawn."""
+    icons = ex.icons
+    if icons is None:
+        return [], ex.icon_note
+    if not icons.drawn[j]:
+        return [], f"Latent {j} never fired on the atlas images: it has no typical activation to steer in units of, so no icon."
+    settings = icons.settings
+    prompt = f"“{settings.prompt}”" if settings.prompt else "the empty prompt"
+    items = [(upscale(icons.base), "nothing added")]
+    items += [(upscale(image), strength_caption(a)) for a, image in zip(settings.strengths, icons.images[j])]
+    note = (f"**Feature icon**: latent {j} added at every position and step to {prompt} (seed {settings.seed}), "
+            f"in units of its typical activation s = {float(ex.bundle.typical_activation[j]):.3g}; the Steer tab draws the same.")
+    return items, note
+
+
+def icon_strip(ex: Explorer, j: int) -> Image.Image:
+    """Latent j's icons side by side, weakest strength first, at most TABLE_ICON_PX tall."""
+    strip = to_pil(np.concatenate(list(ex.icons.images[j].numpy()), axis=1))
+    if strip.height > TABLE_ICON_PX:
+        strip = strip.resize((strip.width * TABLE_ICON_PX // strip.height, TABLE_ICON_PX), Image.BOX)
+    return strip
+
+
+def with_icon_cells(ex: Explorer, rows: list[list], files: ImageFiles) -> list[list]:
+    """Table rows (latent id first) with a markdown picture of the latent's icon strip after the id; none for dead latents."""
+    if ex.icons is None:
+        return rows
+    cells = [f"![latent {row[0]}](gradio_api/file={files.path(icon_strip(ex, row[0]))})" if ex.icons.drawn[row[0]] else ""
+             for row in rows]
+    return [row[:1] + [cell] + row[1:] for row, cell in zip(rows, cells)]
