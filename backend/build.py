@@ -33,6 +33,7 @@ from backend.diffusion.collect import (
 from backend.diffusion.hooks import SITE_MODULES
 from backend.build_plan import BuildPlan, bytes_under, disk_free, memory_available, plan_build
 from backend.diffusion.models import DiffusionModel, default_dtype, load_model, model_sizes, unet_step_flops, weight_digests
+from backend.diffusion.sampler import check_prompts
 from backend.errors import ExplorerError
 from backend.io import atomic_path, write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
@@ -42,7 +43,7 @@ from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_va
 from backend.serving.atlas import AtlasAccumulator, label_latents
 from backend.serving.bundle import MAP_FILE, Bundle, rewrite_manifest
 from backend.serving.icon_drawing import base_icon, draw_icons
-from backend.serving.icons import DEFAULT_STRENGTHS, ICON_FILE, IconSettings
+from backend.serving.icons import DEFAULT_STRENGTHS, ICON_FILE, ICON_PX, IconSettings
 from backend.serving.latent_map import latent_map
 from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
@@ -70,7 +71,7 @@ def check_writable(folder: Path, flag: str) -> None:
 
 STAGES = ("collect", "dynamics", "train", "atlas", "index", "icons")
 PARALLEL_STAGES = ("collect", "dynamics", "train", "icons")  # the others are quick and run on rank 0 alone
-ICON_CHUNK = 32  # latents per resumable piece of the icons stage
+ICON_CHUNK = 16  # latents per resumable piece of the icons stage (48 runs at 3 strengths: the batched sampler stays full)
 
 
 @dataclass
@@ -112,7 +113,8 @@ class BuildConfig:
 
     def portable_record(self) -> dict:
         """The settings as a bundle records them: no local output paths or device, input paths relative to here."""
-        record = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "work_dir", "device", "stages")}
+        left_out = ("out", "work_dir", "device", "stages", "icon_prompt", "icon_seed", "icon_strengths")  # icons: the manifest's own entry
+        record = {k: v for k, v in dataclasses.asdict(self).items() if k not in left_out}
         return record | {"model": portable_path(self.model), "prompts": Path(self.prompts).name if self.prompts else ""}
 
     @property
@@ -426,31 +428,43 @@ class Build:
         settings, root = self.config.icon_settings(), Path(self.config.out)
         bundle = Bundle.load(root)
         bundle.attach_model(self.get_model())
-        size = bundle.thumbnails.shape[1]
+        size = min(bundle.thumbnails.shape[1], ICON_PX)
         live = bundle.typical_activation.gt(0).nonzero().flatten().tolist()
         chunks = [live[i : i + ICON_CHUNK] for i in range(0, len(live), ICON_CHUNK)]
         files = bundle.manifest["files"]
-        key = json.dumps([files["sae/sae.safetensors"], files["atlas/tables.safetensors"], dataclasses.asdict(settings)])
+        key = json.dumps([files["sae/sae.safetensors"], files["atlas/tables.safetensors"], bundle.manifest["model"].get("files", {}),
+                          dataclasses.asdict(settings), size])
         chunk_dir = self.work / f"icons-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         mine = range(self.rank, len(chunks), self.world_size)
         with tqdm(total=sum(len(chunks[i]) for i in mine), desc="icons", unit="latent", disable=self.rank != 0) as progress:
             for i in mine:
                 path = chunk_dir / f"{i:05d}.safetensors"
                 if not path.exists():
-                    write_safetensors(path, {"icons": draw_icons(bundle.generator, settings, chunks[i], size)})
+                    pictures = draw_icons(bundle.generator, settings, chunks[i], size)
+                    write_safetensors(path, {"icons": pictures, "latents": torch.tensor(chunks[i])})
                 progress.update(len(chunks[i]))
         self.barrier()
         if self.rank != 0:
             return
-        images = torch.zeros(bundle.n_latents, len(settings.strengths), *bundle.thumbnails.shape[1:], dtype=torch.uint8)
+        images = torch.zeros(bundle.n_latents, len(settings.strengths), size, size, 3, dtype=torch.uint8)
         for i, chunk in enumerate(chunks):
-            images[chunk] = load_file(chunk_dir / f"{i:05d}.safetensors")["icons"]
+            piece = load_file(chunk_dir / f"{i:05d}.safetensors")
+            if piece["latents"].tolist() != chunk:  # written with another chunk size: the key does not tell those apart
+                raise ExplorerError(f"{chunk_dir} holds icons of other latents; delete it and rerun the icons stage.")
+            images[chunk] = piece["icons"]
         drawn = torch.zeros(bundle.n_latents, dtype=torch.bool)
         drawn[live] = True
         write_safetensors(root / ICON_FILE, {"icons": images, "base": base_icon(bundle.generator, settings, size), "drawn": drawn})
         rewrite_manifest(root, icons=settings.record(files["atlas/tables.safetensors"]))
         shutil.rmtree(chunk_dir, ignore_errors=True)  # no chunks when every latent is dead
         self.summary["icons"] = len(live) * len(settings.strengths)
+
+    def check_icon_prompt(self) -> None:
+        """Refuse an icon prompt longer than the model reads before any stage runs, not hours later at the icons stage."""
+        try:
+            check_prompts(self.get_model(), [self.config.icon_prompt], allow_empty=True)
+        except ExplorerError as err:
+            raise ExplorerError(f"--icon-prompt: {err}") from None
 
     def run(self) -> dict:
         """Run the configured stages in order; returns the summary."""
@@ -464,6 +478,8 @@ class Build:
         for flag, folder in (("--out", self.config.out), ("--work-dir", self.work)):
             check_writable(Path(folder), flag)
         self.check_fits()
+        if "icons" in stages:
+            self.check_icon_prompt()
         self.barrier()  # no rank writes before every rank has checked: a rank's check reads what the others write
         for stage in STAGES:
             if stage in stages and (self.rank == 0 or stage in PARALLEL_STAGES):

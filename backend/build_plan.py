@@ -14,6 +14,7 @@ from pathlib import Path
 from backend.diffusion.collect import CollectConfig
 from backend.errors import ExplorerError
 from backend.serving.icon_drawing import WORKERS as ICON_RUNS
+from backend.serving.icons import ICON_PX
 
 GB = 1e9
 HEADROOM = 0.9  # share of the available memory and free disk a build may plan to use
@@ -21,7 +22,7 @@ FP16, FP32, FP64 = 2, 4, 8
 # Python, torch and diffusers themselves: a stage's peak RSS less its tensors, measured on the SD 1.5 rehearsal's
 # dynamics stage (docs/BENCHMARKS.md); with it the plan came within 12 % of every stage's measured peak RSS there
 PROCESS = 1.3 * GB
-THUMBNAIL_SIZE = CollectConfig.thumbnail_size
+ICON_SIDE = min(CollectConfig.thumbnail_size, ICON_PX)  # at most: smaller images stay as they are
 # effective FLOP/s of the collect stage's UNet calls, and where each figure comes from (docs/BENCHMARKS.md)
 COLLECT_RATES = (
     ("this project's 2-core AMD EPYC, fp32 (measured)", 1.4e11),
@@ -144,6 +145,7 @@ def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int, s
     atlas_shard_values = shard * site.positions * per_position
     trajectory_vectors = config.n_latents * per_position * FP32  # each latent's feature trajectory, for similar latents
     icons = config.n_latents * len(config.icon_settings().strengths)
+    icon_bytes = icons * ICON_SIDE**2 * 3  # uint8 RGB: rank 0 holds them all while it writes the file
     stages = (
         StageNeeds("collect", PROCESS + weight_bytes + shard_values * FP16, collect_disk,
                    "the models' weights and one shard of trajectories (--images-per-shard)"),
@@ -159,9 +161,9 @@ def plan_build(config, unet_config: dict, weight_bytes: float, n_prompts: int, s
                    "one shard's codes over every latent (--images-per-shard × positions × --n-latents)"),
         StageNeeds("index", PROCESS + 1.5 * sae_bytes + 4 * trajectory_vectors, trajectory_vectors,
                    "the latents' feature trajectories and their search index (--n-latents × recorded steps × channels)"),
-        StageNeeds("icons", PROCESS + weight_bytes + 1.5 * sae_bytes + 2 * trajectory_vectors + ICON_RUNS * site.positions * per_position * FP32,
-                   icons * THUMBNAIL_SIZE**2 * 3,  # at most: images smaller than the thumbnail size stay as they are
-                   f"the models' weights, the feature trajectories and {ICON_RUNS} steered runs' edits (recorded steps × positions × channels)"),
+        StageNeeds("icons", PROCESS + weight_bytes + 1.5 * sae_bytes + 2 * trajectory_vectors + ICON_RUNS * site.positions * per_position * FP32
+                   + 2 * icon_bytes, icon_bytes,  # the chunks, then the icons file
+                   f"the models' weights, the feature trajectories, {ICON_RUNS} steered runs' edits and every icon (--n-latents × --icon-strengths)"),
     )
     return BuildPlan(images=n_prompts, atlas_images=atlas_images, site=site, steps=steps, train_positions=train_positions,
                      d_in=d_in, n_latents=config.n_latents, stages=stages,

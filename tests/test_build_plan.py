@@ -98,5 +98,5 @@ def test_the_plan_counts_the_icons_stage_as_steered_runs(tmp_path):
     plan, latents, prompts = build.plan(), build.config.n_latents, len(build.prompts)
     assert plan.icon_flops / plan.collect_flops == pytest.approx(2 * latents / prompts)  # one sampling run per icon
     icons = next(stage for stage in plan.stages if stage.name == "icons")
-    assert icons.disk == 2 * latents * 128 * 128 * 3  # at most thumbnail-sized uint8 images
+    assert icons.disk == 2 * latents * 64 * 64 * 3  # at most ICON_PX-sized uint8 images
     assert "rough icons time" in plan.table()

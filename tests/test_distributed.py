@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+import backend.build as build_module
 from backend.diffusion.collect import shard_names
 from backend.diffusion.models import save_model
 from backend.method.sae import TopKSAE
@@ -52,4 +53,7 @@ def test_torchrun_build_with_two_cpu_processes(tmp_path):
     assert len(shard_names(tmp_path / "bundle.work" / "collect")) == 5  # ranks 0 and 1 wrote 3 and 2 shards
     bundle = Bundle.load(tmp_path / "bundle")
     assert bundle.n_latents == 32 and len(bundle.images) == 9
+    live = int((bundle.typical_activation > 0).sum())
+    assert live > build_module.ICON_CHUNK  # two chunks of icons at least: both ranks drew some
+    assert torch.equal(bundle.icons.drawn, bundle.typical_activation > 0) and bundle.icons.images[bundle.icons.drawn].flatten(1).any(1).all()
     assert '"recall@10_images": 1.0' in done.stdout

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 import backend.build as build_module
 from backend.build import Build, BuildConfig
@@ -67,6 +68,19 @@ def icon_build(tmp_path, built) -> BuildConfig:
     shutil.copytree(config.out, tmp_path / "bundle")
     shutil.copytree(config.work, tmp_path / "bundle.work")
     return BuildConfig(**(vars(config) | dict(out=str(tmp_path / "bundle"), work_dir="", stages="icons")))
+
+
+def test_latents_that_never_fired_get_no_icon(tmp_path, built):
+    config, model = icon_build(tmp_path, built), built[1]
+    tables_path = tmp_path / "bundle" / "atlas" / "tables.safetensors"
+    tables = load_file(tables_path)
+    tables["typical"][[2, 5]] = 0.0  # as if latents 2 and 5 had never fired on the atlas images
+    write_safetensors(tables_path, tables)
+    rewrite_manifest(tmp_path / "bundle")
+    Build(config, model=model).run()
+    icons = Bundle.load(config.out).icons
+    assert icons.drawn.tolist() == (Bundle.load(config.out).typical_activation > 0).tolist() and not icons.drawn[[2, 5]].any()
+    assert not icons.images[[2, 5]].any() and icons.images[icons.drawn].flatten(1).any(1).all()
 
 
 def test_an_interrupted_icons_stage_resumes_at_its_first_missing_chunk(tmp_path, built, monkeypatch):
@@ -136,17 +150,35 @@ def test_the_manifest_icons_entry_is_checked_when_the_bundle_loads(tmp_path, bui
             Bundle.load(config.out)
 
 
-@given(st.text(max_size=40), st.integers(-5, 5))
-@settings(max_examples=200, deadline=None)
-def test_icon_settings_from_any_text_parse_or_give_a_clear_error(strengths, seed):
+NUMBER_LISTS = st.lists(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-2000, 2000), max_size=10).map(
+    lambda values: ",".join(map(str, values)))
+
+
+@given(NUMBER_LISTS | st.text(max_size=40), st.integers(-5, 5), st.sampled_from(["", "black background", "  ", "\t"]))
+@settings(max_examples=300, deadline=None)
+def test_icon_settings_from_any_text_parse_or_give_a_clear_error(strengths, seed, prompt):
     try:
-        parsed = IconSettings.parse("", seed, strengths)
-    except ExplorerError:
+        parsed = IconSettings.parse(prompt, seed, strengths)
+    except ExplorerError as err:
+        assert str(err).startswith(("Feature icons take", "Icon strengths must", "The icon seed", "The icon prompt"))
         return
-    assert parsed.seed >= 0 and 1 <= len(parsed.strengths) <= 8
-    assert all(0 < abs(a) <= 1000 and a == a for a in parsed.strengths)
+    values = [float(a) for a in strengths.split(",") if a.strip()]
+    assert parsed.strengths == tuple(values) and 1 <= len(values) <= 8 and all(0 < abs(a) <= 1000 for a in values)
+    assert parsed.seed == seed >= 0 and parsed.prompt == prompt and prompt.strip() == prompt
 
 
-def test_bad_icon_strengths_stop_the_build_before_it_starts():
+@pytest.mark.parametrize("strengths, message", [("1,nan", "non-zero and within"), ("1,,x", "numbers separated by commas"),
+                                                ("0", "non-zero"), (",".join(["1"] * 9), "1 to 8 strengths")])
+def test_bad_icon_strengths_stop_the_build_before_it_starts(strengths, message, capsys):
     with pytest.raises(SystemExit):
-        build_module.parse_config(["--model", "m", "--out", "o", "--icon-strengths", "1,nan"])
+        build_module.parse_config(["--model", "m", "--out", "o", "--icon-strengths", strengths])
+    assert message in capsys.readouterr().err
+
+
+def test_an_icon_prompt_the_model_cannot_read_stops_the_build_before_any_stage(tmp_path, built):
+    config, model = icon_build(tmp_path, built), built[1]
+    too_long = BuildConfig(**(vars(config) | dict(icon_prompt="red " * 40, stages="atlas,icons")))
+    tables = (tmp_path / "bundle" / "atlas" / "tables.safetensors").read_bytes()
+    with pytest.raises(ExplorerError, match="--icon-prompt: The prompt is .* tokens long"):
+        Build(too_long, model=model).run()
+    assert (tmp_path / "bundle" / "atlas" / "tables.safetensors").read_bytes() == tables  # the atlas stage never ran

@@ -5,6 +5,7 @@ import math
 import shutil
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -17,6 +18,7 @@ from PIL import Image
 from backend.build import Build, BuildConfig
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
+from backend.serving.icons import MAX_ICON_STRENGTHS, IconSettings
 from backend.serving.recent import Recent
 from tests.tiny_models import tiny_model
 from ui import browse, find, inspect, status, steer, timeline, views
@@ -136,9 +138,21 @@ def test_the_latent_page_shows_its_icons_beside_the_unsteered_image(ex):
     for (picture, _), icon in zip(page.icons, [icons.base, *icons.images[j]]):
         assert np.array_equal(np.asarray(picture)[::12, ::12], icon.numpy())  # 16 px icons upscaled 12x, nearest
     assert "the empty prompt (seed 0)" in page.icon_note and f"latent {j} added" in page.icon_note
-    dead = ex.bundle.typical_activation.eq(0).nonzero().flatten().tolist()
-    for k in dead[:1]:
-        assert browse.latent_page(ex, k).icons == [] and "no icon" in browse.latent_page(ex, k).icon_note
+    assert "Steer tab" not in page.icon_note  # the Steer tab refuses the empty prompt: it cannot draw these
+
+
+def test_the_icon_note_says_what_the_icons_are_and_what_the_steer_tab_can_redraw(ex):
+    j, icons = labelled_latent(ex), ex.icons
+    try:
+        ex.icons = replace(icons, settings=IconSettings("a red circle", 3, (1.0, 2.0, 4.0)))
+        assert browse.latent_page(ex, j).icon_note.endswith("the Steer tab draws the same.")
+        ex.icons = replace(icons, settings=IconSettings("a red circle", 3, (1.0, 2.0, 400.0)))  # beyond the sliders' ±50
+        assert "Steer tab" not in browse.latent_page(ex, j).icon_note
+        ex.icons = replace(icons, drawn=icons.drawn.clone().fill_(False))
+        page = browse.latent_page(ex, j)
+        assert page.icons == [] and f"Latent {j} never fired" in page.icon_note and "no icon" in page.icon_note
+    finally:
+        ex.icons = icons
 
 
 def test_each_table_row_shows_its_latents_icon_strip_after_the_id(ex, tmp_path):
@@ -377,7 +391,8 @@ def test_a_served_page_is_drawn_once_and_its_pictures_are_files_with_the_same_pi
 def test_the_kept_pages_pictures_outlive_them_in_the_file_store(ex, tmp_path):
     """Serving touches a page's files: with room for PAGES pages' pictures, no kept page points at a deleted file."""
     per_page = len(browse.latent_page(ex, 0).pictures())
-    assert explorer.PAGES * (2 * browse.TOP_N + browse.QUANTILE_BINS * browse.PER_BIN) <= image_files.MAX_FILES
+    most_icons = 1 + MAX_ICON_STRENGTHS  # the unsteered image and the latent at each strength
+    assert explorer.PAGES * (2 * browse.TOP_N + browse.QUANTILE_BINS * browse.PER_BIN + most_icons) <= image_files.MAX_FILES
     files, pages = ImageFiles(tmp_path, max_files=2 * per_page), ex.pages
     ex.pages = Recent(2)
     try:

@@ -21,8 +21,8 @@ INTRO = ("Sparse features of a diffusion model's activations *over the denoising
          "(a residualized temporal SAE). Browse the latents, watch their maps form step by step, and steer generation with them.")
 # every launch of the app: uploads capped, messages shown, the state of the oldest sessions dropped beyond SESSIONS
 SESSIONS = 200
-# the latent table's icon strips: one row tall, pixels kept sharp (the demo's icons are 32 px)
-CSS = "#latent-table img { height: 24px; width: auto; max-width: none; image-rendering: pixelated; margin: 0; }"
+# the latent table's icon strips, one row tall (the page's gallery shows each icon large)
+CSS = "#latent-table img { height: 24px; width: auto; max-width: none; margin: 0; }"
 LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True, state_session_capacity=SESSIONS, css=CSS)
 STATE_LIFETIME = 900  # seconds a session keeps its image-holding state (timeline frames, history) after its last update
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete uploads and outputs older than an hour (and all of them at shutdown)

@@ -6,8 +6,9 @@ from PIL import Image
 from ui.explorer import Explorer
 from ui.image_files import ImageFiles
 from ui.images import to_pil, upscale
+from ui.state import MAX_ALPHA, MAX_SEED
 
-TABLE_ICON_PX = 64  # larger icons (SD 1.5's 128 px thumbnails) are shrunk to this height in the table
+TABLE_ICON_PX = 48  # larger icons (SD 1.5's) are shrunk to this height for the table, which shows them 24 px tall
 HEADER = "icons"  # the latent table's second column (after the id) when the bundle has icons
 
 
@@ -27,12 +28,17 @@ def icon_gallery(ex: Explorer, j: int) -> tuple[list[tuple[Image.Image, str]], s
     items = [(upscale(icons.base), "nothing added")]
     items += [(upscale(image), strength_caption(a)) for a, image in zip(settings.strengths, icons.images[j])]
     note = (f"**Feature icon**: latent {j} added at every position and step to {prompt} (seed {settings.seed}), "
-            f"in units of its typical activation s = {float(ex.bundle.typical_activation[j]):.3g}; the Steer tab draws the same.")
-    return items, note
+            f"in units of its typical activation s = {float(ex.bundle.typical_activation[j]):.3g}")
+    return items, note + ("; the Steer tab draws the same." if steerable(settings) else ".")
+
+
+def steerable(settings) -> bool:
+    """Whether the Steer tab can ask for these icons' runs: a typed prompt, strengths its sliders reach, a seed it takes."""
+    return bool(settings.prompt) and all(abs(a) <= MAX_ALPHA for a in settings.strengths) and settings.seed <= MAX_SEED
 
 
 def icon_strip(ex: Explorer, j: int) -> Image.Image:
-    """Latent j's icons side by side, weakest strength first, at most TABLE_ICON_PX tall."""
+    """Latent j's icons side by side, in the order of the bundle's strengths, at most TABLE_ICON_PX tall."""
     strip = to_pil(np.concatenate(list(ex.icons.images[j].numpy()), axis=1))
     if strip.height > TABLE_ICON_PX:
         strip = strip.resize((strip.width * TABLE_ICON_PX // strip.height, TABLE_ICON_PX), Image.BOX)

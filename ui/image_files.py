@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-MAX_FILES = 4096  # about 20-40 MB of pictures: more than the kept pages show (ui/explorer.PAGES x 24), so theirs stay
+MAX_FILES = 4608  # about 20-45 MB of pictures: more than the kept pages show (ui/explorer.PAGES x (24 + up to 9 icons)), so theirs stay
 
 
 def temporary_folder(purpose: str) -> Path:

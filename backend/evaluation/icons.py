@@ -12,6 +12,7 @@ import json
 
 import torch
 
+from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
 from backend.shapes.classify import load_classifier
 
@@ -25,6 +26,8 @@ def icon_agreement(bundle: Bundle, classifier) -> dict[str, dict]:
     for j, label in enumerate(bundle.labels):
         if label.get("factor") and icons.drawn[j]:
             by_factor.setdefault(label["factor"], []).append(j)
+    if not by_factor:
+        raise ExplorerError("No latent of this bundle has both a label and an icon: icon agreement needs a shapes-world bundle.")
     result = {}
     for factor, latents in sorted(by_factor.items()):
         values = [bundle.labels[j]["value"] for j in latents]
@@ -38,7 +41,7 @@ def icon_agreement(bundle: Bundle, classifier) -> dict[str, dict]:
 
 def table(agreement: dict[str, dict]) -> str:
     """The agreement as a markdown table: a row per factor, a column per strength."""
-    strengths = list(next(iter(agreement.values()))["shows_label"]) if agreement else []
+    strengths = list(next(iter(agreement.values()))["shows_label"])
     lines = ["| factor | latents | unsteered | " + " | ".join(f"α = {a}" for a in strengths) + " |",
              "|---|---:|---:|" + "---:|" * len(strengths)]
     for factor, row in agreement.items():
@@ -52,7 +55,10 @@ def main(argv=None) -> None:
     parser.add_argument("bundle", help="a shapes-world bundle with icons (its labels come from the factors)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
     args = parser.parse_args(argv)
-    agreement = icon_agreement(Bundle.load(args.bundle), load_classifier())
+    try:
+        agreement = icon_agreement(Bundle.load(args.bundle), load_classifier())
+    except ExplorerError as err:
+        raise SystemExit(f"error: {err}") from None
     print(json.dumps(agreement, indent=2) if args.json else table(agreement))
 
 

@@ -218,13 +218,13 @@ class Bundle:
     def has_atlas(self) -> bool:
         return "atlas/tables.safetensors" in self.manifest["files"]
 
-    def _read(self, name: str, reader):
-        """reader(path) for a listed file, with any failure to parse it named as that file's corruption."""
+    def _read(self, name: str, reader, fix: str = "rebuild the bundle's atlas"):
+        """reader(path) for a listed file, with any failure to parse it named as that file's corruption and `fix` as the way out."""
         path = self.file(name)
         try:
             return reader(path)
         except Exception as err:  # the hash matched, so the content was written wrong: say which file
-            raise ExplorerError(f"Bundle file {name} cannot be read ({type(err).__name__}); rebuild the bundle's atlas.") from err
+            raise ExplorerError(f"Bundle file {name} cannot be read ({type(err).__name__}); {fix}.") from err
 
     def _json_list(self, name: str, length: int) -> list[dict]:
         """A JSON file holding a list of `length` objects, or a clear error naming the file."""
@@ -366,7 +366,7 @@ class Bundle:
         if info["atlas_sha256"] != self.manifest["files"].get("atlas/tables.safetensors"):
             raise ExplorerError("This bundle's feature icons were drawn before its atlas was rebuilt (their strengths are in the old "
                                 "atlas's units); rerun its build with `--stages icons`.")
-        tensors = self._read(ICON_FILE, load_file)
+        tensors = self._read(ICON_FILE, load_file, fix="rerun its build with `--stages icons`")
         images, base, drawn = (tensors.get(name) for name in ("icons", "base", "drawn"))
         strengths = len(info["strengths"])
         if (images is None or base is None or drawn is None or images.dtype != torch.uint8 or base.dtype != torch.uint8

@@ -7,9 +7,10 @@ from torch import Tensor
 
 from backend.diffusion.collect import thumbnails
 from backend.diffusion.steering import Steer
+from backend.serving.batching import MAX_ROWS
 from backend.serving.icons import IconSettings
 
-WORKERS = 16  # steered runs in flight at once: the batched sampler steps them together (MAX_ROWS guided rows)
+WORKERS = MAX_ROWS // 2  # steered runs in flight at once: as many guided runs as the batched sampler steps together
 
 
 def draw_icons(generator, settings: IconSettings, latents: list[int], size: int, workers: int = WORKERS) -> Tensor:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from backend.diffusion.hooks import SITE_MODULES
 from backend.errors import ExplorerError
 from backend.method.encodings import VARIANTS
+from backend.serving.icons import MAX_ICON_STRENGTHS
 
 FORMAT_VERSION = 2  # 2 added global latents (sae.global); version 1 bundles still load
 READABLE_VERSIONS = (1, 2)
@@ -61,7 +62,7 @@ class IconInfo(Strict):
 
     prompt: str
     seed: Annotated[int, Field(ge=0)]
-    strengths: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=8)]
+    strengths: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=MAX_ICON_STRENGTHS)]
     atlas_sha256: Sha256
 
 
