@@ -42,8 +42,8 @@ from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, tensor_batches, train_sae
 from backend.serving.atlas import AtlasAccumulator, label_latents
 from backend.serving.bundle import MAP_FILE, Bundle, rewrite_manifest
-from backend.serving.icon_drawing import base_icon, draw_icons
-from backend.serving.icons import DEFAULT_STRENGTHS, ICON_FILE, ICON_PX, IconSettings
+from backend.serving.icon_drawing import base_icon, draw_icons, icon_side
+from backend.serving.icons import DEFAULT_STRENGTHS, ICON_FILE, IconSettings
 from backend.serving.latent_map import latent_map
 from backend.serving.search import EXACT_LIMIT, VectorIndex, exact_search, recall_at_k
 
@@ -428,7 +428,7 @@ class Build:
         settings, root = self.config.icon_settings(), Path(self.config.out)
         bundle = Bundle.load(root)
         bundle.attach_model(self.get_model())
-        size = min(bundle.thumbnails.shape[1], ICON_PX)
+        size = icon_side(bundle)
         live = bundle.typical_activation.gt(0).nonzero().flatten().tolist()
         chunks = [live[i : i + ICON_CHUNK] for i in range(0, len(live), ICON_CHUNK)]
         files = bundle.manifest["files"]

@@ -13,17 +13,15 @@ in the same run, with the same requests:
 Prints throughput (requests/s) and latency (median, p95) per path and the throughput ratio.
 """
 
-import argparse
 import random
 import statistics
 import threading
 import time
 from contextlib import nullcontext
 
-from backend.diffusion.models import load_model
 from backend.diffusion.steering import Steer
 from backend.serving.bundle import Bundle
-from bench.common import device_name, percentile
+from bench.common import demo_parser, device_name, open_demo, percentile
 
 COLOURS, SHAPES = ("red", "green", "blue", "yellow"), ("circle", "square", "triangle", "star")
 
@@ -57,14 +55,11 @@ def run_clients(bundle: Bundle, requests: list[list[dict]], one_at_a_time: bool)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bundle", default="checkpoints/shapes-bundle")
-    parser.add_argument("--model", default="checkpoints/shapes-model")
+    parser = demo_parser(__doc__)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 20])
     parser.add_argument("--requests", type=int, default=3, help="requests per client")
     args = parser.parse_args()
-    bundle, model = Bundle.load(args.bundle), load_model(args.model, device="cpu")
-    bundle.attach_model(model)
+    bundle, model = open_demo(args)
     bundle.generate("a white star on a gray background", 0, [Steer(0, 1.0)])  # warm-up: first-call allocations
     live = [j for j, s in enumerate(bundle.typical_activation.tolist()) if s > 0]
     print(f"device: {device_name()}")

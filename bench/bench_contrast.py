@@ -10,16 +10,14 @@ same run, each with a fresh generator (no cached base run):
 Prints seconds per path, the ratio, and whether both ranked the same latents first.
 """
 
-import argparse
 import time
 
 import torch
 
-from backend.diffusion.models import load_model
 from backend.evaluation.concepts import paired_captions
 from backend.serving.bundle import Bundle
 from backend.serving.contrast import image_activations, rank_latents
-from bench.common import device_name
+from bench.common import demo_parser, device_name, open_demo
 
 TOP = 10
 
@@ -32,14 +30,11 @@ def one_at_a_time(bundle: Bundle, with_: list[str], without: list[str], seeds: l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bundle", default="checkpoints/shapes-bundle")
-    parser.add_argument("--model", default="checkpoints/shapes-model")
+    parser = demo_parser(__doc__)
     parser.add_argument("--captions", type=int, nargs="+", default=[3, 6])
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args()
-    bundle, model = Bundle.load(args.bundle), load_model(args.model, device="cpu")
-    bundle.attach_model(model)
+    bundle, model = open_demo(args)
     bundle.generator.base("a white star on a gray background", 0)  # warm-up: first-call allocations
     seeds = list(range(args.seeds))
     print(f"device: {device_name()}")

@@ -9,27 +9,21 @@ a fresh generator per path so both start from an empty base-run cache:
 Prints seconds per path, seconds per icon, the ratio, and the largest pixel difference between the two.
 """
 
-import argparse
 import time
 
-from backend.diffusion.models import load_model
-from backend.serving.bundle import Bundle
-from backend.serving.icon_drawing import WORKERS, draw_icons
+from backend.serving.icon_drawing import WORKERS, draw_icons, icon_side
 from backend.serving.icons import DEFAULT_STRENGTHS, IconSettings
-from bench.common import device_name
+from bench.common import demo_parser, device_name, open_demo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bundle", default="checkpoints/shapes-bundle")
-    parser.add_argument("--model", default="checkpoints/shapes-model")
+    parser = demo_parser(__doc__)
     parser.add_argument("--latents", type=int, default=8)
     args = parser.parse_args()
-    bundle, model = Bundle.load(args.bundle), load_model(args.model, device="cpu")
+    bundle, model = open_demo(args)
     settings = bundle.icons.settings if bundle.has_icons else IconSettings("", 0, DEFAULT_STRENGTHS)
     latents = bundle.typical_activation.gt(0).nonzero().flatten()[: args.latents].tolist()
-    size = bundle.thumbnails.shape[1]
-    bundle.attach_model(model)
+    size = icon_side(bundle)
     draw_icons(bundle.generator, settings, latents[:1], size)  # warm-up: first-call allocations
     print(f"device: {device_name()}")
     print(f"{len(latents)} latents × {len(settings.strengths)} strengths into {settings.prompt or 'the empty prompt'!r}")

@@ -5,31 +5,24 @@ steered generation recomputed from step 0. Usage:
   python bench/bench_steering.py [--bundle checkpoints/shapes-bundle] [--model checkpoints/shapes-model] [--repeats 10]
 """
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.diffusion.models import load_model  # noqa: E402
 from backend.diffusion.sampler import sample  # noqa: E402
 from backend.diffusion.steering import Steer  # noqa: E402
-from backend.serving.bundle import Bundle  # noqa: E402
-from bench.common import device_name, time_calls  # noqa: E402
+from bench.common import demo_parser, device_name, open_demo, time_calls  # noqa: E402
 
 PROMPT = "a large red circle in the center on a black background"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bundle", default="checkpoints/shapes-bundle")
-    parser.add_argument("--model", default="checkpoints/shapes-model")
+    parser = demo_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    bundle = Bundle.load(args.bundle)
-    model = load_model(args.model, device="cpu")
-    bundle.attach_model(model)
+    bundle, model = open_demo(args)
     generator = bundle.generator
     steps = generator.num_steps
     latent = int(generator.base(PROMPT, 0).codes.sum(0).argmax())

@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmarks: what machine this is, and latency percentiles."""
+"""Helpers shared by the benchmarks: what machine this is, latency percentiles, and the demo bundle with its model."""
 
+import argparse
 import platform
 import socket
 import statistics
@@ -7,6 +8,27 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def demo_parser(description: str) -> argparse.ArgumentParser:
+    """A benchmark's parser with --bundle and --model, which default to the shipped demo."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--bundle", default="checkpoints/shapes-bundle")
+    parser.add_argument("--model", default="checkpoints/shapes-model")
+    return parser
+
+
+def open_demo(args: argparse.Namespace):
+    """(bundle, model) from --bundle and --model: the model loaded on the CPU and attached to the bundle.
+
+    Imported here, not at the top: benchmarks that run without diffusers (bench_sae_train on the GPU machine) import this module too.
+    """
+    from backend.diffusion.models import load_model
+    from backend.serving.bundle import Bundle
+
+    bundle, model = Bundle.load(args.bundle), load_model(args.model, device="cpu")
+    bundle.attach_model(model)
+    return bundle, model
 
 
 def device_name() -> str:

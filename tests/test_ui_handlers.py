@@ -23,6 +23,7 @@ from backend.serving.recent import Recent
 from tests.tiny_models import tiny_model
 from ui import browse, find, inspect, status, steer, timeline, views
 from ui.explorer import Explorer, open_explorer
+from ui.icons import IconCells
 from ui import explorer, image_files
 from ui.image_files import ImageFiles
 from ui.images import overlay, upscale
@@ -156,8 +157,7 @@ def test_the_icon_note_says_what_the_icons_are_and_what_the_steer_tab_can_redraw
 
 
 def test_each_table_row_shows_its_latents_icon_strip_after_the_id(ex, tmp_path):
-    files = ImageFiles(tmp_path)
-    rows, _ = browse.table(ex, files, "red")
+    rows, _ = browse.table(ex, IconCells(ex, tmp_path), "red")
     assert browse.table_headers(ex)[:2] == ["latent", "icons"] and len(rows[0]) == len(browse.table_headers(ex))
     for row in rows:
         path = row[1].split("gradio_api/file=")[1].rstrip(")")
@@ -175,7 +175,7 @@ def test_a_bundle_with_unusable_icons_still_serves_and_says_why(tmp_path):
     stale = Explorer(Bundle.load(bundle_dir))
     assert stale.icons is None and "--stages icons" in stale.icon_note
     assert browse.latent_page(stale, 3).icon_note == stale.icon_note and "icons" not in browse.table_headers(stale)
-    assert browse.table(stale, ImageFiles(tmp_path / "files"))[0] == browse.search(stale)[0]
+    assert browse.table(stale, IconCells(stale, tmp_path / "files"))[0] == browse.search(stale)[0]
 
 
 @pytest.mark.parametrize("bad", [-1, 32, 10**12, "abc", None, 1.5, math.nan, "3; drop"])

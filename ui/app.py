@@ -8,6 +8,7 @@ import gradio as gr
 from backend.errors import ExplorerError
 from ui import browse, export, find, inspect, status, steer, timeline, views
 from ui.explorer import Explorer
+from ui.icons import IconCells
 from ui.image_files import ImageFiles, temporary_folder
 from ui.latents import SORTS
 from ui.state import STEER_MODES, alpha_from_position
@@ -100,9 +101,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
     """Lay out the app for one explorer; every event calls a handler from `ui/`."""
     steps = len(ex.recorded_steps)
     files, exports = ImageFiles.temporary(), temporary_folder("exports")
-    icon_files = ImageFiles.temporary(max_files=ex.bundle.n_latents)  # one strip per latent: none is ever dropped
+    icon_cells = IconCells(ex, temporary_folder("icons"))
     first = browse.served_page(ex, views.default_latent(ex), files)  # drawn into the page itself: on screen before any event runs
-    rows, listed = browse.table(ex, icon_files)
+    rows, listed = browse.table(ex, icon_cells)
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         notice = gr.Markdown(status.notice_text(ex), visible=bool(ex.notice), elem_id="notice")
@@ -228,7 +229,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
 
         # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
         list_inputs = [query, sort, labelled, min_freq]
-        search = shown(functools.partial(browse.table, ex, icon_files))
+        search = shown(functools.partial(browse.table, ex, icon_cells))
         query.change(search, list_inputs, [table, summary], api_name="search", **BROWSE)
         for control in (sort, labelled, min_freq):
             control.change(search, list_inputs, [table, summary], api_name=False, **BROWSE)

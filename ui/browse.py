@@ -9,7 +9,7 @@ from backend.errors import ExplorerError
 from backend.serving.bundle import label_text
 from ui.explorer import Explorer
 from ui.icons import HEADER as ICONS_HEADER
-from ui.icons import icon_gallery, with_icon_cells
+from ui.icons import IconCells, icon_gallery
 from ui.image_files import ImageFiles
 from ui.images import mark_patch, overlay, upscale
 from ui.latents import HEADERS, list_latents
@@ -31,11 +31,11 @@ def search(ex: Explorer, query: str = "", sort: str = "frequency", labelled_only
     return list_latents(ex.bundle, ex.table, query, sort, labelled_only, min_frequency)
 
 
-def table(ex: Explorer, icon_files: ImageFiles, query: str = "", sort: str = "frequency", labelled_only: bool = False,
+def table(ex: Explorer, icon_cells: IconCells, query: str = "", sort: str = "frequency", labelled_only: bool = False,
           min_frequency: float = 0.0) -> tuple[list[list], str]:
     """The latent list as the app's table shows it: `search`'s rows, each with its latent's icon strip after the id."""
     rows, summary = search(ex, query, sort, labelled_only, min_frequency)
-    return with_icon_cells(ex, rows, icon_files), summary
+    return icon_cells.rows(rows), summary
 
 
 def table_headers(ex: Explorer) -> list[str]:
@@ -119,7 +119,8 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
     profiles = bundle.temporal_profiles
     icons, icon_note = icon_gallery(ex, j)
     return LatentPage(
-        latent=j, header=header(ex, j), icons=icons, icon_note=icon_note, top_images=top_images, top_patches=top_patches, quantile_images=quantile_images,
+        latent=j, header=header(ex, j), icons=icons, icon_note=icon_note, top_images=top_images, top_patches=top_patches,
+        quantile_images=quantile_images,
         histogram=histogram_figure(bundle.atlas["histogram"][j].numpy(), vmax),
         profile=profile_figure(profiles.trajectory[j].numpy(), profiles.injected[j].numpy(), float(profiles.residual_share[j]),
                                float(bundle.typical_activation[j]), ex.recorded_steps),

@@ -1,5 +1,7 @@
 """Feature icons on screen: a latent's icons on its page, and a strip of them in each row of the latent table."""
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -45,10 +47,25 @@ def icon_strip(ex: Explorer, j: int) -> Image.Image:
     return strip
 
 
-def with_icon_cells(ex: Explorer, rows: list[list], files: ImageFiles) -> list[list]:
-    """Table rows (latent id first) with a markdown picture of the latent's icon strip after the id; none for dead latents."""
-    if ex.icons is None:
-        return rows
-    cells = [f"![latent {row[0]}](gradio_api/file={files.path(icon_strip(ex, row[0]))})" if ex.icons.drawn[row[0]] else ""
-             for row in rows]
-    return [row[:1] + [cell] + row[1:] for row, cell in zip(rows, cells)]
+class IconCells:
+    """The latent table's icon cells: each latent's strip drawn and written once, its cell kept for every later search.
+
+    Its file store has room for a strip per latent, so no kept cell ever points at a dropped file.
+    """
+
+    def __init__(self, ex: Explorer, root: Path):
+        self.ex, self.files = ex, ImageFiles(root, max_files=ex.bundle.n_latents)
+        self._cells: dict[int, str] = {}
+
+    def cell(self, j: int) -> str:
+        """A markdown picture of latent j's icon strip; empty for a latent without icons (it never fired)."""
+        if j not in self._cells:  # two requests may both draw it first: the same text, and the file is written once
+            drawn = self.ex.icons.drawn[j]
+            self._cells[j] = f"![latent {j}](gradio_api/file={self.files.path(icon_strip(self.ex, j))})" if drawn else ""
+        return self._cells[j]
+
+    def rows(self, rows: list[list]) -> list[list]:
+        """Table rows (latent id first) with the latent's icon cell after the id; unchanged when the bundle has no icons."""
+        if self.ex.icons is None:
+            return rows
+        return [row[:1] + [self.cell(row[0])] + row[1:] for row in rows]

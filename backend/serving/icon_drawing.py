@@ -8,9 +8,14 @@ from torch import Tensor
 from backend.diffusion.collect import thumbnails
 from backend.diffusion.steering import Steer
 from backend.serving.batching import MAX_ROWS
-from backend.serving.icons import IconSettings
+from backend.serving.icons import ICON_PX, IconSettings
 
 WORKERS = MAX_ROWS // 2  # steered runs in flight at once: as many guided runs as the batched sampler steps together
+
+
+def icon_side(bundle) -> int:
+    """Pixels per side of a bundle's icons: its atlas thumbnails', at most ICON_PX."""
+    return min(bundle.thumbnails.shape[1], ICON_PX)
 
 
 def draw_icons(generator, settings: IconSettings, latents: list[int], size: int, workers: int = WORKERS) -> Tensor:
