@@ -25,8 +25,14 @@ class Steer:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ExplorerError(f"Steering mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
-        if not isinstance(self.strength, int | float) or not math.isfinite(self.strength) or abs(self.strength) > MAX_STRENGTH:
-            raise ExplorerError(f"Steering strength must be a finite number within ±{MAX_STRENGTH:g}, got {self.strength!r}.")
+        check_strength(self.strength)
+
+
+def check_strength(strength) -> float:
+    """`strength` as a float, or a clear error for non-numbers, NaN, infinities and strengths beyond ±MAX_STRENGTH."""
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+        raise ExplorerError(f"Steering strength must be a finite number within ±{MAX_STRENGTH:g}, got {strength!r}.")
+    return float(strength)
 
 
 def interpolate_over_steps(values: Tensor, recorded_steps: list[int], step: int) -> Tensor:

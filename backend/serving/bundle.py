@@ -462,6 +462,17 @@ class Bundle:
         """Base and steered images (see `Generator.generate`); needs `attach_model` first."""
         return self._generator.generate(prompt, seed, list(steering), **options)
 
+    def concept(self, spec):
+        """A Concept (concepts.py): 'factor=value', latent ids, {latent: weight} or a Find result; a bad spec is an ExplorerError."""
+        from backend.serving.concepts import concept
+
+        return concept(spec, self.labels if self.has_atlas else [{}] * self.n_latents, self.n_latents)
+
+    def edit(self, prompt: str, seed: int, target, source=None, strength: float | None = None, window=None, where: str = "auto",
+             **options):
+        """A concept edit (see `Generator.edit`): base and edited images, `.edit` says what was done; needs `attach_model`."""
+        return self._generator.edit(prompt, seed, target, source, strength, window, where, **options)
+
     def contrast(self, with_prompts: list[str], without_prompts: list[str], seeds=(0, 1), n: int = 20):
         """Latents that fire more on `with_prompts` than on `without_prompts` (contrast.py), best first; needs `attach_model`."""
         from backend.serving.contrast import contrast

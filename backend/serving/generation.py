@@ -2,6 +2,7 @@
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +23,12 @@ from backend.diffusion.sampler import (
     make_scheduler,
     to_pil,
 )
-from backend.diffusion.steering import Steer, SteeringHook, steering_deltas  # Steer: the request type of Bundle.generate
+from backend.diffusion.steering import Steer, SteeringHook, check_strength, steering_deltas  # Steer: the request type of Bundle.generate
 from backend.errors import ExplorerError
 from backend.serving.batching import BatchedSampler
+from backend.serving.concepts import Concept, rivals_of
+from backend.serving.edits import (LADDER, WHERE, EditInfo, add_amounts, code_mass, edit_deltas, object_positions, reads_target,
+                                   swap_amounts)
 from backend.serving.recent import Recent
 
 MASKS = ("all", "fired")
@@ -71,6 +75,7 @@ class Generation:
     steered: Image.Image
     base_run: BaseRun
     steered_images: Tensor  # [1, 3, H, W] in [0, 1]
+    edit: "EditInfo | None" = None  # what a concept edit did (Generator.edit); None for plain steering
 
 
 class Generator:
@@ -151,23 +156,106 @@ class Generator:
             j = self.bundle.check_latent(steer.latent)
             if steer.mode == "add" and not typical[j] > 0:
                 raise ExplorerError(f"Latent {j} never fired on the atlas images, so it has no typical activation to add in units of.")
-        try:
-            start, end = window if window is not None else (0, self.num_steps - 1)
-        except (TypeError, ValueError):
-            raise ExplorerError(f"Step window must be a pair (start, end), got {window!r}.") from None
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end < self.num_steps):
-            raise ExplorerError(f"Step window must satisfy 0 ≤ start ≤ end < {self.num_steps}, got {window!r}.")
+        window = self._window(window)
         self._region(mask)
         run = self.base(prompt, seed, guidance_scale, allow_empty)
         if not steers:
             return Generation(base=run.image, steered=run.image, base_run=run, steered_images=run.result.images)
         deltas = steering_deltas(steers, self.bundle.feature_trajectories, typical, run.codes, self._mask(mask, steers, run),
                                  self.bundle.is_global)
-        hook = SteeringHook(self.site, deltas, self.recorded_steps, (start, end))
+        return self._steered(prompt, seed, guidance_scale, run, deltas, window)
+
+    def _window(self, window) -> tuple[int, int]:
+        """The inclusive sampler-step window (default: the whole schedule), or a clear error."""
+        try:
+            start, end = window if window is not None else (0, self.num_steps - 1)
+        except (TypeError, ValueError):
+            raise ExplorerError(f"Step window must be a pair (start, end), got {window!r}.") from None
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end < self.num_steps):
+            raise ExplorerError(f"Step window must satisfy 0 ≤ start ≤ end < {self.num_steps}, got {window!r}.")
+        return start, end
+
+    def _steered(self, prompt: str, seed: int, guidance_scale: float | None, run: BaseRun, deltas: Tensor,
+                 window: tuple[int, int], after=(), **extra) -> Generation:
+        """The base run resampled from the window's start with `deltas` [T, P, C] added inside the window
+        (hooks in `after` see each step's edited output)."""
+        hook = SteeringHook(self.site, deltas, self.recorded_steps, window)
         steered = self.sampler.run(SamplingRun(self.model, prompt, int(seed), num_steps=self.num_steps,
-                                               guidance_scale=self._guidance(guidance_scale), hooks=[hook],
-                                               start_step=start, start_latents=run.result.latents[start]))
-        return Generation(base=run.image, steered=to_pil(steered.images)[0], base_run=run, steered_images=steered.images)
+                                               guidance_scale=self._guidance(guidance_scale), hooks=[hook, *after],
+                                               start_step=window[0], start_latents=run.result.latents[window[0]]))
+        return Generation(base=run.image, steered=to_pil(steered.images)[0], base_run=run, steered_images=steered.images, **extra)
+
+    def edit(self, prompt: str, seed: int, target, source=None, strength: float | None = None, window=None,
+             where: str = "auto", guidance_scale: float | None = None) -> Generation:
+        """A concept edit (edits.py): → target where it belongs, or source → target where the source fires.
+
+        `strength=None` tries every strength of LADDER at once (one batched run each) and keeps the
+        smallest whose run's own codes read the target on the edited positions; an explicit
+        strength runs once.
+        """
+        bundle = self.bundle
+        target = bundle.concept(target)
+        source = None if source is None else bundle.concept(source)
+        if strength is not None:
+            strength = check_strength(strength)
+        if where not in WHERE:
+            raise ExplorerError(f"An edit's positions must be one of {', '.join(WHERE)}, got {where!r}.")
+        window = self._window(window)
+        typical = bundle.typical_activation
+        dead = [j for c in (target, source) if c is not None for j in c.latents if not typical[j] > 0]
+        if dead:
+            raise ExplorerError(f"Latents {dead[:8]} never fired on the atlas images, so they have no typical activation to edit in "
+                                "units of; leave them out of the concept.")
+        run = self.base(prompt, seed, guidance_scale)
+        region, positions = self._edit_positions(run, where, target, source)
+
+        def deltas(alpha: float) -> Tensor:
+            latents, amounts = (add_amounts(target, typical, alpha, positions) if source is None
+                                else swap_amounts(run.codes, source, target, typical, alpha, positions))
+            return edit_deltas(latents, amounts, bundle.feature_trajectories)
+
+        edited = positions if source is None else positions * (code_mass(run.codes, source, typical) > 0)
+        info = dict(target=target, source=source, where=region, positions=edited.reshape(self.grid))
+        if strength is not None:
+            return self._steered(prompt, seed, guidance_scale, run, deltas(strength), window,
+                                 edit=EditInfo(strength=strength, automatic=False, reached=False, **info))
+        rivals = rivals_of(target, source, bundle.labels)
+        with ThreadPoolExecutor(len(LADDER)) as pool:  # concurrent runs share the batched sampler's UNet calls
+            tries = list(pool.map(lambda alpha: self._recorded(prompt, seed, guidance_scale, run, deltas(alpha), window), LADDER))
+        reading = [reads_target(codes, target, rivals, edited, typical) for _, codes in tries]
+        chosen = reading.index(True) if any(reading) else len(LADDER) - 1
+        generation = tries[chosen][0]
+        generation.edit = EditInfo(strength=LADDER[chosen], automatic=True, reached=reading[chosen], **info)
+        return generation
+
+    def _edit_positions(self, run: BaseRun, where: str, target: Concept, source: Concept | None) -> tuple[str, Tensor]:
+        """(what `where` resolved to, Tensor[P] of 0/1): the object's or the background's positions read from the base
+        run's codes, every position, or where the concept (the source when there is one) fired."""
+        if where == "auto":
+            belongs = (source or target).belongs_on_object
+            where = "all" if belongs is None else "object" if belongs else "background"
+        if where == "all":
+            return where, torch.ones(run.codes.shape[0])
+        if where == "fired":
+            fired = run.codes[:, list((source or target).latents)] > 0
+            return where, fired.any(1).float()
+        with torch.no_grad():
+            on_object = object_positions(self.bundle.sae.decode(run.codes))
+        return where, (on_object if where == "object" else ~on_object).float()
+
+    def _recorded(self, prompt: str, seed: int, guidance_scale: float | None, run: BaseRun, deltas: Tensor,
+                  window: tuple[int, int]) -> tuple[Generation, Tensor]:
+        """A steered run and the codes of its edited trajectory (steps before the window are the base run's).
+
+        The codes read the site after each step's edit, so they say whether the edit, with what the
+        model made of it, carries the target: on the shapes demo this agreed with the factor
+        classifier's reading of the image on 0.95 of background edits.
+        """
+        later = [s for s in self.recorded_steps if s >= window[0]]
+        recorder = TrajectoryRecorder(self.site, later)
+        generation = self._steered(prompt, seed, guidance_scale, run, deltas, window, after=[recorder])
+        traj = torch.cat([run.traj[:, : len(self.recorded_steps) - len(later)], recorder.trajectories()[0]], dim=1)
+        return generation, self.bundle.codes(traj)
 
     def x0_images(self, run: BaseRun) -> list[Image.Image]:
         """The model's clean-image estimate at each recorded step: what it "sees" at step t."""

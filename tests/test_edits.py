@@ -1,0 +1,197 @@
+"""Concepts and concept edits: specs, where an edit lands, and that an edit is the steering it claims to be."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backend.diffusion.steering import Steer, steering_deltas
+from backend.errors import ExplorerError
+from backend.serving.bundle import Bundle
+from backend.serving.concepts import Concept, concept, rivals_of
+from backend.serving.edits import LADDER, add_amounts, edit_deltas, object_positions, reads_target, swap_amounts
+
+LABELS = ([{"factor": "colour", "value": "red", "purity": 1.0, "enrichment": 0.5}] * 2
+          + [{"factor": "colour", "value": "red", "purity": 0.5, "enrichment": 0.5}]
+          + [{"factor": "colour", "value": "blue", "purity": 0.8, "enrichment": 0.5}] * 3
+          + [{"factor": "background", "value": "gray", "purity": 0.9, "enrichment": 0.4}] * 2
+          + [{}] * 24)  # 32 latents, like the tiny bundle
+
+
+@dataclass
+class FoundRow:  # what Bundle.contrast returns, as far as a concept reads it
+    latent: int
+    difference: float
+
+
+@pytest.fixture(scope="module")
+def labelled(tiny_bundle):
+    """The tiny bundle reopened with planted labels: latents 0-2 are 'colour=red', 3-5 'colour=blue', 6-7 'background=gray';
+    latent 20 is dead."""
+    bundle = Bundle.load(tiny_bundle.root)
+    bundle.__dict__["labels"] = LABELS
+    bundle.attach_model(tiny_bundle.generator.model)
+    bundle.atlas["typical"][:8] = bundle.atlas["typical"][:8].clamp_min(0.5)  # every planted latent has a typical activation
+    bundle.atlas["typical"][20] = 0.0  # and latent 20 never fired
+    return bundle
+
+
+def test_a_label_concept_is_its_latents_weighted_by_specificity():
+    red = concept("colour = red", LABELS, 32)
+    assert red.latents == (0, 1, 2) and red.factor == "colour" and red.value == "red"
+    assert red.weights == pytest.approx((0.4, 0.4, 0.2))  # purity × enrichment 0.5, 0.5, 0.25, normalized
+    assert red.belongs_on_object and concept("background=gray", LABELS, 32).belongs_on_object is False
+
+
+def test_typed_ids_weights_and_find_results_make_concepts():
+    assert concept("4, 9 9", LABELS, 32).latents == (9, 4)  # a repeated id adds up
+    assert concept([3, 7], LABELS, 32).weights == (0.5, 0.5)
+    assert concept({2: 3.0, 5: 1.0}, LABELS, 32).weights == (0.75, 0.25)
+    found = concept([FoundRow(11, 2.0), FoundRow(12, 6.0), FoundRow(13, -1.0)], LABELS, 32)
+    assert found.latents == (12, 11) and found.weights == (0.75, 0.25) and found.belongs_on_object is None
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("texture=rough", "factor 'texture'"), ("colour=pink", "values of colour: blue, red"), ("32", "does not exist"),
+    ("", "empty"), ("red", "Cannot read"), ([], "no latent"), ({1: 0.0}, "no latent"), ({1: float("nan")}, "weight"),
+    ([1.5], "not an integer"), (3.0, "got float"), ([FoundRow(1, -2.0)], "no latent"),
+])
+def test_bad_concept_specs_are_refused_with_a_clear_message(spec, message):
+    with pytest.raises(ExplorerError, match=message):
+        concept(spec, LABELS, 32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.lists(st.integers(-5, 40), max_size=6),
+                 st.dictionaries(st.integers(-5, 40), st.floats(allow_nan=True, allow_infinity=True), max_size=4)))
+def test_any_spec_is_a_valid_concept_or_an_explorer_error(spec):
+    try:
+        made = concept(spec, LABELS, 32)
+    except ExplorerError:
+        return
+    assert made.latents and all(0 <= j < 32 for j in made.latents)
+    assert abs(sum(made.weights) - 1) < 1e-9 and min(made.weights) >= 0
+
+
+def test_rivals_are_the_other_values_of_the_factor_and_the_source():
+    red, blue, gray = (concept(s, LABELS, 32) for s in ("colour=red", "colour=blue", "background=gray"))
+    assert rivals_of(red, None, LABELS) == [blue]
+    assert rivals_of(red, blue, LABELS) == [blue]  # the source is the factor's other value: counted once
+    assert rivals_of(concept("9", LABELS, 32), gray, LABELS) == [gray]
+
+
+def test_object_positions_find_a_planted_object():
+    decoded = torch.randn(64, 10) * 0.05 + torch.ones(10)  # a background of alike positions
+    planted = torch.tensor([18, 19, 20, 26, 27, 28, 34, 35, 36])
+    decoded[planted] += torch.linspace(-3, 3, 10)  # an object whose rows stand out
+    found = object_positions(decoded)
+    assert found.nonzero().flatten().tolist() == planted.tolist()
+
+
+def test_add_amounts_are_the_steering_deltas_of_each_latent_at_its_share_of_the_strength():
+    torch.manual_seed(0)
+    phi, typical = torch.randn(32, 3, 5), torch.rand(32) + 0.1
+    red = concept("colour=red", LABELS, 32)
+    where = (torch.rand(16) > 0.5).float()
+    latents, amounts = add_amounts(red, typical, 6.0, where)
+    expected = steering_deltas([Steer(j, 6.0 * w) for j, w in zip(red.latents, red.weights)], phi, typical,
+                               torch.zeros(16, 32), where)
+    assert torch.allclose(edit_deltas(latents, amounts, phi), expected, atol=1e-5)
+
+
+def test_a_swap_removes_the_source_where_it_fired_and_adds_the_target_in_proportion():
+    torch.manual_seed(1)
+    phi, typical = torch.randn(32, 3, 5), torch.rand(32) + 0.1
+    codes = torch.zeros(16, 32)
+    codes[4:8, 3] = 2.0  # blue fired on positions 4-7
+    codes[6, 4] = 1.0
+    red, blue = concept("colour=red", LABELS, 32), concept("colour=blue", LABELS, 32)
+    where = torch.ones(16)
+    where[7] = 0  # outside the edited positions nothing changes
+    latents, amounts = swap_amounts(codes, blue, red, typical, 2.0, where)
+    deltas = edit_deltas(latents, amounts, phi)
+    removed = steering_deltas([Steer(3, 0.0, "scale"), Steer(4, 0.0, "scale")], phi, typical, codes, where)
+    mass = (codes[:, 3] / typical[3] + codes[:, 4] / typical[4]) * where  # blue's code mass, in typical activations
+    added = sum(2.0 * w * typical[j] * mass[:, None, None] * phi[j][None] for j, w in zip(red.latents, red.weights))  # [P, T, C]
+    assert torch.allclose(deltas, removed + added.permute(1, 0, 2), atol=1e-5)
+    assert deltas[:, [0, 1, 2, 3, 7]].abs().max() == 0  # where blue never fired, or outside `where`
+
+
+def test_reads_target_compares_mean_scores_on_the_edited_positions():
+    typical = torch.ones(32)
+    red, blue = concept("colour=red", LABELS, 32), concept("colour=blue", LABELS, 32)
+    codes = torch.zeros(16, 32)
+    codes[:8, 3:6] = 1.0  # blue on the first half
+    codes[8:, 0:3] = 3.0  # red on the second half
+    second, first = (torch.arange(16) >= 8).float(), (torch.arange(16) < 8).float()
+    assert reads_target(codes, red, [blue], second, typical)
+    assert not reads_target(codes, red, [blue], first, typical)
+    assert reads_target(codes, red, [], second, typical) and not reads_target(codes, red, [], first, typical)
+
+
+def test_an_edit_at_a_given_strength_is_exactly_the_steering_it_claims(labelled):
+    prompt, seed = "a red circle", 3
+    edit = labelled.edit(prompt, seed, "colour=blue", strength=4.0, where="all")
+    red = labelled.concept("colour=blue")
+    steered = labelled.generate(prompt, seed, [Steer(j, 4.0 * w) for j, w in zip(red.latents, red.weights)])
+    assert torch.allclose(edit.steered_images, steered.steered_images, atol=1e-5)  # the same deltas, summed in another order
+    assert edit.edit.strength == 4.0 and not edit.edit.automatic and edit.edit.positions.sum() == 64
+
+
+def test_a_swap_edit_is_the_source_ablated_plus_the_target_in_proportion_to_its_mass(labelled):
+    run = labelled.generator.base("a green star", 2)
+    source = labelled.concept(run.codes.sum(0).argsort(descending=True)[:2].tolist())  # two latents that fired
+    edit = labelled.edit("a green star", 2, "colour=red", source=source, strength=2.0, where="all")
+    typical, phi = labelled.typical_activation, labelled.feature_trajectories
+    mass = sum(run.codes[:, j] / typical[j] for j in source.latents)  # [P] in typical activations
+    red = labelled.concept("colour=red")
+    deltas = steering_deltas([Steer(j, 0.0, "scale") for j in source.latents], phi, typical, run.codes, torch.ones(64))
+    deltas += steering_deltas([Steer(j, 2.0 * w) for j, w in zip(red.latents, red.weights)], phi, typical, run.codes, mass)
+    expected = labelled.generator._steered("a green star", 2, None, run, deltas, (0, labelled.generator.num_steps - 1))
+    assert torch.allclose(edit.steered_images, expected.steered_images, atol=1e-5)
+    assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist()
+
+
+def test_an_automatic_strength_is_the_smallest_whose_codes_read_the_target(labelled):
+    edit = labelled.edit("a blue square", 1, "colour=red", where="all")
+    assert edit.edit.automatic and edit.edit.strength in LADDER
+    rivals = rivals_of(edit.edit.target, None, LABELS)
+    run = labelled.generator.base("a blue square", 1)
+    window = (0, labelled.generator.num_steps - 1)
+    for alpha in LADDER[: LADDER.index(edit.edit.strength) + 1]:
+        latents, amounts = add_amounts(edit.edit.target, labelled.typical_activation, alpha, torch.ones(64))
+        _, codes = labelled.generator._recorded("a blue square", 1, None, run,
+                                                edit_deltas(latents, amounts, labelled.feature_trajectories), window)
+        reached = reads_target(codes, edit.edit.target, rivals, torch.ones(64), labelled.typical_activation)
+        assert reached == (alpha == edit.edit.strength) or (not edit.edit.reached and alpha == LADDER[-1])
+    assert edit.edit.reached == reached
+
+
+def test_bad_edits_are_refused_and_change_nothing(labelled):
+    cached = len(labelled.generator.base_runs)
+    for bad in (dict(target="colour=pink"), dict(target="colour=red", source="99"), dict(target="colour=red", strength=float("nan")),
+                dict(target="colour=red", where="inside"), dict(target="colour=red", window=(4, 2)),
+                dict(target="colour=red", strength=1e9)):
+        with pytest.raises(ExplorerError):
+            labelled.edit("a red circle", 77, **bad)
+    with pytest.raises(ExplorerError, match="empty"):
+        labelled.edit("", 0, "colour=red")
+    assert len(labelled.generator.base_runs) == cached
+
+
+def test_a_concept_with_a_dead_latent_is_refused(labelled):
+    with pytest.raises(ExplorerError, match=r"Latents \[20\] never fired"):
+        labelled.edit("a red circle", 0, [3, 20])
+
+
+def test_auto_positions_follow_where_the_concept_belongs(labelled):
+    run = labelled.generator.base("a red circle", 0)
+    on_object = object_positions(labelled.sae.decode(run.codes).detach()).float()
+    red, gray = labelled.concept("colour=red"), labelled.concept("background=gray")
+    for spec, source, region, positions in ((red, None, "object", on_object), (gray, None, "background", 1 - on_object),
+                                            (Concept("typed", (9,), (1.0,)), None, "all", torch.ones(64)),
+                                            (red, gray, "background", 1 - on_object)):  # a source says where to work
+        resolved, found = labelled.generator._edit_positions(run, "auto", spec, source)
+        assert resolved == region and torch.equal(found, positions)
