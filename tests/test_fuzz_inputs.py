@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from backend.errors import ExplorerError
 from tests.test_ui_api import app_url
 from tests.test_ui_handlers import NO_STEER, one_thread, tiny_explorer
-from ui import browse, find, steer, views
+from ui import browse, edit, find, steer, views
 from ui.state import MAX_SEED, parse_int, parse_query
 
 PYTHON_ERROR = re.compile(r"invalid literal|Traceback|object has no attribute|KeyError|/tmp/|/work/")  # raw exception text, paths
@@ -67,6 +67,19 @@ def test_any_link_restores_a_view_or_explains_itself(ex, params):
 
 
 @FAST
+@given(params=st.dictionaries(st.sampled_from(["tab", "edit_target", "edit_source", "edit_where", "edit_strength"]),
+                              st.one_of(tricky_text, st.sampled_from(["steer", "colour=red", "3, 5", "fired", "6"])), max_size=5))
+def test_any_edit_link_restores_the_edit_panel_or_explains_itself(ex, params):
+    try:
+        target, target_ids, source, source_ids, where, strength, automatic, made = views.restore_edit(ex, params)
+    except ExplorerError as err:
+        assert str(err) and not PYTHON_ERROR.search(str(err))
+    else:
+        assert where in edit.WHERE_CHOICES and automatic == (params.get("edit_strength") is None or made is None)
+        assert made is None or made["edit_target"] in (target, target_ids)
+
+
+@FAST
 @given(value=anything)
 def test_a_latent_page_for_any_id_box_value_is_a_page_or_a_message(ex, value):
     try:
@@ -99,6 +112,24 @@ def test_a_steer_request_of_any_shape_is_an_image_or_a_message(ex, latent, posit
     assert history_before == []  # the caller's history is never changed in place
 
 
+concept_text = st.one_of(st.sampled_from(["colour=red", "colour=pink", "shape = star", "=", "(none)", "3, 5", "3 99", "colour=red, 3"]),
+                         tricky_text, st.none(), st.integers())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=concept_text, target_ids=concept_text, source=concept_text, where=st.one_of(st.sampled_from(list(edit.WHERE_CHOICES)), st.text(max_size=6)),
+       strength=strength, automatic=st.one_of(st.booleans(), st.none(), st.text(max_size=3)), seed=anything)
+def test_an_edit_request_of_any_shape_is_an_edit_or_a_message(ex, target, target_ids, source, where, strength, automatic, seed):
+    try:
+        base, edited, positions, caption, used, was_automatic, made = edit.edit(
+            ex, "a green circle", seed, 4.0, 0, 5, target, target_ids, False, None, source, "", where, strength, automatic)
+    except ExplorerError as err:
+        assert str(err) and not PYTHON_ERROR.search(str(err))
+    else:
+        assert base.size == edited.size == positions.size and caption.startswith("**") and was_automatic == automatic
+        assert made["edit_target"] in (target, str(target_ids or "").strip())
+
+
 prompt_list = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(["a red circle", "a blue star", " ", "", "x" * 400]), max_size=40).map("\n".join),
                         st.none(), st.integers())
 
@@ -107,7 +138,7 @@ prompt_list = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(["a red c
 @given(with_text=prompt_list, without_text=prompt_list, seeds=anything)
 def test_a_find_request_of_any_shape_is_a_ranking_or_a_message(ex, with_text, without_text, seeds):
     try:
-        rows, text = find.find_latents(ex, with_text, without_text, seeds)
+        rows, text, _ = find.find_latents(ex, with_text, without_text, seeds)
     except ExplorerError as err:
         assert str(err) and not PYTHON_ERROR.search(str(err))
     else:

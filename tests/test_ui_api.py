@@ -26,7 +26,7 @@ def client():
 
 def test_the_api_lists_the_app_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/search", "/latent_page", "/steer", "/inspect_prompt", "/find_latents"} <= set(endpoints)
+    assert {"/search", "/latent_page", "/steer", "/inspect_prompt", "/find_latents", "/edit"} <= set(endpoints)
 
 
 def test_search_through_the_api(client):
@@ -60,3 +60,14 @@ def test_finding_latents_through_the_api(client):
     table, summary = client.predict("a red circle\na red star", "a blue circle\na blue star", 1, api_name="/find_latents")
     assert table["headers"][:3] == ["latent", "label", "difference"] and len(table["data"]) == 20
     assert "2 images with the concept, 2 without" in summary
+
+
+def test_editing_a_concept_through_the_api(client):
+    base, edited, positions, caption, strength, automatic = client.predict(
+        "a green circle", 3, 4.0, 0, 5, "colour=red", "", False, "colour=green", "", "auto", 4.5, True, api_name="/edit")
+    assert base and edited and positions and caption.startswith("**colour=green → colour=red**") and automatic
+    base, edited, positions, caption, strength, automatic = client.predict(
+        "a green circle", 3, 4.0, 0, 5, None, "3, 5", False, "(none)", "", "everywhere", 6, False, api_name="/edit")
+    assert "latents 3, 5" in caption and "64 of 64 positions" in caption and (strength, automatic) == (6, False)
+    with pytest.raises(Exception, match="Latent 99 does not exist"):
+        client.predict("a green circle", 3, 4.0, 0, 5, None, "3, 99", False, "(none)", "", "auto", 4.5, True, api_name="/edit")

@@ -123,3 +123,29 @@ def test_feature_icons_show_on_the_latent_page_and_in_the_table(page):
     first_id = page.locator("#latent-table [data-testid=cell-0-0]").inner_text().strip()
     assert strip.get_attribute("alt") == f"latent {first_id}"
     page.screenshot(path=SHOTS / "icons.png", full_page=True)
+
+
+def test_edit_a_concept_and_share_it(page):
+    page.goto(app_url() + "?tab=steer&prompt=a%20green%20circle&seed=3", wait_until="load")
+    page.wait_for_selector("#base-image img")
+    page.get_by_text("Edit a concept").click()
+    for box, choice in (("#edit-source", "colour=green"), ("#edit-target", "colour=red")):
+        page.locator(f"{box} input").click()
+        page.get_by_role("option", name=choice, exact=True).click()
+    page.locator("#edit-caption", has_text="colour=green → colour=red").wait_for()  # choosing the target edits at once
+    page.wait_for_selector("#edited-image img")
+    page.wait_for_selector("#edit-positions img")
+    page.locator("#edit-panel").screenshot(path=SHOTS / "edit.png")
+    slider = page.locator("#edit-strength input[type=range]")
+    slider.fill("10")
+    slider.dispatch_event("pointerup")  # released: a strength set by hand
+    page.locator("#edit-caption", has_text="strength 10 × s, set by hand").wait_for()
+    assert not page.locator("#edit-automatic input").is_checked()
+
+    page.get_by_role("button", name="Copy link to this view").click()
+    link = page.locator("#link textarea, #link input").first
+    page.wait_for_function("(el) => el.value.includes('edit_target')", arg=link.element_handle())
+    assert "edit_target=colour%3Dred&edit_source=colour%3Dgreen&edit_where=auto" in link.input_value()
+    page.goto(link.input_value(), wait_until="load")  # the link reopens the panel and makes the same edit
+    page.locator("#edit-caption", has_text="colour=green → colour=red").wait_for()
+    page.wait_for_selector("#edit-positions img")

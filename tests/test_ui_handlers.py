@@ -18,15 +18,16 @@ from PIL import Image
 from backend.build import Build, BuildConfig
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
+from backend.serving.edits import LADDER, EditInfo
 from backend.serving.icons import MAX_ICON_STRENGTHS, IconSettings
 from backend.serving.recent import Recent
 from tests.tiny_models import tiny_model
-from ui import browse, find, inspect, status, steer, timeline, views
+from ui import browse, edit, find, inspect, status, steer, timeline, views
 from ui.explorer import Explorer, open_explorer
 from ui.icons import IconCells
 from ui import explorer, image_files
 from ui.image_files import ImageFiles
-from ui.images import overlay, upscale
+from ui.images import overlay, tint, upscale
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
 
 COLOURS, SHAPES = ("red", "green", "blue"), ("circle", "square", "star")
@@ -241,6 +242,100 @@ def test_bad_steering_requests_are_explained_and_change_nothing(ex, bad):
     assert history == [("earlier", "kept")] and ex.bundle.generator.base_runs.keys() == cache
 
 
+def edit_call(ex, prompt="a green circle", seed=3, guidance=4.0, start=0, end=5, target="colour=red", target_ids="", use_found=False,
+              found=None, source=edit.NONE, source_ids="", where="auto", strength=edit.DEFAULT_STRENGTH, automatic=True):
+    return edit.edit(ex, prompt, seed, guidance, start, end, target, target_ids, use_found, found, source, source_ids, where,
+                     strength, automatic)
+
+
+def test_the_edit_panel_offers_every_label_value_as_a_concept(ex):
+    values = {(label["factor"], label["value"]) for label in ex.bundle.labels if label.get("factor")}
+    choices = edit.label_choices(ex)
+    assert choices == sorted(f"{factor}={value}" for factor, value in values) and "colour=red" in choices
+    assert all(ex.bundle.concept(choice).name == choice for choice in choices)
+
+
+def test_an_edit_shows_base_edited_and_the_edited_positions(ex):
+    base, edited, positions, caption, strength, automatic, made = edit_call(ex, source="colour=green")
+    direct = ex.bundle.edit("a green circle", 3, "colour=red", "colour=green", window=(0, 5), guidance_scale=4.0)
+    info = direct.edit
+    assert base.size == edited.size == positions.size == (192, 192)
+    assert np.array_equal(np.asarray(base), np.asarray(upscale(direct.base)))
+    assert np.array_equal(np.asarray(positions), np.asarray(tint(direct.base, info.positions)))  # the same positions, drawn
+    assert automatic and info.automatic and strength == info.strength in LADDER
+    assert caption.startswith("**colour=green → colour=red** (") and " swapped for 3)" in caption
+    assert f"{int(info.positions.sum())} of 64 positions" in caption and "(auto)" in caption
+    assert made == {"edit_target": "colour=red", "edit_source": "colour=green", "edit_where": "auto", "edit_strength": None}
+
+
+def test_typed_ids_override_the_list_and_a_strength_set_by_hand_runs_once(ex):
+    _, edited, _, caption, strength, automatic, made = edit_call(ex, target_ids=" 3, 5 ", where="everywhere", strength=6, automatic=False)
+    direct = ex.bundle.edit("a green circle", 3, "3, 5", strength=6.0, window=(0, 5), where="all", guidance_scale=4.0)
+    assert np.abs(np.asarray(edited, float) - np.asarray(upscale(direct.steered), float)).max() <= 1  # float rounding only
+    assert caption == ("**→ latents 3, 5** (2 latents added) · strength 6 × s, set by hand (only an automatic strength is checked "
+                       "against the codes) · everywhere: 64 of 64 positions")
+    assert (strength, automatic) == (6.0, False)
+    assert made == {"edit_target": "3, 5", "edit_source": None, "edit_where": "all", "edit_strength": 6.0}
+
+
+def test_the_latest_find_result_can_be_the_edit_target(ex):
+    _, _, found = find.find_latents(ex, "a red circle\na red star", "a blue circle\na blue star", 1)
+    concept = ex.bundle.concept(found)  # positive differences, weighted by them
+    _, _, _, caption, _, _, made = edit_call(ex, target=None, use_found=True, found=found, where="where it fired")
+    assert caption.startswith(f"**→ {concept.name}** ({len(concept.latents)} latents added)")
+    assert f"where {concept.name} fired" in caption
+    assert made["edit_target"] == ", ".join(map(str, concept.latents))  # a link carries the found latents as ids
+    with pytest.raises(ExplorerError, match="No Find result yet"):
+        edit_call(ex, use_found=True, found=None)
+
+
+def test_the_caption_says_whether_the_codes_read_the_target(ex):
+    red, green = ex.bundle.concept("colour=red"), ex.bundle.concept("colour=green")
+    positions = torch.zeros(8, 8)
+    positions[2:4, 2:5] = 1
+    info = EditInfo(target=red, source=green, strength=15.0, automatic=True, reached=False, where="fired", positions=positions)
+    assert "did not reach colour=red even at strength 15 (the largest tried)" in edit.describe(info, "where it fired")
+    assert edit.describe(info, "where it fired").endswith("where colour=green fired: 6 of 64 positions")
+    reached = replace(info, source=None, strength=4.5, reached=True, where="background")
+    assert edit.describe(reached, "auto") == (f"**→ colour=red** ({len(red.latents)} latents added) · strength 4.5 × s, chosen "
+                                               "automatically · the edited run's codes read colour=red · on the background (auto): 6 of 64 positions")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(prompt=""), "empty"), (dict(prompt="   "), "empty"), (dict(prompt="a red circle " * 50), "characters"),
+    (dict(prompt="a red circle on the top left of a blue square star"), "tokens"),
+    (dict(target="colour=pink"), "values of colour"), (dict(target_ids="99"), "does not exist"), (dict(target_ids="3, x"), "Cannot read"),
+    (dict(source_ids="-1"), "Cannot read"), (dict(target=None), "Choose a target"), (dict(target=edit.NONE), "Choose a target"),
+    (dict(target=3), "got int"), (dict(target_ids="1 " * 600), "at most 1000"), (dict(use_found=True), "No Find result"),
+    (dict(strength=math.nan, automatic=False), "between 0 and 30"), (dict(strength=1e9, automatic=False), "between 0 and 30"),
+    (dict(strength=-1, automatic=False), "between 0 and 30"), (dict(strength="6", automatic=False), "between 0 and 30"),
+    (dict(where="inside"), "Where to edit"), (dict(where="all"), "Where to edit"), (dict(automatic="yes"), "true or false"),
+    (dict(seed=-1), "Seed"), (dict(start=5, end=1), "window"), (dict(guidance=math.nan), "Guidance"),
+])
+def test_bad_edit_requests_are_explained_and_change_nothing(ex, bad, message):
+    cache = ex.bundle.generator.base_runs.keys()
+    with pytest.raises(ExplorerError, match=message):
+        edit_call(ex, **bad)
+    assert ex.bundle.generator.base_runs.keys() == cache
+
+
+def test_an_edit_link_restores_the_panel_and_the_same_edit(ex):
+    *_, made = edit_call(ex, source="colour=green")
+    query = views.link("steer", 3, "", 0.0, "add", "a green circle", 3, made)
+    assert "edit_target=colour%3Dred&edit_source=colour%3Dgreen&edit_where=auto" in query and "edit_strength" not in query
+    restored = views.restore_edit(ex, dict(parse_qsl(query[1:])))
+    assert restored == ("colour=red", "", "colour=green", "", "auto", edit.DEFAULT_STRENGTH, True, made)
+    target, target_ids, source, source_ids, where, strength, automatic, _ = restored
+    assert edit_call(ex, target=target, target_ids=target_ids, source=source, source_ids=source_ids, where=where, strength=strength,
+                     automatic=automatic)[-1] == made
+    typed = {"tab": "steer", "edit_target": "3, 5", "edit_where": "fired", "edit_strength": "6"}
+    assert views.restore_edit(ex, typed)[:7] == (None, "3, 5", edit.NONE, "", "where it fired", 6.0, False)
+    for no_edit in ({}, {"tab": "steer", "latent": "4"}, {"tab": "browse", "edit_target": "colour=red"}):
+        assert views.restore_edit(ex, no_edit) == (None, "", edit.NONE, "", "auto", edit.DEFAULT_STRENGTH, True, None)
+    with pytest.raises(ExplorerError, match="values of colour"):
+        views.restore_edit(ex, {"tab": "steer", "edit_target": "colour=pink"})
+
+
 def test_inspecting_a_prompt_lists_its_most_active_latents(ex):
     result = inspect.inspect_prompt(ex, "a blue star", 3)
     sums = [row[2] for row in result.rows]
@@ -257,7 +352,7 @@ def test_inspecting_an_upload_finds_latents(ex, tmp_path):
 
 
 def test_find_ranks_latents_by_how_much_more_they_fire_with_the_concept(ex):
-    rows, text = find.find_latents(ex, "a red circle\n\n a red star \n", "a blue circle\na blue star", 2)
+    rows, text, _ = find.find_latents(ex, "a red circle\n\n a red star \n", "a blue circle\na blue star", 2)
     assert len(rows) == find.FOUND and "4 images with the concept, 4 without" in text
     differences = [row[2] for row in rows]
     assert differences == sorted(differences, reverse=True)
@@ -321,9 +416,14 @@ def test_url_state_round_trips():
     view = ViewState(tab="steer", latent=12, alpha=3.0, mode="scale", prompt="a red star & more", seed=7)
     assert parse_query(dict(parse_qsl(urlsplit(view.query()).query))) == view
     assert parse_query({}) == ViewState()
+    edited = ViewState(tab="steer", prompt="a green circle", seed=3, edit_target="colour=red", edit_source="12, 40", edit_where="fired",
+                       edit_strength=7.5)
+    assert parse_query(dict(parse_qsl(urlsplit(edited.query()).query))) == edited
 
 
-@pytest.mark.parametrize("bad", [{"tab": "admin"}, {"latent": "x"}, {"alpha": "1e6"}, {"alpha": "nan"}, {"mode": "melt"}, {"seed": "-4"}])
+@pytest.mark.parametrize("bad", [{"tab": "admin"}, {"latent": "x"}, {"alpha": "1e6"}, {"alpha": "nan"}, {"mode": "melt"}, {"seed": "-4"},
+                                 {"edit_where": "inside"}, {"edit_where": "everywhere"}, {"edit_strength": "nan"}, {"edit_strength": "31"},
+                                 {"edit_strength": "-1"}, {"edit_strength": "strong"}])
 def test_malformed_links_are_explained(bad):
     with pytest.raises(ExplorerError):
         parse_query(bad)
@@ -419,6 +519,15 @@ def test_picture_files_are_shared_by_identical_pictures_and_the_oldest_are_delet
 def test_a_missing_bundle_is_an_error(tmp_path):
     with pytest.raises(ExplorerError, match="bundle"):
         open_explorer(str(tmp_path / "nothing"))
+
+
+def test_edited_positions_are_tinted_cells_over_the_dimmed_image():
+    weights = np.zeros((8, 8))
+    weights[0, 1] = 1.0
+    drawn = np.asarray(tint(np.full((32, 32, 3), 128, np.uint8), weights)).astype(int)
+    assert drawn.shape == (192, 192, 3)
+    assert (drawn[:24, 24:48] == [64, 192, 192]).all()  # the cell, 24 px at this size: half cyan
+    assert (drawn[:24, :24] == 58).all() and (drawn[24:] == 58).all()  # the rest dimmed to 0.45
 
 
 def test_maps_are_drawn_over_upscaled_images():

@@ -6,12 +6,12 @@ import logging
 import gradio as gr
 
 from backend.errors import ExplorerError
-from ui import browse, export, find, inspect, status, steer, timeline, views
+from ui import browse, edit, export, find, inspect, status, steer, timeline, views
 from ui.explorer import Explorer
 from ui.icons import IconCells
 from ui.image_files import ImageFiles, temporary_folder
 from ui.latents import SORTS
-from ui.state import STEER_MODES, alpha_from_position
+from ui.state import MAX_EDIT_STRENGTH, STEER_MODES, alpha_from_position
 from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,35 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             pin_btn = gr.Button("Pin this result", size="sm", scale=1, elem_id="pin")
                             pinned_text = gr.Markdown("Pin a result to keep it beside the next ones.", elem_id="pinned-text")
                         history = gr.Gallery(label="History", columns=6, height=220, preview=False, object_fit="contain", fit_columns=False)
+                with gr.Accordion("Edit a concept", open=False, elem_id="edit-panel") as edit_panel:
+                    gr.Markdown("Puts a concept into the prompt and seed above (with their guidance and step window): where it "
+                                "belongs (an object attribute on the object, a background value off it), or in place of a source "
+                                "concept where that fired. Typed latent ids override the list beside them.")
+                    with gr.Row():
+                        with gr.Column(scale=2):
+                            label_choices = edit.label_choices(ex)
+                            with gr.Row():
+                                edit_source = gr.Dropdown([edit.NONE, *label_choices], value=edit.NONE, label="Source (what to replace)",
+                                                          elem_id="edit-source")
+                                edit_source_ids = gr.Textbox(label="…or source latent ids", placeholder="e.g. 12, 40", elem_id="edit-source-ids")
+                            with gr.Row():
+                                edit_target = gr.Dropdown(label_choices, value=None, label="Target (what to put in)", elem_id="edit-target")
+                                edit_target_ids = gr.Textbox(label="…or target latent ids", placeholder="e.g. 12, 40", elem_id="edit-target-ids")
+                            use_found = gr.Checkbox(False, label="Use the latest Find result (Browse tab) as the target", elem_id="edit-use-found")
+                            edit_where = gr.Radio(list(edit.WHERE_CHOICES), value="auto", label="Where", elem_id="edit-where")
+                            with gr.Row():
+                                edit_strength = gr.Slider(0, MAX_EDIT_STRENGTH, value=edit.DEFAULT_STRENGTH, step=0.5, scale=3,
+                                                          label="Strength (× typical activation)", elem_id="edit-strength")
+                                edit_auto = gr.Checkbox(True, label="automatic (the smallest that reaches)", scale=1, elem_id="edit-automatic")
+                            edit_btn = gr.Button(status.button_label(ex, status.BUTTONS[4]), variant="primary", elem_id="edit-button")
+                        with gr.Column(scale=3):
+                            with gr.Row():
+                                edit_base = gr.Image(label="Base", elem_id="edit-base")
+                                edited_image = gr.Image(label="Edited", elem_id="edited-image")
+                                edit_positions = gr.Image(label="Edited positions", elem_id="edit-positions")
+                            edit_caption = gr.Markdown(elem_id="edit-caption")
                 history_state = gr.State([], time_to_live=STATE_LIFETIME)
+                edit_state = gr.State(None)  # the last edit's link fields (ViewState's edit_*); None: no edit made
             with gr.Tab("Inspect", id="inspect") as inspect_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -217,6 +245,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
             link_btn = gr.Button("Copy link to this view", scale=1)
             link = gr.Textbox(label="Link", interactive=False, scale=4, elem_id="link")
         timeline_state = gr.State(None, time_to_live=STATE_LIFETIME)
+        found_state = gr.State(None, time_to_live=STATE_LIFETIME)  # the latest Find result, a target for the Edit panel
         timer = gr.Timer(0.8, active=False)
 
         # --- the model loading in the background: the notice and buttons follow it, then the watch stops ---
@@ -225,7 +254,8 @@ def build_app(ex: Explorer) -> gr.Blocks:
             text = status.notice_text(ex)
             return gr.Markdown(text, visible=bool(text)), *buttons, gr.Timer(active=ex.model_state == "loading")
 
-        model_watch.tick(model_status, None, [notice, generate, analyse, inspect_generate, find_btn, model_watch], api_name=False, **BROWSE)
+        model_watch.tick(model_status, None, [notice, generate, analyse, inspect_generate, find_btn, edit_btn, model_watch], api_name=False,
+                         **BROWSE)
 
         # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
         list_inputs = [query, sort, labelled, min_freq]
@@ -262,7 +292,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
         table_csv.click(shown(lambda: export.export_table(ex, "csv", exports)), None, exported, api_name="export_table_csv", **BROWSE)
         table_json.click(shown(lambda: export.export_table(ex, "json", exports)), None, exported, api_name="export_table_json", **BROWSE)
         find_btn.click(shown(on_gpu(functools.partial(find.find_latents, ex))), [find_with, find_without, find_seeds],
-                       [find_table, find_summary], api_name="find_latents", **MODEL)
+                       [find_table, find_summary, found_state], api_name="find_latents", **MODEL)
         with_page(find_table.select(row_latent, None, latent_box, api_name=False))
         latent_json.click(shown(lambda j: export.export_latent(ex, j, exports)), latent_box, exported, api_name="export_latent", **BROWSE)
         step.change(shown(timeline.frame), [timeline_state, step], [x0_image, final_image, step_caption], api_name=False, **BROWSE)
@@ -292,6 +322,24 @@ def build_app(ex: Explorer) -> gr.Blocks:
 
         pin_btn.click(shown(steer.pin), history_state, [pinned_image, pinned_text], api_name=False, **BROWSE)
 
+        # --- edit a concept: choosing a target edits; then every control, the shared Steer ones too, edits live -------
+        edit_inputs = [prompt, seed, guidance, start, end, edit_target, edit_target_ids, use_found, found_state, edit_source, edit_source_ids,
+                       edit_where, edit_strength, edit_auto]
+        edit_outputs = [edit_base, edited_image, edit_positions, edit_caption, edit_strength, edit_auto, edit_state]
+        edit_fn = shown(on_gpu(functools.partial(edit.edit, ex)))
+
+        def edit_if_made(made, *args):
+            return edit_fn(*args) if made is not None else tuple(gr.skip() for _ in edit_outputs)
+
+        edit_btn.click(edit_fn, edit_inputs, edit_outputs, api_name="edit", **MODEL)
+        for control in (edit_target.input, edit_target_ids.submit, use_found.input):
+            control(edit_fn, edit_inputs, edit_outputs, trigger_mode="always_last", api_name=False, **MODEL)
+        for control in (edit_source.input, edit_source_ids.submit, edit_where.input, edit_auto.input,
+                        prompt.submit, seed.submit, guidance.release, start.release, end.release):
+            control(edit_if_made, [edit_state, *edit_inputs], edit_outputs, trigger_mode="always_last", api_name=False, **MODEL)
+        (edit_strength.release(lambda: False, None, edit_auto, trigger_mode="always_last", api_name=False, **BROWSE)  # set by hand now
+         .then(edit_if_made, [edit_state, *edit_inputs], edit_outputs, api_name=False, **MODEL))
+
         def go_steer(value):
             j, pos, mode_value, text, seed_value = views.send_to_steer(ex, value)
             return gr.Tabs(selected="steer"), "steer", j, pos, mode_value, strength_text(pos), text, seed_value
@@ -315,21 +363,27 @@ def build_app(ex: Explorer) -> gr.Blocks:
 
         def restore(request: gr.Request):
             try:
-                view = views.restore(ex, dict(request.query_params))
+                view, edit_view = views.restore(ex, dict(request.query_params)), views.restore_edit(ex, dict(request.query_params))
             except ExplorerError as err:  # a broken link still opens the app, on the default view
                 gr.Warning(str(err))
-                view = views.restore(ex, {})
+                view, edit_view = views.restore(ex, {}), views.restore_edit(ex, {})
             tab, latent, steered, pos, mode_value, text, seed_value = view
-            return (gr.Tabs(selected=tab), tab, latent, steered, pos, mode_value, strength_text(pos), text, seed_value, text)
+            *edit_controls, made = edit_view
+            return (gr.Tabs(selected=tab), tab, latent, steered, pos, mode_value, strength_text(pos), text, seed_value, text,
+                    *edit_controls, made, gr.Accordion(open=made is not None))
 
         def steer_if_asked(tab, *args):
             return steer_fn(*args) if tab == "steer" else tuple(gr.skip() for _ in steer_outputs)
 
         demo.load(None, None, None, js=MAP_CLICK_JS, api_name=False)
-        loaded = demo.load(restore, None, [tabs, current_tab, latent_box, *first, prompt, seed, inspect_prompt], api_name=False)
+        edit_controls = [edit_target, edit_target_ids, edit_source, edit_source_ids, edit_where, edit_strength, edit_auto, edit_state]
+        loaded = demo.load(restore, None, [tabs, current_tab, latent_box, *first, prompt, seed, inspect_prompt, *edit_controls, edit_panel],
+                           api_name=False)
         with_page(loaded)
         (loaded.then(search, list_inputs, [table, summary], api_name=False, **BROWSE)
-         .then(steer_if_asked, [current_tab, *steer_inputs], steer_outputs, api_name=False, **MODEL))
-        (link_btn.click(shown(views.link), [current_tab, latent_box, first[0], first[1], first[2], prompt, seed], link, api_name=False)
+         .then(steer_if_asked, [current_tab, *steer_inputs], steer_outputs, api_name=False, **MODEL)
+         .then(edit_if_made, [edit_state, *edit_inputs], edit_outputs, api_name=False, **MODEL))
+        (link_btn.click(shown(views.link), [current_tab, latent_box, first[0], first[1], first[2], prompt, seed, edit_state], link,
+                        api_name=False)
          .then(None, link, link, js=COPY_LINK_JS, api_name=False))
     return demo

@@ -26,8 +26,9 @@ def prompt_lines(text, which: str) -> list[str]:
     return [check_prompt(line) for line in text.splitlines() if line.strip()]
 
 
-def find_latents(ex: Explorer, with_text, without_text, seeds) -> tuple[list[list], str]:
-    """Rows of HEADERS for the latents that fire most more with the concept, and a line saying what the numbers are."""
+def find_latents(ex: Explorer, with_text, without_text, seeds) -> tuple[list[list], str, list]:
+    """Rows of HEADERS for the latents that fire most more with the concept, a line saying what the numbers are, and the
+    ranking itself (LatentContrast rows: a concept the Edit panel can use as its target)."""
     with_, without = prompt_lines(with_text, "with"), prompt_lines(without_text, "without")
     n_seeds = parse_int(seeds, "Seeds per prompt", 1, MAX_SEEDS)
     ex.generator()  # waits for a model still loading, or says why there is none
@@ -37,4 +38,4 @@ def find_latents(ex: Explorer, with_text, without_text, seeds) -> tuple[list[lis
     text = (f"{len(with_) * n_seeds} images with the concept, {len(without) * n_seeds} without (each prompt at seeds 0–{n_seeds - 1}). "
             "An image's activation of a latent is its peak code over positions in units of the latent's typical activation s; "
             "*difference* is the mean with minus the mean without, with its 95 % Welch interval over images. Click a row to open the latent.")
-    return rows, text
+    return rows, text, ranked

@@ -21,6 +21,11 @@ def upscale(image, size: int = DISPLAY_SIZE) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
 
 
+def as_array(values) -> np.ndarray:
+    """A float32 numpy array from a numpy array, a nested list or a tensor (through `.numpy()`)."""
+    return np.asarray(values.numpy() if hasattr(values, "numpy") else values, dtype=np.float32)
+
+
 def heat_colours(values: np.ndarray) -> np.ndarray:
     """A black-red-yellow-white colour ramp for values in [0, 1]: float array [..., 3]."""
     v = np.clip(values, 0.0, 1.0)[..., None]
@@ -30,7 +35,7 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
 def overlay(image, heatmap, vmax: float | None = None, size: int = DISPLAY_SIZE) -> Image.Image:
     """`image` upscaled, with `heatmap` [H, W] (activations, ≥ 0) drawn over it, opaque where strongest."""
     base = upscale(image, size)
-    heat = np.asarray(heatmap.numpy() if hasattr(heatmap, "numpy") else heatmap, dtype=np.float32)
+    heat = as_array(heatmap)
     top = float(vmax) if vmax else float(heat.max())
     norm = heat / top if top > 0 else np.zeros_like(heat)
     norm_img = Image.fromarray(np.clip(norm * 255, 0, 255).astype(np.uint8), "L").resize(base.size, Image.BILINEAR)
@@ -38,6 +43,16 @@ def overlay(image, heatmap, vmax: float | None = None, size: int = DISPLAY_SIZE)
     alpha = 0.75 * np.sqrt(level)
     mixed = (1 - alpha) * np.asarray(base, dtype=np.float32) / 255.0 + alpha * heat_colours(level[..., 0])
     return Image.fromarray((mixed * 255).round().astype(np.uint8), "RGB")
+
+
+def tint(image, weights, colour=(0, 255, 255), size: int = DISPLAY_SIZE) -> Image.Image:
+    """`image` upscaled, its grid cells tinted `colour` by `weights` [H, W] in [0, 1] and the rest dimmed (the cells stay sharp)."""
+    base = upscale(image, size)
+    cells = Image.fromarray((np.clip(as_array(weights), 0, 1) * 255).round().astype(np.uint8), "L").resize(base.size, Image.NEAREST)
+    level = np.asarray(cells, dtype=np.float32)[..., None] / 255.0
+    pixels = np.asarray(base, dtype=np.float32) * (0.45 + 0.55 * level)  # outside the cells: dimmed, to make them stand out
+    mixed = (1 - 0.5 * level) * pixels + 0.5 * level * np.asarray(colour, dtype=np.float32)
+    return Image.fromarray(mixed.round().astype(np.uint8), "RGB")
 
 
 def mark_patch(image, row: int, col: int, grid: tuple[int, int], size: int = DISPLAY_SIZE) -> Image.Image:

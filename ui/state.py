@@ -1,4 +1,4 @@
-"""View state in the URL (`?tab=steer&latent=12&alpha=3&prompt=...`) and the steering-strength scale."""
+"""View state in the URL (`?tab=steer&latent=12&alpha=3&prompt=...`, `&edit_target=colour%3Dred`) and the strength scales."""
 
 import math
 import re
@@ -6,10 +6,12 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlencode
 
 from backend.errors import ExplorerError
+from backend.serving.edits import WHERE
 
 TABS = ("browse", "steer", "inspect")
 STEER_MODES = ("add", "scale", "ablate")
 MAX_ALPHA = 50.0
+MAX_EDIT_STRENGTH = 30.0  # an edit's strength by hand, in typical activations (the automatic one tries up to 15)
 CURVE = 4.0  # steepness of the exponential slider: larger is finer near 0
 MAX_SEED = 2**31 - 1
 INTEGER = re.compile(r"[+-]?[0-9]{1,15}", re.ASCII)  # 15 digits: beyond every id and seed range here
@@ -28,6 +30,13 @@ def position_from_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or abs(alpha) > MAX_ALPHA:
         raise ExplorerError(f"Strength must be a number within ±{MAX_ALPHA:g}, got {alpha!r}.")
     return math.copysign(math.log1p(abs(alpha) / MAX_ALPHA * math.expm1(CURVE)) / CURVE, alpha)
+
+
+def check_edit_strength(strength) -> float:
+    """A concept edit's strength set by hand, as a float in [0, MAX_EDIT_STRENGTH], or an ExplorerError."""
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= MAX_EDIT_STRENGTH:  # NaN too
+        raise ExplorerError(f"An edit's strength must be a number between 0 and {MAX_EDIT_STRENGTH:g}, got {strength!r}.")
+    return float(strength)
 
 
 def parse_int(value, what: str, low: int, high: int) -> int:
@@ -53,7 +62,8 @@ def parse_int(value, what: str, low: int, high: int) -> int:
 
 @dataclass(frozen=True)
 class ViewState:
-    """What a shared link restores: the tab, a latent, its strength and mode, a prompt and seed."""
+    """What a shared link restores: the tab, a latent, its strength and mode, a prompt and seed, and a concept edit
+    (its target and source as typed: a label or latent ids, where, and its strength; none: automatic)."""
 
     tab: str = "browse"
     latent: int | None = None
@@ -61,6 +71,10 @@ class ViewState:
     mode: str | None = None
     prompt: str | None = None
     seed: int | None = None
+    edit_target: str | None = None
+    edit_source: str | None = None
+    edit_where: str | None = None
+    edit_strength: float | None = None
 
     def query(self) -> str:
         """The URL query string for this view, e.g. '?tab=steer&latent=12&alpha=3'."""
@@ -76,13 +90,11 @@ def parse_query(params: dict) -> ViewState:
     mode = params.get("mode")
     if mode is not None and mode not in STEER_MODES:
         raise ExplorerError(f"The link asks for steering mode {mode!r}; modes are {', '.join(STEER_MODES)}.")
-    alpha = None
-    if params.get("alpha") is not None:
-        try:
-            alpha = float(params["alpha"])
-        except ValueError:
-            raise ExplorerError(f"The link's strength {params['alpha']!r} is not a number.") from None
-        position_from_alpha(alpha)  # validates the range
+    where = params.get("edit_where")
+    if where is not None and where not in WHERE:
+        raise ExplorerError(f"The link asks to edit at {where!r}; choices are {', '.join(WHERE)}.")
+    alpha, edit_strength = (link_number(params.get(name), check) for name, check in (("alpha", position_from_alpha),
+                                                                                     ("edit_strength", check_edit_strength)))
     latent = params.get("latent")
     seed = params.get("seed")
     return ViewState(
@@ -90,4 +102,18 @@ def parse_query(params: dict) -> ViewState:
         latent=None if latent is None else parse_int(latent, "Latent id", 0, 10**9),
         alpha=alpha, mode=mode, prompt=params.get("prompt") or None,
         seed=None if seed is None else parse_int(seed, "Seed", 0, MAX_SEED),
+        edit_target=params.get("edit_target") or None, edit_source=params.get("edit_source") or None,
+        edit_where=where, edit_strength=edit_strength,
     )
+
+
+def link_number(text: str | None, check) -> float | None:
+    """A strength from a link (None when absent), range-checked by `check`."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ExplorerError(f"The link's strength {text!r} is not a number.") from None
+    check(value)
+    return value

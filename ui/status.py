@@ -3,7 +3,7 @@
 from ui.explorer import Explorer
 
 LOADING_LABEL = "Model loading…"
-BUTTONS = ("Generate", "Find its latents", "Generate and find its latents", "Find")  # steer, inspect an upload, inspect a prompt, find
+BUTTONS = ("Generate", "Find its latents", "Generate and find its latents", "Find", "Edit")  # steer, inspect an upload, inspect a prompt, find, edit
 
 
 def notice_text(ex: Explorer) -> str:

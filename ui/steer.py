@@ -32,6 +32,11 @@ def check_guidance(value) -> float:
     return float(value)
 
 
+def window_of(ex: Explorer, start, end) -> tuple[int, int]:
+    """The sampler-step window from its two sliders (the generator checks that start ≤ end)."""
+    return parse_int(start, "Window start", 0, ex.num_steps - 1), parse_int(end, "Window end", 0, ex.num_steps - 1)
+
+
 def steers_from(ex: Explorer, controls) -> list[Steer]:
     """Steers from flat (latent, slider position, mode) triples; a slot with no latent is skipped."""
     if len(controls) % 3:
@@ -83,7 +88,7 @@ def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history
     """Base, steered and difference images, the history with this result first, and what was applied."""
     prompt = check_prompt(prompt)
     seed = parse_int(seed, "Seed", 0, MAX_SEED)
-    window = (parse_int(start, "Window start", 0, ex.num_steps - 1), parse_int(end, "Window end", 0, ex.num_steps - 1))
+    window = window_of(ex, start, end)
     steers, guidance = steers_from(ex, controls), check_guidance(guidance)
     result = ex.generator().generate(prompt, seed, steers, window=window, mask=mask_from(mask, cells), guidance_scale=guidance)
     summary = describe(steers)

@@ -1,5 +1,8 @@
 """Whole-view handlers: the view a link restores on load, and the link of the current view."""
 
+from dataclasses import asdict
+
+from ui import edit
 from ui.browse import latent_id, top_image_of
 from ui.explorer import Explorer
 from ui.state import MAX_SEED, ViewState, alpha_from_position, parse_int, parse_query, position_from_alpha
@@ -23,13 +26,21 @@ def restore(ex: Explorer, params: dict) -> tuple[str, int, str, float, str, str,
             view.prompt or prompt, seed if view.seed is None else view.seed)
 
 
-def link(tab: str, latent, steered, position, mode, prompt, seed) -> str:
-    """The query string that restores the current view (`restore` reads it back)."""
+def restore_edit(ex: Explorer, params: dict) -> tuple:
+    """From URL query parameters: the Edit panel's controls (`edit.controls`) and the edit to run, None when the link asks none."""
+    view = parse_query(params)
+    made = {name: value for name, value in asdict(view).items() if name.startswith("edit_")}
+    made = made if view.tab == "steer" and view.edit_target is not None else None
+    return (*edit.controls(ex, made), made)
+
+
+def link(tab: str, latent, steered, position, mode, prompt, seed, made: dict | None = None) -> str:
+    """The query string that restores the current view (`restore` and `restore_edit` read it back); `made`: the last edit's fields."""
     if tab == "steer":
         steered = str(steered or "").strip()
         return ViewState(tab="steer", latent=parse_int(steered, "Latent id", 0, 10**9) if steered else None,
-                         alpha=round(alpha_from_position(position), 3),
-                         mode=mode, prompt=prompt or None, seed=None if seed is None else parse_int(seed, "Seed", 0, MAX_SEED)).query()
+                         alpha=round(alpha_from_position(position), 3), mode=mode, prompt=prompt or None,
+                         seed=None if seed is None else parse_int(seed, "Seed", 0, MAX_SEED), **(made or {})).query()
     return ViewState(tab=tab, latent=None if latent is None else parse_int(latent, "Latent id", 0, 10**9)).query()
 
 
