@@ -11,7 +11,7 @@ from backend.diffusion.steering import Steer, steering_deltas
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
 from backend.serving.concepts import Concept, concept, rivals_of
-from backend.serving.edits import LADDER, add_amounts, edit_deltas, object_positions, reads_target, swap_amounts
+from backend.serving.edits import HALO_SPREAD, LADDER, add_amounts, edit_deltas, object_positions, reads_target, swap_amounts
 
 LABELS = ([{"factor": "colour", "value": "red", "purity": 1.0, "enrichment": 0.5}] * 2
           + [{"factor": "colour", "value": "red", "purity": 0.5, "enrichment": 0.5}]
@@ -86,8 +86,8 @@ def test_object_positions_find_a_planted_object():
     decoded = torch.randn(64, 10) * 0.05 + torch.ones(10)  # a background of alike positions
     planted = torch.tensor([18, 19, 20, 26, 27, 28, 34, 35, 36])
     decoded[planted] += torch.linspace(-3, 3, 10)  # an object whose rows stand out
-    found = object_positions(decoded)
-    assert found.nonzero().flatten().tolist() == planted.tolist()
+    for spread in (1.0, 1.5):
+        assert object_positions(decoded, spread).nonzero().flatten().tolist() == planted.tolist()
 
 
 def test_add_amounts_are_the_steering_deltas_of_each_latent_at_its_share_of_the_strength():
@@ -122,22 +122,40 @@ def test_a_swap_removes_the_source_where_it_fired_and_adds_the_target_in_proport
 def test_reads_target_compares_mean_scores_on_the_edited_positions():
     typical = torch.ones(32)
     red, blue = concept("colour=red", LABELS, 32), concept("colour=blue", LABELS, 32)
+    base = torch.zeros(16, 32)
+    base[:, 3:6] = 2.0  # the base image was blue everywhere
     codes = torch.zeros(16, 32)
-    codes[:8, 3:6] = 1.0  # blue on the first half
+    codes[:8, 3:6] = 1.0  # the edited run: blue on the first half
     codes[8:, 0:3] = 3.0  # red on the second half
     second, first = (torch.arange(16) >= 8).float(), (torch.arange(16) < 8).float()
-    assert reads_target(codes, red, [blue], second, typical)
-    assert not reads_target(codes, red, [blue], first, typical)
-    assert reads_target(codes, red, [], second, typical) and not reads_target(codes, red, [], first, typical)
+    assert reads_target(codes, base, red, [blue], second, typical)
+    assert not reads_target(codes, base, red, [blue], first, typical)
+    assert not reads_target(codes * 0.3, base, red, [blue], second, typical)  # ahead of blue, but under half of the base's blue
+    assert reads_target(codes, base, red, [], second, typical) and not reads_target(codes, base, red, [], first, typical)
+    assert not reads_target(codes * 0.1, base, red, [], second, typical)  # no rival: under half a typical firing
 
 
-def test_an_edit_at_a_given_strength_is_exactly_the_steering_it_claims(labelled):
+def test_an_edit_of_typed_latents_at_a_given_strength_is_exactly_the_steering_it_claims(labelled):
     prompt, seed = "a red circle", 3
-    edit = labelled.edit(prompt, seed, "colour=blue", strength=4.0, where="all")
-    red = labelled.concept("colour=blue")
-    steered = labelled.generate(prompt, seed, [Steer(j, 4.0 * w) for j, w in zip(red.latents, red.weights)])
+    edit = labelled.edit(prompt, seed, {9: 3.0, 12: 1.0}, strength=4.0, where="all")
+    steered = labelled.generate(prompt, seed, [Steer(9, 3.0), Steer(12, 1.0)])
     assert torch.allclose(edit.steered_images, steered.steered_images, atol=1e-5)  # the same deltas, summed in another order
-    assert edit.edit.strength == 4.0 and not edit.edit.automatic and edit.edit.positions.sum() == 64
+    assert edit.edit.strength == 4.0 and not edit.edit.automatic and edit.edit.removed is None
+    assert edit.edit.positions.sum() == 64
+
+
+def test_a_label_edit_swaps_the_other_values_of_its_factor_for_the_target(labelled):
+    run = labelled.generator.base("a green star", 2)
+    edit = labelled.edit("a green star", 2, "colour=red", strength=2.0, where="all")
+    assert edit.edit.removed.latents == (3, 4, 5)  # every other colour's latents (blue), whatever the base shows
+    typical, phi = labelled.typical_activation, labelled.feature_trajectories
+    mass = sum(run.codes[:, j] / typical[j] for j in (3, 4, 5))  # [P] in typical activations
+    red = labelled.concept("colour=red")
+    deltas = steering_deltas([Steer(j, 0.0, "scale") for j in (3, 4, 5)], phi, typical, run.codes, torch.ones(64))
+    deltas += steering_deltas([Steer(j, 2.0 * w) for j, w in zip(red.latents, red.weights)], phi, typical, run.codes, mass)
+    expected = labelled.generator._steered("a green star", 2, None, run, deltas, (0, labelled.generator.num_steps - 1))
+    assert torch.allclose(edit.steered_images, expected.steered_images, atol=1e-5)
+    assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist()
 
 
 def test_a_swap_edit_is_the_source_ablated_plus_the_target_in_proportion_to_its_mass(labelled):
@@ -151,22 +169,23 @@ def test_a_swap_edit_is_the_source_ablated_plus_the_target_in_proportion_to_its_
     deltas += steering_deltas([Steer(j, 2.0 * w) for j, w in zip(red.latents, red.weights)], phi, typical, run.codes, mass)
     expected = labelled.generator._steered("a green star", 2, None, run, deltas, (0, labelled.generator.num_steps - 1))
     assert torch.allclose(edit.steered_images, expected.steered_images, atol=1e-5)
-    assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist()
+    assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist() and edit.edit.removed == source
 
 
 def test_an_automatic_strength_is_the_smallest_whose_codes_read_the_target(labelled):
     edit = labelled.edit("a blue square", 1, "colour=red", where="all")
-    assert edit.edit.automatic and edit.edit.strength in LADDER
-    rivals = rivals_of(edit.edit.target, None, LABELS)
+    info = edit.edit
+    assert info.automatic and info.strength in LADDER
+    rivals = rivals_of(info.target, None, LABELS)
     run = labelled.generator.base("a blue square", 1)
-    window = (0, labelled.generator.num_steps - 1)
-    for alpha in LADDER[: LADDER.index(edit.edit.strength) + 1]:
-        latents, amounts = add_amounts(edit.edit.target, labelled.typical_activation, alpha, torch.ones(64))
+    window, every = (0, labelled.generator.num_steps - 1), torch.ones(64)
+    for alpha in LADDER[: LADDER.index(info.strength) + 1]:
+        latents, amounts = swap_amounts(run.codes, info.removed, info.target, labelled.typical_activation, alpha, every)
         _, codes = labelled.generator._recorded("a blue square", 1, None, run,
                                                 edit_deltas(latents, amounts, labelled.feature_trajectories), window)
-        reached = reads_target(codes, edit.edit.target, rivals, torch.ones(64), labelled.typical_activation)
-        assert reached == (alpha == edit.edit.strength) or (not edit.edit.reached and alpha == LADDER[-1])
-    assert edit.edit.reached == reached
+        reached = reads_target(codes, run.codes, info.target, rivals, info.positions.flatten(), labelled.typical_activation)
+        assert reached == (alpha == info.strength) or (not info.reached and alpha == LADDER[-1])
+    assert info.reached == reached
 
 
 def test_bad_edits_are_refused_and_change_nothing(labelled):
@@ -188,10 +207,12 @@ def test_a_concept_with_a_dead_latent_is_refused(labelled):
 
 def test_auto_positions_follow_where_the_concept_belongs(labelled):
     run = labelled.generator.base("a red circle", 0)
-    on_object = object_positions(labelled.sae.decode(run.codes).detach()).float()
+    decoded = labelled.sae.decode(run.codes).detach()
+    core, halo = object_positions(decoded).float(), object_positions(decoded, HALO_SPREAD).float()
+    assert core.sum() <= halo.sum() and (core <= halo).all()  # the core lies inside the object with its halo
     red, gray = labelled.concept("colour=red"), labelled.concept("background=gray")
-    for spec, source, region, positions in ((red, None, "object", on_object), (gray, None, "background", 1 - on_object),
+    for spec, source, region, positions in ((red, None, "object", core), (gray, None, "background", 1 - halo),
                                             (Concept("typed", (9,), (1.0,)), None, "all", torch.ones(64)),
-                                            (red, gray, "background", 1 - on_object)):  # a source says where to work
+                                            (red, gray, "background", 1 - halo)):  # a source says where to work
         resolved, found = labelled.generator._edit_positions(run, "auto", spec, source)
         assert resolved == region and torch.equal(found, positions)

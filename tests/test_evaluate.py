@@ -6,8 +6,10 @@ from PIL import Image
 
 from backend.errors import ExplorerError
 from backend.evaluation import evaluate
+from backend.evaluation.edits import FRESH_SEED, edit_table, markdown
 from backend.evaluation.evaluate import EvaluateConfig, Evaluation, parse_config
 from backend.evaluation.report import write_report
+from backend.serving.bundle import Bundle
 
 TINY = dict(model="checkpoints/shapes-model", sites="up_ft1", variants="residualized,global_local,per_step", seeds="0,1", train_images=20,
             test_images=3, num_steps=4, n_latents=48, k=6, epochs=1, sigma_latents=24, strengths="5",
@@ -117,3 +119,36 @@ def test_the_report_names_the_command_that_reproduces_it():
     command = config.command()
     assert command == "python -m backend.evaluate --sites up_ft1 --variants residualized,global_local --seeds 0"
     assert parse_config(command.split()[3:] + ["--work-dir", "elsewhere"]) == config
+
+
+def test_edit_table_counts_reached_and_clean_per_factor_and_mechanism():
+    rows = [dict(factor="colour", mechanism="m", target="red", seed=1, strength=s, reached=r, clean=c)
+            for s, r, c in ((2.0, True, True), (4.0, True, False), (7.0, False, False), (3.0, True, True))]
+    rows.append(dict(factor="colour", mechanism="p", target="red", seed=1, strength=None, reached=True, clean=True))
+    table = edit_table(rows)
+    assert table["colour"]["m"] == {"n": 4, "reached": 0.75, "clean": 0.5, "median_strength": 3.5}
+    assert table["colour"]["p"] == {"n": 1, "reached": 1.0, "clean": 1.0, "median_strength": None}
+    assert "| colour | m | 4 | 0.75 | 0.50 | 3.5 |" in markdown(table)
+
+
+def test_edits_of_a_built_bundle_are_measured_on_fresh_prompts_and_resume(evaluation, tmp_path, monkeypatch):
+    _, config, _ = evaluation
+    bundle_dir = Path(config.work_dir) / "up_ft1" / "residualized-seed0" / "bundle"
+    factor, values = "background", ("black", "gray", "dark blue", "dark green")  # 20 atlas images label no latent: plant labels
+    planted = [{"factor": factor, "value": values[j % 4], "purity": 0.5 + j / 100, "enrichment": 0.5} for j in range(16)]
+    monkeypatch.setattr(Bundle, "labels", property(lambda bundle: planted + [{}] * (bundle.n_latents - 16)))
+    edit_config = EvaluateConfig(**TINY, work_dir=str(tmp_path / "work"), out=str(tmp_path / "docs"), bundle=str(bundle_dir),
+                                 edit_factors=factor, edit_trials=2)
+    table = evaluate.evaluate_edits(edit_config)
+    assert set(table) == {factor}
+    cells = table[factor]
+    assert set(cells) >= {"→ B in place of the other values, automatic strength", "purest latent everywhere, α = 10",
+                          "prompting (target in the caption)"}
+    for cell in cells.values():
+        assert cell["n"] <= 2 and 0 <= cell["clean"] <= cell["reached"] <= 1
+    assert cells["→ B in place of the other values, automatic strength"]["n"] == 2
+    rows = json.loads((tmp_path / "work" / "edits" / f"{factor}.json").read_text())["rows"]
+    assert all(row["seed"] >= FRESH_SEED for row in rows)  # never an atlas, training or test seed
+    assert f"| {factor} | → B in place of the other values, automatic strength | 2 |" in (tmp_path / "docs" / "EDITS.md").read_text()
+    monkeypatch.setattr(evaluate, "edit_trials", lambda *a, **k: pytest.fail("a finished factor was measured again"))
+    assert evaluate.evaluate_edits(edit_config) == table

@@ -293,12 +293,16 @@ def test_the_caption_says_whether_the_codes_read_the_target(ex):
     red, green = ex.bundle.concept("colour=red"), ex.bundle.concept("colour=green")
     positions = torch.zeros(8, 8)
     positions[2:4, 2:5] = 1
-    info = EditInfo(target=red, source=green, strength=15.0, automatic=True, reached=False, where="fired", positions=positions)
+    info = EditInfo(target=red, source=green, removed=green, strength=15.0, automatic=True, reached=False, where="fired",
+                    positions=positions)
     assert "did not reach colour=red even at strength 15 (the largest tried)" in edit.describe(info, "where it fired")
     assert edit.describe(info, "where it fired").endswith("where colour=green fired: 6 of 64 positions")
     reached = replace(info, source=None, strength=4.5, reached=True, where="background")
-    assert edit.describe(reached, "auto") == (f"**→ colour=red** ({len(red.latents)} latents added) · strength 4.5 × s, chosen "
-                                               "automatically · the edited run's codes read colour=red · on the background (auto): 6 of 64 positions")
+    assert edit.describe(reached, "auto") == (f"**→ colour=red** ({len(red.latents)} latents in place of {len(green.latents)} latents of "
+                                               "other colour values) · strength 4.5 × s, chosen automatically · the edited run's codes "
+                                               "read colour=red · on the background (auto): 6 of 64 positions")
+    added = replace(reached, removed=None)
+    assert edit.describe(added, "auto").startswith(f"**→ colour=red** ({len(red.latents)} latents added) · ")
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -49,8 +49,12 @@ def count(latents) -> str:
 def describe(info, asked: str) -> str:
     """What an edit did (an EditInfo): its concepts, strength, whether the codes read the target, and where; `asked`: the where choice."""
     target = concept_name(info.target)
-    moved = (f"**{concept_name(info.source)} → {target}** ({count(info.source.latents)} swapped for {len(info.target.latents)})"
-             if info.source else f"**→ {target}** ({count(info.target.latents)} added)")
+    if info.source:
+        moved = f"**{concept_name(info.source)} → {target}** ({count(info.source.latents)} swapped for {len(info.target.latents)})"
+    elif info.removed:  # a label's concept takes the place of the other values of its factor
+        moved = f"**→ {target}** ({count(info.target.latents)} in place of {count(info.removed.latents)} of other {info.target.factor} values)"
+    else:
+        moved = f"**→ {target}** ({count(info.target.latents)} added)"
     if not info.automatic:
         outcome = f"strength {info.strength:g} × s, set by hand (only an automatic strength is checked against the codes)"
     elif info.reached:

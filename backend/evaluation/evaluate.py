@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from backend.build import Build, BuildConfig
 from backend.cli import config_parser, option
@@ -25,12 +26,14 @@ from backend.diffusion.models import load_model
 from backend.errors import ExplorerError
 from backend.evaluation.concepts import CONCEPT_TOP, concept_hits
 from backend.evaluation.controllability import steering_trials
+from backend.evaluation.edits import EDIT_FACTORS, edit_table, edit_trials, write_edit_report
 from backend.evaluation.localization import label_group, localization, map_iou, object_masks, temporal_structure
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.evaluation.report import write_report
 from backend.io import write_json
 from backend.method.encodings import VARIANTS
 from backend.serving.bundle import Bundle
+from backend.serving.opener import attach_model
 from backend.shapes.classify import load_classifier
 from backend.shapes.render import FACTOR_VALUES
 
@@ -70,6 +73,10 @@ class EvaluateConfig:
     images_per_target: int = option(2, "images steered per target value and condition")
     concept_factors: str = option("colour,shape,background", "factors whose values Bundle.contrast is asked to find")
     concept_captions: int = option(4, "captions per set (with / without the value) for each found value, at one seed")
+    bundle: str = option("", "a built bundle (e.g. checkpoints/shapes-bundle): measure its concept edits on fresh prompts into "
+                             "<out>/EDITS.md instead of training SAEs")
+    edit_factors: str = option(",".join(EDIT_FACTORS), "--bundle: factors whose values the edits aim at")
+    edit_trials: int = option(16, "--bundle: fresh base images per factor, each edited by every mechanism")
 
     def run_settings(self) -> dict:
         """What a finished run's result depends on, apart from its site, variant and seed."""
@@ -103,7 +110,7 @@ def parse_config(argv=None) -> EvaluateConfig:
             parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if config.concept_captions < 2:
         parser.error("--concept-captions must be at least 2: each set needs two images for an interval")
-    for factor in _list(config.concept_factors):
+    for factor in _list(config.concept_factors) + _list(config.edit_factors):
         if factor not in FACTOR_VALUES:
             parser.error(f"unknown factor {factor!r}; choose from {', '.join(FACTOR_VALUES)}")
     return config
@@ -216,15 +223,40 @@ class Evaluation:
         return results
 
 
+def evaluate_edits(config: EvaluateConfig) -> dict:
+    """Concept edits on a built bundle (edits.py): a result file per factor in the work directory, so a rerun resumes."""
+    bundle = Bundle.load(config.bundle)
+    notice = attach_model(bundle, device="cpu")
+    if notice:
+        raise ExplorerError(f"Edits need the bundle's model: {notice}")
+    classifier, work = load_classifier(), Path(config.work_dir) / "edits"
+    settings = {"bundle": bundle.manifest["files"], "trials": config.edit_trials}
+    rows = []
+    for factor in tqdm(_list(config.edit_factors), desc="edit trials", unit="factor"):
+        path = work / f"{factor}.json"
+        done = json.loads(path.read_text()) if path.exists() else {}
+        if done.get("settings") != settings:
+            done = {"settings": settings, "rows": edit_trials(bundle, classifier, [factor], config.edit_trials)}
+            write_json(path, done)
+        rows += done["rows"]
+    table = edit_table(rows)
+    device = f"CPU, {os.cpu_count()} cores"
+    write_edit_report(table, config.command(), device, Path(config.out) / "EDITS.md")
+    return table
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = parse_config(argv)
     try:
-        Evaluation(config).run()
+        if config.bundle:
+            evaluate_edits(config)
+        else:
+            Evaluation(config).run()
     except ExplorerError as err:
         log.error("%s", err)
         raise SystemExit(2) from None
-    print(f"wrote {Path(config.out) / 'EVALUATION.md'}")
+    print(f"wrote {Path(config.out) / ('EDITS.md' if config.bundle else 'EVALUATION.md')}")
 
 
 if __name__ == "__main__":

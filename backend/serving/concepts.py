@@ -124,6 +124,18 @@ def concept(spec, labels: list[dict], n_latents: int) -> Concept:
     raise ExplorerError(f"A concept is a label like 'colour=red', latent ids or a Find result, got {type(spec).__name__}.")
 
 
+def other_values(target: Concept, labels: list[dict]) -> Concept | None:
+    """Every latent labelled with another value of the target's factor (None for a concept without a factor):
+    what an edit "→ colour=red" takes away, whichever colour the base image has."""
+    if target.factor is None:
+        return None
+    others = [(j, 1.0) for j, label in enumerate(labels) if label.get("factor") == target.factor and label.get("value") != target.value]
+    if not others:
+        return None
+    latents = tuple(j for j, _ in others)
+    return Concept(f"{target.factor}≠{target.value}", latents, tuple(1.0 / len(latents) for _ in latents), target.factor)
+
+
 def rivals_of(target: Concept, source: Concept | None, labels: list[dict]) -> list[Concept]:
     """What the target must outdo for an edit to count as reached: the other values of its factor, and the source."""
     rivals = [] if source is None else [source]

@@ -3,7 +3,7 @@
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -26,9 +26,9 @@ from backend.diffusion.sampler import (
 from backend.diffusion.steering import Steer, SteeringHook, check_strength, steering_deltas  # Steer: the request type of Bundle.generate
 from backend.errors import ExplorerError
 from backend.serving.batching import BatchedSampler
-from backend.serving.concepts import Concept, rivals_of
-from backend.serving.edits import (LADDER, WHERE, EditInfo, add_amounts, code_mass, edit_deltas, object_positions, reads_target,
-                                   swap_amounts)
+from backend.serving.concepts import Concept, other_values, rivals_of
+from backend.serving.edits import (HALO_SPREAD, LADDER, WHERE, EditInfo, add_amounts, code_mass, edit_deltas, object_positions,
+                                   reads_target, swap_amounts)
 from backend.serving.recent import Recent
 
 MASKS = ("all", "fired")
@@ -187,7 +187,8 @@ class Generator:
 
     def edit(self, prompt: str, seed: int, target, source=None, strength: float | None = None, window=None,
              where: str = "auto", guidance_scale: float | None = None) -> Generation:
-        """A concept edit (edits.py): → target where it belongs, or source → target where the source fires.
+        """A concept edit (edits.py): source → target where the source fired, or → target where it belongs, in place of
+        the other values of its factor (added, for typed latents).
 
         `strength=None` tries every strength of LADDER at once (one batched run each) and keeps the
         smallest whose run's own codes read the target on the edited positions; an explicit
@@ -208,29 +209,33 @@ class Generator:
                                 "units of; leave them out of the concept.")
         run = self.base(prompt, seed, guidance_scale)
         region, positions = self._edit_positions(run, where, target, source)
+        removed = source or other_values(target, bundle.labels)
+        if removed is not None:  # dead latents among the other values never fire: nothing of theirs to move
+            alive = tuple(j for j in removed.latents if typical[j] > 0)
+            removed = replace(removed, latents=alive, weights=(1.0 / len(alive),) * len(alive)) if alive else None
 
         def deltas(alpha: float) -> Tensor:
-            latents, amounts = (add_amounts(target, typical, alpha, positions) if source is None
-                                else swap_amounts(run.codes, source, target, typical, alpha, positions))
+            latents, amounts = (add_amounts(target, typical, alpha, positions) if removed is None
+                                else swap_amounts(run.codes, removed, target, typical, alpha, positions))
             return edit_deltas(latents, amounts, bundle.feature_trajectories)
 
-        edited = positions if source is None else positions * (code_mass(run.codes, source, typical) > 0)
-        info = dict(target=target, source=source, where=region, positions=edited.reshape(self.grid))
+        edited = positions if removed is None else positions * (code_mass(run.codes, removed, typical) > 0)
+        info = dict(target=target, source=source, removed=removed, where=region, positions=edited.reshape(self.grid))
         if strength is not None:
             return self._steered(prompt, seed, guidance_scale, run, deltas(strength), window,
                                  edit=EditInfo(strength=strength, automatic=False, reached=False, **info))
         rivals = rivals_of(target, source, bundle.labels)
         with ThreadPoolExecutor(len(LADDER)) as pool:  # concurrent runs share the batched sampler's UNet calls
             tries = list(pool.map(lambda alpha: self._recorded(prompt, seed, guidance_scale, run, deltas(alpha), window), LADDER))
-        reading = [reads_target(codes, target, rivals, edited, typical) for _, codes in tries]
+        reading = [reads_target(codes, run.codes, target, rivals, edited, typical) for _, codes in tries]
         chosen = reading.index(True) if any(reading) else len(LADDER) - 1
         generation = tries[chosen][0]
         generation.edit = EditInfo(strength=LADDER[chosen], automatic=True, reached=reading[chosen], **info)
         return generation
 
     def _edit_positions(self, run: BaseRun, where: str, target: Concept, source: Concept | None) -> tuple[str, Tensor]:
-        """(what `where` resolved to, Tensor[P] of 0/1): the object's or the background's positions read from the base
-        run's codes, every position, or where the concept (the source when there is one) fired."""
+        """(what `where` resolved to, Tensor[P] of 0/1): the object's core or the background without the object's halo,
+        read from the base run's codes, every position, or where the concept (the source when there is one) fired."""
         if where == "auto":
             belongs = (source or target).belongs_on_object
             where = "all" if belongs is None else "object" if belongs else "background"
@@ -240,8 +245,10 @@ class Generator:
             fired = run.codes[:, list((source or target).latents)] > 0
             return where, fired.any(1).float()
         with torch.no_grad():
-            on_object = object_positions(self.bundle.sae.decode(run.codes))
-        return where, (on_object if where == "object" else ~on_object).float()
+            decoded = self.bundle.sae.decode(run.codes)
+        if where == "object":
+            return where, object_positions(decoded).float()
+        return where, (~object_positions(decoded, HALO_SPREAD)).float()
 
     def _recorded(self, prompt: str, seed: int, guidance_scale: float | None, run: BaseRun, deltas: Tensor,
                   window: tuple[int, int]) -> tuple[Generation, Tensor]:
