@@ -9,6 +9,7 @@ import pytest
 from backend.errors import ExplorerError
 from tests.test_ui_handlers import ex  # noqa: F401  (the tiny explorer fixture)
 from ui import browse, export
+from ui.latents import HEADERS
 
 
 def test_the_table_as_csv_and_json_reads_back_to_the_bundles_numbers(ex, tmp_path):  # noqa: F811
@@ -21,7 +22,7 @@ def test_the_table_as_csv_and_json_reads_back_to_the_bundles_numbers(ex, tmp_pat
         assert int(rows[j]["latent"]) == records[j]["latent"] == j
         assert float(rows[j]["frequency"]) == records[j]["frequency"] == pytest.approx(float(ex.bundle.atlas["frequency"][j]))
         assert rows[j]["label"] == records[j]["label"] == ex.table.labels[j]
-        assert int(rows[j]["peak_step"]) == ex.table.row(j)[5]  # the peak step column the app shows
+        assert int(rows[j]["peak_step"]) == ex.table.row(j)[HEADERS.index("peak")]  # the peak step column the app shows
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latents.csv", "latents.json"]  # no partial files
 
 

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import torch
 
-from backend.evaluation.icons import icon_agreement, table
-from backend.serving.icons import FeatureIcons, IconSettings
+from backend.evaluation.icons import effect_agreement, effect_labels, icon_agreement, table
+from backend.serving.icons import FeatureIcons, IconSettings, effect_text
 from backend.shapes.classify import load_classifier, rendered_batch
 
 
@@ -28,3 +28,23 @@ def test_agreement_counts_the_icons_that_show_the_labelled_value():
     assert result["shape"]["latents"] == 3 and result["shape"]["shows_label"] == {"1": 1.0, "2": shape_next}
     assert result["shape"]["baseline"] == sum(f["shape"] == factors[0]["shape"] for f in factors[4:7]) / 3
     assert table(result).splitlines()[0] == "| factor | latents | unsteered | α = 1 | α = 2 |"
+
+
+def test_an_effect_label_is_what_the_strongest_icon_shows_and_the_neutral_image_does_not():
+    classifier = load_classifier()
+    images, factors = rendered_batch(range(6))
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    # the neutral image is render 0; latent j's strongest icon is render j (latent 0's icon changes nothing); latent 5 is dead
+    icons = torch.stack([pixels.roll(1, 0), pixels], 1)
+    drawn = torch.arange(6) < 5
+    bundle = SimpleNamespace(n_latents=6, icons=FeatureIcons(IconSettings("", 0, (1.0, 4.0)), pixels[0], icons, drawn))
+    effects = effect_labels(bundle, classifier)
+    assert effects[0] == [] and effects[5] is None
+    for j in range(1, 5):  # independently: the factors where render j differs from render 0
+        assert effects[j] == [{"factor": f, "value": v} for f, v in factors[j].items() if v != factors[0][f]]
+    labels = [{"factor": "colour", "value": factors[j]["colour"]} for j in range(6)]
+    agreement = effect_agreement(labels, effects)
+    expected = [factors[j]["colour"] != factors[0]["colour"] for j in range(5)]  # latent 0 changes nothing: disagrees
+    assert agreement == {"colour": {"latents": 5, "agree": sum(expected) / 5}}
+    assert effect_text(effects[0]) == "no visible change" and effect_text(None) == ""
+    assert effect_text([{"factor": "colour", "value": "red"}, {"factor": "size", "value": "large"}]) == "colour red, size large"

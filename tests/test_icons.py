@@ -16,7 +16,8 @@ from backend.diffusion.steering import Steer
 from backend.errors import ExplorerError
 from backend.io import write_safetensors
 from backend.serving.bundle import Bundle, rewrite_manifest
-from backend.serving.icons import DEFAULT_STRENGTHS, ICON_FILE, IconSettings
+from backend.evaluation.icons import write_effects
+from backend.serving.icons import DEFAULT_STRENGTHS, EFFECTS_FILE, ICON_FILE, IconSettings
 from tests.conftest import PROMPTS
 from tests.tiny_models import tiny_model
 
@@ -182,3 +183,23 @@ def test_an_icon_prompt_the_model_cannot_read_stops_the_build_before_any_stage(t
     with pytest.raises(ExplorerError, match="--icon-prompt: The prompt is .* tokens long"):
         Build(too_long, model=model).run()
     assert (tmp_path / "bundle" / "atlas" / "tables.safetensors").read_bytes() == tables  # the atlas stage never ran
+
+
+def test_effect_labels_are_stored_with_the_icons_they_were_read_from_and_checked(tmp_path, built):
+    config, model = icon_build(tmp_path, built), built[1]
+    Build(config, model=model).run()
+    bundle = Bundle.load(config.out)
+    with pytest.raises(ExplorerError, match="no effect labels.*--write-effects"):
+        bundle.effects
+    effects = [None if not drawn else [{"factor": "colour", "value": "red"}] for drawn in bundle.icons.drawn.tolist()]
+    write_effects(bundle, effects)
+    assert Bundle.load(config.out).effects == effects
+    assert Bundle.load(config.out).manifest["effects"]["strength"] == -2.0  # read from the last (strongest listed) icon
+    (tmp_path / "bundle" / EFFECTS_FILE).write_text(json.dumps(effects[:-1]))
+    rewrite_manifest(tmp_path / "bundle")
+    with pytest.raises(ExplorerError, match=f"{EFFECTS_FILE} should list 16"):
+        Bundle.load(config.out).effects
+    write_effects(Bundle.load(config.out), effects)
+    Build(BuildConfig(**(vars(config) | dict(icon_seed=1))), model=model).run()  # other icons: the effects describe the old ones
+    with pytest.raises(ExplorerError, match="icons it no longer has"):
+        Bundle.load(config.out).effects

@@ -7,6 +7,7 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
@@ -28,6 +29,7 @@ from ui.icons import IconCells
 from ui import explorer, image_files
 from ui.image_files import ImageFiles
 from ui.images import overlay, tint, upscale
+from ui.latents import HEADERS, effect_columns
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
 
 COLOURS, SHAPES = ("red", "green", "blue"), ("circle", "square", "star")
@@ -92,19 +94,38 @@ def test_search_by_label_words_returns_only_matching_latents(ex):
 def test_empty_search_lists_every_latent_sorted_by_frequency(ex):
     rows, _ = browse.search(ex, "")
     assert len(rows) == 32
-    frequencies = [r[2] for r in rows]
+    frequencies = [r[HEADERS.index("freq.")] for r in rows]
     assert frequencies == sorted(frequencies, reverse=True)
 
 
-@pytest.mark.parametrize("sort, column, reverse", [("max activation", 3, True), ("purity", 4, True), ("peak step", 5, False), ("latent id", 0, False)])
+@pytest.mark.parametrize("sort, column, reverse", [("max activation", "max", True), ("purity", "purity", True), ("peak step", "peak", False),
+                                                   ("latent id", "latent", False)])
 def test_sorts_order_the_list(ex, sort, column, reverse):
-    values = [r[column] for r in browse.search(ex, "", sort)[0]]
+    values = [r[HEADERS.index(column)] for r in browse.search(ex, "", sort)[0]]
     assert values == sorted(values, reverse=reverse)
+
+
+def test_the_table_and_the_page_say_whether_a_latents_effect_agrees_with_its_label(ex, monkeypatch):
+    labels = [{"factor": "colour", "value": "red", "purity": 1.0}, {"factor": "colour", "value": "red", "purity": 1.0}, {}]
+    effects = [[{"factor": "colour", "value": "red"}, {"factor": "size", "value": "large"}], [{"factor": "size", "value": "small"}], []]
+    planted = SimpleNamespace(effects=effects, labels=labels, n_latents=3)
+    columns = effect_columns(planted)
+    assert columns == {"effects": ["colour red, size large", "size small", "no visible change"], "agreement": [True, False, None]}
+    monkeypatch.setattr(ex, "table", replace(ex.table, effects=columns["effects"] + [""] * 29, agreement=columns["agreement"] + [None] * 29))
+    monkeypatch.setitem(ex.bundle.manifest, "effects", {"strength": 4.0})
+    effect = HEADERS.index("effect")
+    assert [ex.table.row(j)[effect] for j in (0, 1, 2, 3)] == ["colour red, size large", "size small (not its label)", "no visible change", ""]
+    assert "(α = 4) shows **size small** — not its label's value" in browse.effect_line(ex, 1)
+    assert browse.effect_line(ex, 0).endswith("shows **colour red, size large** — its label's value") and browse.effect_line(ex, 3) == ""
+
+
+def test_a_bundle_without_effect_labels_has_an_empty_effect_column(ex):
+    assert effect_columns(ex.bundle) == {"effects": [""] * 32, "agreement": [None] * 32}
 
 
 def test_filters_keep_labelled_and_frequent_latents(ex):
     rows, _ = browse.search(ex, "", "frequency", labelled_only=True, min_frequency=0.1)
-    assert rows and all(r[1] and r[2] >= 0.1 for r in rows)
+    assert rows and all(r[1] and r[HEADERS.index("freq.")] >= 0.1 for r in rows)
 
 
 @pytest.mark.parametrize("bad", [dict(query="x" * 201), dict(sort="colour"), dict(min_frequency=2.0)])

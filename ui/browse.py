@@ -21,8 +21,8 @@ TOP_N = 8
 QUANTILE_BINS, PER_BIN = 4, 2
 SIMILAR_N = 8
 SIMILAR_HEADERS = ["latent", "label", "cosine"]
-COLUMN_WIDTHS = {"latent": "12%", ICONS_HEADER: "15%", "label": "19%", "freq.": "12%", "max": "11%", "purity": "12%", "peak": "9%",
-                 "kind": "10%"}  # of the latent table (without icons the columns share the rest)
+COLUMN_WIDTHS = {"latent": "9%", ICONS_HEADER: "14%", "label": "15%", "effect": "17%", "freq.": "10%", "max": "9%", "purity": "10%",
+                 "peak": "8%", "kind": "8%"}  # of the latent table (without icons the columns share the rest)
 
 
 def search(ex: Explorer, query: str = "", sort: str = "frequency", labelled_only: bool = False,
@@ -90,7 +90,17 @@ def header(ex: Explorer, j: int) -> str:
              f"{float(ex.bundle.temporal_profiles.residual_share[j]):.0%} of its trajectory injected as residual")
     if table.max_activation[j] <= 0:
         stats = "never fired on the atlas images (a dead latent)"
-    return f"## Latent {j}\n**{label}**\n\n{stats}"
+    return f"## Latent {j}\n**{label}**{effect_line(ex, j)}\n\n{stats}"
+
+
+def effect_line(ex: Explorer, j: int) -> str:
+    """' · adding it shows …': latent j's effect label and whether it agrees with its label ('' without effect labels)."""
+    effect, agreed = ex.table.effects[j], ex.table.agreement[j]
+    if not effect:
+        return ""
+    verdict = {False: " — not its label's value: the label says where it fires, the effect what adding it does",
+               True: " — its label's value", None: ""}[agreed]
+    return f" · adding it to the icons' neutral image (α = {ex.bundle.manifest['effects']['strength']:g}) shows **{effect}**{verdict}"
 
 
 def quantile_name(b: int) -> str:

@@ -5,22 +5,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.errors import ExplorerError
+from backend.serving.icons import agrees, effect_text
 
 SORTS = ("frequency", "max activation", "purity", "peak step", "latent id")
-HEADERS = ["latent", "label", "freq.", "max", "purity", "peak", "kind"]
+HEADERS = ["latent", "label", "effect", "freq.", "max", "purity", "peak", "kind"]
 MAX_QUERY = 200
 
 
 @dataclass
 class LatentTable:
     """Per-latent columns: frequency, max activation, label purity, peak step (sampler step, relative profile), label text,
-    kind (local: per position; global: per image, global_local bundles)."""
+    effect text (what adding it does, read from its icons; empty without effect labels), kind (local: per position;
+    global: per image, global_local bundles)."""
 
     frequency: np.ndarray
     max_activation: np.ndarray
     purity: np.ndarray
     peak_step: np.ndarray
     labels: list[str]
+    effects: list[str]
+    agreement: list[bool | None]  # per latent: whether its effect includes its label's value (None: no label or no effect)
     kinds: list[str]
 
     @classmethod
@@ -34,6 +38,7 @@ class LatentTable:
             purity=np.array([label.get("purity") or 0.0 for label in bundle.labels], dtype=np.float64),
             peak_step=steps[bundle.temporal_profiles.peak_index.numpy()],
             labels=[f"{label['factor']} {label['value']}" if label.get("factor") else "" for label in bundle.labels],
+            **effect_columns(bundle),
             kinds=["global" if image_level else "local" for image_level in bundle.is_global.tolist()],
         )
 
@@ -46,9 +51,20 @@ class LatentTable:
         return keys[sort]
 
     def row(self, j: int) -> list:
-        """One table row: id, label, frequency, max activation, purity, peak step, kind."""
-        return [j, self.labels[j], round(float(self.frequency[j]), 4), round(float(self.max_activation[j]), 3),
+        """One table row: id, label, effect, frequency, max activation, purity, peak step, kind."""
+        effect = self.effects[j] + (" (not its label)" if self.agreement[j] is False else "")
+        return [j, self.labels[j], effect, round(float(self.frequency[j]), 4), round(float(self.max_activation[j]), 3),
                 round(float(self.purity[j]), 2), int(self.peak_step[j]), self.kinds[j]]
+
+
+def effect_columns(bundle) -> dict[str, list]:
+    """Each latent's effect label as text and whether it agrees with its label (empty for a bundle without usable ones)."""
+    try:
+        effects = bundle.effects
+    except ExplorerError:
+        return {"effects": [""] * bundle.n_latents, "agreement": [None] * bundle.n_latents}
+    return {"effects": [effect_text(changes) for changes in effects],
+            "agreement": [agrees(label, changes) for label, changes in zip(bundle.labels, effects)]}
 
 
 def list_latents(bundle, table: LatentTable, query: str = "", sort: str = "frequency", labelled_only: bool = False,

@@ -4,7 +4,11 @@ For each labelled latent and icon strength: does the classifier read the label's
 label's factor in the icon? The baseline is the unsteered neutral image: the share of the same
 latents whose label value it already shows (an icon that changes nothing scores that).
 
-`python -m backend.evaluation.icons BUNDLE` prints the table that docs/ICONS.md quotes.
+Effect labels say what a latent does where its label says where it fires: the factor values the
+classifier reads in the latent's strongest icon and not in the neutral image.
+
+`python -m backend.evaluation.icons BUNDLE` prints the tables that docs/ICONS.md quotes;
+`--write-effects` also stores the effect labels in the bundle (atlas/effects.json), which the app shows.
 """
 
 import argparse
@@ -13,8 +17,12 @@ import json
 import torch
 
 from backend.errors import ExplorerError
-from backend.serving.bundle import Bundle
+from backend.io import write_json
+from backend.serving.bundle import Bundle, rewrite_manifest
+from backend.serving.icons import EFFECTS_FILE, ICON_FILE, agrees
 from backend.shapes.classify import load_classifier
+
+READER = "shapes factor classifier (backend/shapes/classify.py)"
 
 
 def icon_agreement(bundle: Bundle, classifier) -> dict[str, dict]:
@@ -39,6 +47,35 @@ def icon_agreement(bundle: Bundle, classifier) -> dict[str, dict]:
     return result
 
 
+def effect_labels(bundle: Bundle, classifier) -> list[list[dict] | None]:
+    """Per latent: the factor values its strongest icon shows and the neutral image does not (None: no icon)."""
+    icons = bundle.icons
+    base = classifier.predict(icons.base.permute(2, 0, 1)[None].float() / 255)[0]
+    drawn = icons.drawn.nonzero().flatten().tolist()
+    strongest = icons.images[drawn, -1].permute(0, 3, 1, 2).float() / 255
+    effects: list[list[dict] | None] = [None] * bundle.n_latents
+    for j, reading in zip(drawn, classifier.predict(strongest)):
+        effects[j] = [{"factor": f, "value": v} for f, v in reading.items() if v != base[f]]
+    return effects
+
+
+def write_effects(bundle: Bundle, effects: list[list[dict] | None]) -> None:
+    """Store effect labels in the bundle, tied to the icons they were read from."""
+    write_json(bundle.root / EFFECTS_FILE, effects)
+    info = {"reader": READER, "strength": bundle.icons.settings.strengths[-1], "icons_sha256": bundle.manifest["files"][ICON_FILE]}
+    rewrite_manifest(bundle.root, effects=info)
+
+
+def effect_agreement(labels: list[dict], effects: list[list[dict] | None]) -> dict[str, dict]:
+    """Per label factor: labelled latents with an effect label, and the share whose effect includes the label's value."""
+    by_factor: dict[str, list[bool]] = {}
+    for label, changes in zip(labels, effects):
+        agreed = agrees(label, changes)
+        if agreed is not None:
+            by_factor.setdefault(label["factor"], []).append(agreed)
+    return {factor: {"latents": len(rows), "agree": sum(rows) / len(rows)} for factor, rows in sorted(by_factor.items())}
+
+
 def table(agreement: dict[str, dict]) -> str:
     """The agreement as a markdown table: a row per factor, a column per strength."""
     strengths = list(next(iter(agreement.values()))["shows_label"])
@@ -53,13 +90,25 @@ def table(agreement: dict[str, dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser("python -m backend.evaluation.icons", description=__doc__.splitlines()[0])
     parser.add_argument("bundle", help="a shapes-world bundle with icons (its labels come from the factors)")
-    parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
+    parser.add_argument("--write-effects", action="store_true", help=f"store every latent's effect label in the bundle ({EFFECTS_FILE})")
     args = parser.parse_args(argv)
     try:
-        agreement = icon_agreement(Bundle.load(args.bundle), load_classifier())
+        bundle, classifier = Bundle.load(args.bundle), load_classifier()
+        agreement = icon_agreement(bundle, classifier)
+        effects = effect_labels(bundle, classifier)
+        if args.write_effects:
+            write_effects(bundle, effects)
     except ExplorerError as err:
         raise SystemExit(f"error: {err}") from None
-    print(json.dumps(agreement, indent=2) if args.json else table(agreement))
+    agree = effect_agreement(bundle.labels, effects)
+    if args.json:
+        print(json.dumps({"icons_show_label": agreement, "effect_agrees_with_label": agree}, indent=2))
+        return
+    print(table(agreement))
+    print("\n| label factor | latents | effect includes the label's value |\n|---|---:|---:|")
+    for factor, row in agree.items():
+        print(f"| {factor} | {row['latents']} | {row['agree']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from backend.method.encodings import TrajectoryEncoding
 from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae import TopKSAE
 from backend.serving.atlas import TemporalProfiles, temporal_profiles
-from backend.serving.icons import ICON_FILE, FeatureIcons, IconSettings
+from backend.serving.icons import EFFECTS_FILE, ICON_FILE, FeatureIcons, IconSettings
 from backend.serving.manifest import FORMAT_VERSION, validate_manifest
 from backend.serving.search import VectorIndex
 
@@ -376,6 +376,29 @@ class Bundle:
                                 "their base image and which latents were drawn; rerun its build with `--stages icons`.")
         settings = IconSettings(info["prompt"], info["seed"], tuple(info["strengths"]))
         return FeatureIcons(settings=settings, base=base, images=images, drawn=drawn)
+
+    @property
+    def has_effects(self) -> bool:
+        return EFFECTS_FILE in self.manifest["files"] and self.manifest.get("effects") is not None
+
+    @cached_property
+    def effects(self) -> list[list[dict] | None]:
+        """Per latent, what adding it does: the factor values its strongest icon shows that the neutral image does not
+        ([] for no visible change, None without an icon); read by `python -m backend.evaluation.icons BUNDLE --write-effects`."""
+        if not self.has_effects:
+            raise ExplorerError("This bundle has no effect labels; `python -m backend.evaluation.icons BUNDLE --write-effects` reads "
+                                "them from its icons (shapes bundles: the factor classifier).")
+        if self.manifest["effects"]["icons_sha256"] != self.manifest["files"].get(ICON_FILE):
+            raise ExplorerError("This bundle's effect labels were read from icons it no longer has; rerun "
+                                "`python -m backend.evaluation.icons BUNDLE --write-effects`.")
+        fix = "rerun `python -m backend.evaluation.icons BUNDLE --write-effects`"
+        effects = self._read(EFFECTS_FILE, lambda path: json.loads(path.read_text()), fix=fix)
+        valid = isinstance(effects, list) and len(effects) == self.n_latents and all(
+            e is None or (isinstance(e, list) and all(isinstance(c, dict) and isinstance(c.get("factor"), str)
+                                                      and isinstance(c.get("value"), str) for c in e)) for e in effects)
+        if not valid:
+            raise ExplorerError(f"Bundle file {EFFECTS_FILE} should list {self.n_latents} effect labels; {fix}.")
+        return effects
 
     def _index(self, name: str, vectors) -> VectorIndex:
         stored = f"index/{name}.faiss"

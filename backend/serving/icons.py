@@ -15,6 +15,7 @@ from backend.diffusion.steering import MAX_STRENGTH
 from backend.errors import ExplorerError
 
 ICON_FILE = "atlas/icons.safetensors"
+EFFECTS_FILE = "atlas/effects.json"  # per latent: the factor values its strongest icon shows and the neutral image does not
 DEFAULT_STRENGTHS = (1.0, 2.0, 4.0)
 MAX_ICON_STRENGTHS = 8
 ICON_PX = 64  # icons are kept at most this large: 16 384 SD 1.5 latents × 3 strengths is 0.6 GB at 64 px, 2.4 GB at 128
@@ -60,3 +61,17 @@ class FeatureIcons:
     base: Tensor  # uint8 [h, w, 3]: nothing steered
     images: Tensor  # uint8 [n_latents, S, h, w, 3]
     drawn: Tensor  # bool [n_latents]: dead latents have no typical activation to steer in units of, so no icon
+
+
+def effect_text(changes: list[dict] | None) -> str:
+    """An effect label as text: "colour red, size large", "no visible change", or "" for a latent without icons."""
+    if changes is None:
+        return ""
+    return ", ".join(f"{c['factor']} {c['value']}" for c in changes) or "no visible change"
+
+
+def agrees(label: dict, changes: list[dict] | None) -> bool | None:
+    """Whether a latent's effect includes its label's value (None when it has no label or no effect label)."""
+    if changes is None or not label.get("factor"):
+        return None
+    return any(c["factor"] == label["factor"] and c["value"] == label["value"] for c in changes)

@@ -66,6 +66,14 @@ class IconInfo(Strict):
     atlas_sha256: Sha256
 
 
+class EffectInfo(Strict):
+    """Effect labels (what adding a latent does, read from its strongest icon): who read them, and from which icons."""
+
+    reader: Annotated[str, StringConstraints(min_length=1)]
+    strength: Annotated[float, Field(allow_inf_nan=False)]
+    icons_sha256: Sha256
+
+
 class Manifest(Strict):
     format_version: Literal[READABLE_VERSIONS]
     model: ModelInfo
@@ -78,6 +86,7 @@ class Manifest(Strict):
     versions: dict[str, str] = {}
     build: dict = {}
     icons: IconInfo | None = None
+    effects: EffectInfo | None = None
 
     @model_validator(mode="after")
     def consistent(self):
