@@ -158,18 +158,22 @@ def test_a_label_edit_swaps_the_other_values_of_its_factor_for_the_target(labell
     assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist()
 
 
-def test_a_swap_edit_is_the_source_ablated_plus_the_target_in_proportion_to_its_mass(labelled):
+def test_a_to_b_takes_away_the_source_and_the_other_values_where_the_source_fired(labelled):
     run = labelled.generator.base("a green star", 2)
-    source = labelled.concept(run.codes.sum(0).argsort(descending=True)[:2].tolist())  # two latents that fired
+    firing = run.codes.sum(0).argsort(descending=True)[:2].tolist()  # two latents that fired
+    source = labelled.concept(firing)
     edit = labelled.edit("a green star", 2, "colour=red", source=source, strength=2.0, where="all")
     typical, phi = labelled.typical_activation, labelled.feature_trajectories
-    mass = sum(run.codes[:, j] / typical[j] for j in source.latents)  # [P] in typical activations
+    removed = list(dict.fromkeys(firing + [3, 4, 5]))  # the source, and every other colour's latents (blue)
+    assert set(edit.edit.removed.latents) == set(removed)
+    where = (sum(run.codes[:, j] for j in firing) > 0).float()  # where the source fired
+    mass = sum(run.codes[:, j] / typical[j] for j in removed) * where  # [P] in typical activations
     red = labelled.concept("colour=red")
-    deltas = steering_deltas([Steer(j, 0.0, "scale") for j in source.latents], phi, typical, run.codes, torch.ones(64))
+    deltas = steering_deltas([Steer(j, 0.0, "scale") for j in removed], phi, typical, run.codes, where)
     deltas += steering_deltas([Steer(j, 2.0 * w) for j, w in zip(red.latents, red.weights)], phi, typical, run.codes, mass)
     expected = labelled.generator._steered("a green star", 2, None, run, deltas, (0, labelled.generator.num_steps - 1))
     assert torch.allclose(edit.steered_images, expected.steered_images, atol=1e-5)
-    assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist() and edit.edit.removed == source
+    assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist() and edit.edit.source == source
 
 
 def test_an_automatic_strength_is_the_smallest_whose_codes_read_the_target(labelled):

@@ -33,6 +33,7 @@ from backend.evaluation.report import write_report
 from backend.io import write_json
 from backend.method.encodings import VARIANTS
 from backend.serving.bundle import Bundle
+from backend.serving.icons import EFFECTS_FILE, ICON_FILE
 from backend.serving.opener import attach_model
 from backend.shapes.classify import load_classifier
 from backend.shapes.render import FACTOR_VALUES
@@ -230,7 +231,8 @@ def evaluate_edits(config: EvaluateConfig) -> dict:
     if notice:
         raise ExplorerError(f"Edits need the bundle's model: {notice}")
     classifier, work = load_classifier(), Path(config.work_dir) / "edits"
-    settings = {"bundle": bundle.manifest["files"], "trials": config.edit_trials}
+    drawn_after = (ICON_FILE, EFFECTS_FILE)  # icons and effect labels change no edit: redrawing them keeps the results
+    settings = {"bundle": {k: v for k, v in bundle.manifest["files"].items() if k not in drawn_after}, "trials": config.edit_trials}
     rows = []
     for factor in tqdm(_list(config.edit_factors), desc="edit trials", unit="factor"):
         path = work / f"{factor}.json"

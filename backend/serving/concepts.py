@@ -136,6 +136,16 @@ def other_values(target: Concept, labels: list[dict]) -> Concept | None:
     return Concept(f"{target.factor}≠{target.value}", latents, tuple(1.0 / len(latents) for _ in latents), target.factor)
 
 
+def taken_away(target: Concept, source: Concept | None, labels: list[dict]) -> Concept | None:
+    """What an edit removes where it works: the source and the other values of the target's factor (so no third
+    value stays behind: "colour=green → colour=red" also clears cyan that fired on the green object); None: add only."""
+    others = other_values(target, labels)
+    if source is None or others is None:
+        return source or others
+    latents = tuple(dict.fromkeys(source.latents + others.latents))
+    return Concept(f"{source.name} and {others.name}", latents, (1.0 / len(latents),) * len(latents), target.factor)
+
+
 def rivals_of(target: Concept, source: Concept | None, labels: list[dict]) -> list[Concept]:
     """What the target must outdo for an edit to count as reached: the other values of its factor, and the source."""
     rivals = [] if source is None else [source]

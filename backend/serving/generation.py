@@ -26,7 +26,7 @@ from backend.diffusion.sampler import (
 from backend.diffusion.steering import Steer, SteeringHook, check_strength, steering_deltas  # Steer: the request type of Bundle.generate
 from backend.errors import ExplorerError
 from backend.serving.batching import BatchedSampler
-from backend.serving.concepts import Concept, other_values, rivals_of
+from backend.serving.concepts import Concept, rivals_of, taken_away
 from backend.serving.edits import (HALO_SPREAD, LADDER, WHERE, EditInfo, add_amounts, code_mass, edit_deltas, object_positions,
                                    reads_target, swap_amounts)
 from backend.serving.recent import Recent
@@ -187,8 +187,8 @@ class Generator:
 
     def edit(self, prompt: str, seed: int, target, source=None, strength: float | None = None, window=None,
              where: str = "auto", guidance_scale: float | None = None) -> Generation:
-        """A concept edit (edits.py): source → target where the source fired, or → target where it belongs, in place of
-        the other values of its factor (added, for typed latents).
+        """A concept edit (edits.py): → target where it belongs, in place of the other values of its factor (added, for
+        typed latents); source → target the same, but only where the source fired, and taking the source away too.
 
         `strength=None` tries every strength of LADDER at once (one batched run each) and keeps the
         smallest whose run's own codes read the target on the edited positions; an explicit
@@ -209,7 +209,9 @@ class Generator:
                                 "units of; leave them out of the concept.")
         run = self.base(prompt, seed, guidance_scale)
         region, positions = self._edit_positions(run, where, target, source)
-        removed = source or other_values(target, bundle.labels)
+        if source is not None:  # A → B works where A fired
+            positions = positions * (code_mass(run.codes, source, typical) > 0)
+        removed = taken_away(target, source, bundle.labels)
         if removed is not None:  # dead latents among the other values never fire: nothing of theirs to move
             alive = tuple(j for j in removed.latents if typical[j] > 0)
             removed = replace(removed, latents=alive, weights=(1.0 / len(alive),) * len(alive)) if alive else None
