@@ -6,7 +6,7 @@ from PIL import Image
 
 from backend.errors import ExplorerError
 from backend.evaluation import evaluate
-from backend.evaluation.edits import FRESH_SEED, edit_table, markdown
+from backend.evaluation.edits import FRESH_SEED, KEPT, edit_table, goal_lines, markdown, write_edit_report
 from backend.evaluation.evaluate import EvaluateConfig, Evaluation, parse_config
 from backend.evaluation.report import write_report
 from backend.serving.bundle import Bundle
@@ -129,6 +129,20 @@ def test_edit_table_counts_reached_and_clean_per_factor_and_mechanism():
     assert table["colour"]["m"] == {"n": 4, "reached": 0.75, "clean": 0.5, "median_strength": 3.5}
     assert table["colour"]["p"] == {"n": 1, "reached": 1.0, "clean": 1.0, "median_strength": None}
     assert "| colour | m | 4 | 0.75 | 0.50 | 3.5 |" in markdown(table)
+
+
+def test_the_edit_report_states_the_goals_and_keeps_notes_below_the_marker(tmp_path):
+    name = "→ B in place of the other values, automatic strength"
+    table = {"colour": {name: {"n": 16, "reached": 0.94, "clean": 0.75, "median_strength": 2.0}},
+             "size": {name: {"n": 16, "reached": 0.5, "clean": 0.25, "median_strength": 4.0}}}
+    assert goal_lines(table) == [f"- colour, {name}: reached 0.94 (goal ≥ 0.9), clean 0.75 (goal ≥ 0.7): **met**",
+                                 f"- size, {name}: reached 0.50 (goal ≥ 0), clean 0.25 (goal ≥ 0.5): **missed**"]
+    path = tmp_path / "EDITS.md"
+    write_edit_report(table, "cmd", "CPU", path)
+    path.write_text(path.read_text() + "\n## Notes\nwhat else was tried\n")
+    write_edit_report(table, "cmd2", "CPU", path)
+    text = path.read_text()
+    assert "Made by `cmd2`" in text and text.endswith("## Notes\nwhat else was tried\n") and text.count(KEPT) == 1
 
 
 def test_edits_of_a_built_bundle_are_measured_on_fresh_prompts_and_resume(evaluation, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ classifier reads the target, *clean* when, besides, every other factor reads as 
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -148,13 +149,38 @@ def markdown(table: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+GOALS = {"colour": (0.9, 0.7), "background": (0.9, 0.7), "shape": (0.0, 0.5), "size": (0.0, 0.5)}  # issue 25: (reached, clean)
+EDIT_MECHANISMS = ("→ B in place of the other values, automatic strength", "A → B, automatic strength")  # what the app does
+KEPT = "<!-- Notes below this line are kept when the table above is measured again. -->"
+
+
+def goal_lines(table: dict[str, dict[str, dict]]) -> list[str]:
+    """One line per factor with a goal: the app's edits (automatic strength, with and without a source) against it."""
+    lines = []
+    for factor, (reached, clean) in GOALS.items():
+        for name in EDIT_MECHANISMS:
+            cell = table.get(factor, {}).get(name)
+            if cell is not None:
+                met = cell["reached"] >= reached and cell["clean"] >= clean
+                lines.append(f"- {factor}, {name}: reached {cell['reached']:.2f} (goal ≥ {reached:g}), clean {cell['clean']:.2f} "
+                             f"(goal ≥ {clean:g}): **{'met' if met else 'missed'}**")
+    return lines
+
+
 def write_edit_report(table: dict[str, dict[str, dict]], command: str, device: str, path) -> None:
-    """docs/EDITS.md: the edit table, the command that made it and the machine it ran on."""
+    """docs/EDITS.md: the edit table, the goals, the command that made it and the machine; notes after KEPT stay."""
+    path = Path(path)
+    notes = path.read_text().split(KEPT, 1)[1] if path.exists() and KEPT in path.read_text() else "\n"
     text = f"""# Concept edits on the shipped bundle
 
 Made by `{command}` on {device}. {__doc__.split(chr(10), 1)[1].strip()}
 
 {markdown(table)}
-"""
+
+Goals (issue 25):
+
+{chr(10).join(goal_lines(table))}
+
+{KEPT}{notes}"""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
