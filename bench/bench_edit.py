@@ -8,6 +8,7 @@ codes read the target). Usage:
   python bench/bench_edit.py [--bundle checkpoints/shapes-bundle] [--model checkpoints/shapes-model] [--repeats 5]
 """
 
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle, _ = open_demo(args)
     target = bundle.concept(args.target)
-    strengths = iter([5.0 + 0.01 * i for i in range(10**6)])  # a new value each call, as a dragged slider gives
+    strengths = (5.0 + 0.01 * i for i in itertools.count())  # a new value each call, as a dragged slider gives
     bundle.generate(PROMPT, 0, [])  # the base run, cached as in the app
     rows = {
         "plain steer, one latent (baseline)": lambda: bundle.generate(PROMPT, 0, [Steer(target.latents[0], next(strengths))]),

@@ -7,8 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.diffusion.steering import Steer, steering_deltas
+from backend.diffusion.hooks import TrajectoryRecorder
+from backend.diffusion.sampler import sample
+from backend.diffusion.steering import Steer, SteeringHook, steering_deltas
 from backend.errors import ExplorerError
+from backend.serving import generation
 from backend.serving.bundle import Bundle
 from backend.serving.concepts import Concept, concept, rivals_of
 from backend.serving.edits import HALO_SPREAD, LADDER, add_amounts, edit_deltas, object_positions, reads_target, swap_amounts
@@ -176,32 +179,69 @@ def test_a_to_b_takes_away_the_source_and_the_other_values_where_the_source_fire
     assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist() and edit.edit.source == source
 
 
-def test_an_automatic_strength_is_the_smallest_whose_codes_read_the_target(labelled):
+def test_an_automatic_strength_is_the_smallest_whose_codes_read_the_target(labelled, monkeypatch):
+    seen = []
+
+    def reached_from_the_third(codes, base_codes, target, rivals, where, typical):  # the judge, planted: reached at 4 and above
+        seen.append(codes)
+        return len(seen) >= 3
+
+    monkeypatch.setattr(generation, "reads_target", reached_from_the_third)
     edit = labelled.edit("a blue square", 1, "colour=red", where="all")
-    info = edit.edit
-    assert info.automatic and info.strength in LADDER
-    rivals = rivals_of(info.target, None, LABELS)
+    assert (edit.edit.strength, edit.edit.automatic, edit.edit.reached) == (LADDER[2], True, True)
+    by_hand = labelled.edit("a blue square", 1, "colour=red", where="all", strength=LADDER[2])
+    assert torch.allclose(edit.steered_images, by_hand.steered_images, atol=1e-5)  # the image of the chosen strength
+    assert by_hand.edit.reached is None  # a strength by hand is not checked against the codes
+    seen.clear()
+    monkeypatch.setattr(generation, "reads_target", lambda *args: bool(seen.append(1)))  # never reached
+    never = labelled.edit("a blue square", 1, "colour=red", where="all")
+    assert (never.edit.strength, never.edit.reached, len(seen)) == (LADDER[-1], False, len(LADDER))  # the largest, said so
+
+
+def test_the_codes_of_an_edited_run_are_those_of_its_recorded_trajectory(labelled):
     run = labelled.generator.base("a blue square", 1)
-    window, every = (0, labelled.generator.num_steps - 1), torch.ones(64)
-    for alpha in LADDER[: LADDER.index(info.strength) + 1]:
-        latents, amounts = swap_amounts(run.codes, info.removed, info.target, labelled.typical_activation, alpha, every)
-        _, codes = labelled.generator._recorded("a blue square", 1, None, run,
-                                                edit_deltas(latents, amounts, labelled.feature_trajectories), window)
-        reached = reads_target(codes, run.codes, info.target, rivals, info.positions.flatten(), labelled.typical_activation)
-        assert reached == (alpha == info.strength) or (not info.reached and alpha == LADDER[-1])
-    assert info.reached == reached
+    info = labelled.edit("a blue square", 1, "colour=red", where="all", strength=3.0).edit
+    latents, amounts = swap_amounts(run.codes, info.removed, info.target, labelled.typical_activation, 3.0, torch.ones(64))
+    deltas = edit_deltas(latents, amounts, labelled.feature_trajectories)
+    generated, codes = labelled.generator._recorded("a blue square", 1, None, run, deltas, (2, labelled.generator.num_steps - 1))
+    recorder = TrajectoryRecorder(labelled.generator.site, labelled.generator.recorded_steps)  # independently: a whole run, recorded
+    hook = SteeringHook(labelled.generator.site, deltas, labelled.generator.recorded_steps, (2, labelled.generator.num_steps - 1))
+    with torch.no_grad():
+        sample(labelled.generator.model, "a blue square", 1, num_steps=labelled.generator.num_steps,
+               guidance_scale=labelled.generator.default_guidance, hooks=[hook, recorder])
+    assert torch.allclose(codes, labelled.codes(recorder.trajectories()[0]), atol=1e-4)
 
 
 def test_bad_edits_are_refused_and_change_nothing(labelled):
     cached = len(labelled.generator.base_runs)
-    for bad in (dict(target="colour=pink"), dict(target="colour=red", source="99"), dict(target="colour=red", strength=float("nan")),
-                dict(target="colour=red", where="inside"), dict(target="colour=red", window=(4, 2)),
-                dict(target="colour=red", strength=1e9)):
-        with pytest.raises(ExplorerError):
+    for bad, message in ((dict(target="colour=pink"), "values of colour"), (dict(target="colour=red", source="99"), "does not exist"),
+                         (dict(target="colour=red", strength=float("nan")), "strength"), (dict(target="colour=red", where="inside"), "one of"),
+                         (dict(target="colour=red", window=(4, 2)), "window"), (dict(target="colour=red", strength=1e9), "strength"),
+                         (dict(target="colour=red", strength=-2.0), "strength"), (dict(target="colour=red", strength=31.0), "strength"),
+                         (dict(target="colour=red", source="colour=red"), "share latents"), (dict(target="colour=red", source="1, 9"), "share"),
+                         (dict(target=Concept("odd", (1, 2), (1.0,))), "2 latents but 1 weights"),
+                         (dict(target=Concept("nan", (1,), (float("nan"),))), "weight")):
+        with pytest.raises(ExplorerError, match=message):
             labelled.edit("a red circle", 77, **bad)
     with pytest.raises(ExplorerError, match="empty"):
         labelled.edit("", 0, "colour=red")
     assert len(labelled.generator.base_runs) == cached
+
+
+def test_image_level_latents_are_refused_with_a_pointer_to_steering(labelled, monkeypatch):
+    image_level = torch.zeros(32, dtype=torch.bool)
+    image_level[9] = True
+    monkeypatch.setitem(labelled.__dict__, "is_global", image_level)
+    with pytest.raises(ExplorerError, match=r"\[9\] are image-level.*Steer tab"):
+        labelled.edit("a red circle", 0, [9, 10])
+
+
+def test_an_edit_with_nowhere_to_work_says_so_instead_of_running(labelled, monkeypatch):
+    monkeypatch.setattr(generation, "object_positions", lambda decoded, spread=1.5: torch.zeros(len(decoded), dtype=torch.bool))
+    with pytest.raises(ExplorerError, match="Nothing to edit in this image: it has no position on the object"):
+        labelled.edit("a red circle", 5, [9], where="object")
+    with pytest.raises(ExplorerError, match="Nothing to edit in this image: nothing on the object carries colour≠red"):
+        labelled.edit("a red circle", 5, "colour=red", where="object")
 
 
 def test_a_concept_with_a_dead_latent_is_refused(labelled):

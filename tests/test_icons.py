@@ -194,7 +194,7 @@ def test_effect_labels_are_stored_with_the_icons_they_were_read_from_and_checked
     effects = [None if not drawn else [{"factor": "colour", "value": "red"}] for drawn in bundle.icons.drawn.tolist()]
     write_effects(bundle, effects)
     assert Bundle.load(config.out).effects == effects
-    assert Bundle.load(config.out).manifest["effects"]["strength"] == -2.0  # read from the last (strongest listed) icon
+    assert Bundle.load(config.out).manifest["effects"]["strength"] == 3.0  # the icons are at 3 and -2: read from the one that adds
     (tmp_path / "bundle" / EFFECTS_FILE).write_text(json.dumps(effects[:-1]))
     rewrite_manifest(tmp_path / "bundle")
     with pytest.raises(ExplorerError, match=f"{EFFECTS_FILE} should list 16"):

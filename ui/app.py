@@ -11,7 +11,8 @@ from ui.explorer import Explorer
 from ui.icons import IconCells
 from ui.image_files import ImageFiles, temporary_folder
 from ui.latents import SORTS
-from ui.state import MAX_EDIT_STRENGTH, STEER_MODES, alpha_from_position
+from backend.serving.edits import MAX_EDIT_STRENGTH
+from ui.state import STEER_MODES, alpha_from_position
 from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)

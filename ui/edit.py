@@ -7,7 +7,8 @@ from backend.errors import ExplorerError
 from backend.serving.concepts import label_values
 from ui.explorer import Explorer
 from ui.images import as_array, tint, upscale
-from ui.state import MAX_SEED, check_edit_strength, parse_int
+from backend.serving.edits import PLACES, check_edit_strength
+from ui.state import MAX_SEED, parse_int
 from ui.steer import check_guidance, check_prompt, window_of
 
 NONE = "(none)"
@@ -15,7 +16,6 @@ WHERE_CHOICES = {"auto": "auto", "object": "object", "background": "background",
 WHERE_LABELS = {where: label for label, where in WHERE_CHOICES.items()}
 DEFAULT_STRENGTH = 4.5
 MAX_SPEC_CHARS = 1000
-PLACES = {"object": "on the object", "background": "on the background", "all": "everywhere"}
 
 
 def label_choices(ex: Explorer) -> list[str]:
@@ -50,19 +50,20 @@ def describe(info, asked: str) -> str:
     """What an edit did (an EditInfo): its concepts, strength, whether the codes read the target, and where; `asked`: the where choice."""
     target = concept_name(info.target)
     if info.source:
-        moved = f"**{concept_name(info.source)} → {target}** ({count(info.source.latents)} swapped for {len(info.target.latents)})"
+        moved = (f"**{concept_name(info.source)} → {target}** ({count(info.removed.latents)} of {concept_name(info.source)}"
+                 f"{' and the other ' + info.target.factor + ' values' if info.removed != info.source else ''} swapped for {len(info.target.latents)})")
     elif info.removed:  # a label's concept takes the place of the other values of its factor
         moved = f"**→ {target}** ({count(info.target.latents)} in place of {count(info.removed.latents)} of other {info.target.factor} values)"
     else:
         moved = f"**→ {target}** ({count(info.target.latents)} added)"
-    if not info.automatic:
+    if info.reached is None:
         outcome = f"strength {info.strength:g} × s, set by hand (only an automatic strength is checked against the codes)"
     elif info.reached:
         outcome = f"strength {info.strength:g} × s, chosen automatically · the edited run's codes read {target}"
     else:
         outcome = f"did not reach {target} even at strength {info.strength:g} (the largest tried)"
     positions = as_array(info.positions)
-    place = PLACES.get(info.where) or f"where {concept_name(info.source or info.target)} fired"
+    place = f"where {concept_name(info.source or info.target)} fired" if info.where == "fired" else PLACES[info.where]
     return f"{moved} · {outcome} · {place}{' (auto)' if asked == 'auto' else ''}: {int(positions.sum())} of {positions.size} positions"
 
 

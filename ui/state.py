@@ -6,12 +6,11 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlencode
 
 from backend.errors import ExplorerError
-from backend.serving.edits import WHERE
+from backend.serving.edits import WHERE, check_edit_strength
 
 TABS = ("browse", "steer", "inspect")
 STEER_MODES = ("add", "scale", "ablate")
 MAX_ALPHA = 50.0
-MAX_EDIT_STRENGTH = 30.0  # an edit's strength by hand, in typical activations (the automatic one tries up to 15)
 CURVE = 4.0  # steepness of the exponential slider: larger is finer near 0
 MAX_SEED = 2**31 - 1
 INTEGER = re.compile(r"[+-]?[0-9]{1,15}", re.ASCII)  # 15 digits: beyond every id and seed range here
@@ -30,13 +29,6 @@ def position_from_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or abs(alpha) > MAX_ALPHA:
         raise ExplorerError(f"Strength must be a number within ±{MAX_ALPHA:g}, got {alpha!r}.")
     return math.copysign(math.log1p(abs(alpha) / MAX_ALPHA * math.expm1(CURVE)) / CURVE, alpha)
-
-
-def check_edit_strength(strength) -> float:
-    """A concept edit's strength set by hand, as a float in [0, MAX_EDIT_STRENGTH], or an ExplorerError."""
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= MAX_EDIT_STRENGTH:  # NaN too
-        raise ExplorerError(f"An edit's strength must be a number between 0 and {MAX_EDIT_STRENGTH:g}, got {strength!r}.")
-    return float(strength)
 
 
 def parse_int(value, what: str, low: int, high: int) -> int:

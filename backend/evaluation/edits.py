@@ -57,8 +57,7 @@ def _added(strength: float) -> Mechanism:
     """The label's latents added where the label belongs, nothing taken away (the label passed as typed, weighted ids)."""
     def run(bundle, caption, seed, factor, base_value, target):
         concept = bundle.concept(f"{factor}={target}")
-        where = "object" if concept.belongs_on_object else "background" if concept.belongs_on_object is False else "all"
-        out = bundle.edit(caption, seed, dict(zip(concept.latents, concept.weights)), strength=strength, where=where)
+        out = bundle.edit(caption, seed, dict(zip(concept.latents, concept.weights)), strength=strength, where=concept.place)
         return out.steered_images, strength
     return Mechanism(run)
 
@@ -81,12 +80,12 @@ PROMPTING = "prompting (target in the caption)"
 
 
 def judged(factor: str, before: dict, after: dict, target: str) -> tuple[bool, bool]:
+    """(reached, clean): the classifier reads the target; and besides, every other factor as in the base."""
     reached = after[factor] == target
     return reached, reached and all(after[f] == before[f] for f in before if f != factor)
 
 
-def edit_trials(bundle: Bundle, classifier, factors=EDIT_FACTORS, trials: int = 16, mechanisms=tuple(MECHANISMS),
-                progress=None) -> list[dict]:
+def edit_trials(bundle: Bundle, classifier, factors=EDIT_FACTORS, trials: int = 16, mechanisms=tuple(MECHANISMS)) -> list[dict]:
     """`trials` fresh bases per factor, each edited by every mechanism and prompted; a row per (trial, mechanism).
 
     A base whose reading of the factor has no latent labelled with it gets no A → B trial (there
@@ -116,8 +115,6 @@ def edit_trials(bundle: Bundle, classifier, factors=EDIT_FACTORS, trials: int = 
             for (name, (_, strength)), after in zip(outputs.items(), readings):
                 reached, clean = judged(factor, before, after, target)
                 rows.append(asdict(EditTrial(factor, name, target, seed, strength, reached, clean)))
-            if progress is not None:
-                progress(factor, i)
     return rows
 
 

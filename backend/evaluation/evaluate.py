@@ -26,7 +26,7 @@ from backend.diffusion.models import load_model
 from backend.errors import ExplorerError
 from backend.evaluation.concepts import CONCEPT_TOP, concept_hits
 from backend.evaluation.controllability import steering_trials
-from backend.evaluation.edits import EDIT_FACTORS, edit_table, edit_trials, write_edit_report
+from backend.evaluation.edits import EDIT_FACTORS, MECHANISMS, edit_table, edit_trials, write_edit_report
 from backend.evaluation.localization import label_group, localization, map_iou, object_masks, temporal_structure
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.evaluation.report import write_report
@@ -232,7 +232,8 @@ def evaluate_edits(config: EvaluateConfig) -> dict:
         raise ExplorerError(f"Edits need the bundle's model: {notice}")
     classifier, work = load_classifier(), Path(config.work_dir) / "edits"
     drawn_after = (ICON_FILE, EFFECTS_FILE)  # icons and effect labels change no edit: redrawing them keeps the results
-    settings = {"bundle": {k: v for k, v in bundle.manifest["files"].items() if k not in drawn_after}, "trials": config.edit_trials}
+    settings = {"bundle": {k: v for k, v in bundle.manifest["files"].items() if k not in drawn_after}, "trials": config.edit_trials,
+                "mechanisms": list(MECHANISMS)}  # a changed edit mechanism is renamed or added here, and measured again
     rows = []
     for factor in tqdm(_list(config.edit_factors), desc="edit trials", unit="factor"):
         path = work / f"{factor}.json"

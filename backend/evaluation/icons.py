@@ -47,12 +47,20 @@ def icon_agreement(bundle: Bundle, classifier) -> dict[str, dict]:
     return result
 
 
+def strongest_icon(strengths: tuple[float, ...]) -> int:
+    """Index of the largest positive strength: what adding the latent does (a negative icon subtracts it)."""
+    positive = [i for i, a in enumerate(strengths) if a > 0]
+    if not positive:
+        raise ExplorerError(f"Effect labels read an icon that adds the latent, but every icon strength is negative: {list(strengths)}.")
+    return max(positive, key=lambda i: strengths[i])
+
+
 def effect_labels(bundle: Bundle, classifier) -> list[list[dict] | None]:
     """Per latent: the factor values its strongest icon shows and the neutral image does not (None: no icon)."""
     icons = bundle.icons
     base = classifier.predict(icons.base.permute(2, 0, 1)[None].float() / 255)[0]
     drawn = icons.drawn.nonzero().flatten().tolist()
-    strongest = icons.images[drawn, -1].permute(0, 3, 1, 2).float() / 255
+    strongest = icons.images[drawn, strongest_icon(icons.settings.strengths)].permute(0, 3, 1, 2).float() / 255
     effects: list[list[dict] | None] = [None] * bundle.n_latents
     for j, reading in zip(drawn, classifier.predict(strongest)):
         effects[j] = [{"factor": f, "value": v} for f, v in reading.items() if v != base[f]]
@@ -62,7 +70,8 @@ def effect_labels(bundle: Bundle, classifier) -> list[list[dict] | None]:
 def write_effects(bundle: Bundle, effects: list[list[dict] | None]) -> None:
     """Store effect labels in the bundle, tied to the icons they were read from."""
     write_json(bundle.root / EFFECTS_FILE, effects)
-    info = {"reader": READER, "strength": bundle.icons.settings.strengths[-1], "icons_sha256": bundle.manifest["files"][ICON_FILE]}
+    strengths = bundle.icons.settings.strengths
+    info = {"reader": READER, "strength": strengths[strongest_icon(strengths)], "icons_sha256": bundle.manifest["files"][ICON_FILE]}
     rewrite_manifest(bundle.root, effects=info)
 
 

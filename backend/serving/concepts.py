@@ -9,7 +9,7 @@ Weights are normalized to sum to 1, so a concept's strength is in the same units
 
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from backend.errors import ExplorerError
 
@@ -33,6 +33,11 @@ class Concept:
         if self.factor in OBJECT_FACTORS:
             return True
         return False if self.factor == "background" else None
+
+    @property
+    def place(self) -> str:
+        """Where an edit of it works by default: "object", "background", or "all" when the concept does not say."""
+        return {True: "object", False: "background", None: "all"}[self.belongs_on_object]
 
 
 def _normalized(name: str, weighted: dict[int, float], factor=None, value=None) -> Concept:
@@ -108,10 +113,12 @@ def parse_text(text: str, labels: list[dict], n_latents: int) -> Concept:
 def concept(spec, labels: list[dict], n_latents: int) -> Concept:
     """A Concept from a spec: a Concept, 'factor=value', typed ids (text or a list of ints),
     {latent: weight}, or a Find result (rows with `latent` and a positive `difference`)."""
-    if isinstance(spec, Concept):
-        for j in spec.latents:
-            _latent_id(j, n_latents)
-        return spec
+    if isinstance(spec, Concept):  # checked like typed ids; it keeps its factor only where latents are labelled with it
+        if len(spec.latents) != len(spec.weights):
+            raise ExplorerError(f"The concept {spec.name!r} has {len(spec.latents)} latents but {len(spec.weights)} weights.")
+        made = from_latents(list(zip(spec.latents, spec.weights)), n_latents, spec.name)
+        known = spec.value in label_values(labels).get(spec.factor, ())
+        return replace(made, factor=spec.factor, value=spec.value) if known else made
     if isinstance(spec, str):
         return parse_text(spec, labels, n_latents)
     if isinstance(spec, dict):

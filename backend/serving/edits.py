@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from backend.errors import ExplorerError
 from backend.serving.concepts import Concept
 
 WHERE = ("auto", "object", "background", "all", "fired")
+PLACES = {"object": "on the object", "background": "on the background", "all": "everywhere", "fired": "where the concept fired"}
 
 
 OBJECT_SPREAD = 1.5  # an object edit's positions: distance above mean + 1.5 std (its core: 0.79 of its cells, precision 0.55)
@@ -80,6 +82,7 @@ def edit_deltas(latents: list[int], amounts: Tensor, feature_trajectories: Tenso
 
 
 LADDER = (2.0, 3.0, 4.0, 6.0, 8.0)  # strengths an automatic edit tries, run together (below 2 a swap rarely shows)
+MAX_EDIT_STRENGTH = 30.0  # a strength by hand: a swap multiplies it by the code mass it removes (a sum over many latents)
 MIN_READING = 0.5  # a concept without rivals must reach this mean score (typical activations) on the edited positions
 BASE_SHARE = 0.5  # ... and with rivals, beat them and reach this share of the strongest score in the base run
 
@@ -93,9 +96,16 @@ class EditInfo:
     removed: Concept | None  # what the edit took away: the source, or the other values of the target's factor
     strength: float
     automatic: bool
-    reached: bool  # whether the steered run's own codes read the target on the edited positions (automatic strength only)
+    reached: bool | None  # whether the edited run's own codes read the target on the edited positions (None: strength by hand)
     where: str  # "object", "background", "all" or "fired": what "auto" resolved to
     positions: Tensor  # [H, W] weight of the edit at each position of the site's grid
+
+
+def check_edit_strength(strength) -> float:
+    """A concept edit's strength set by hand, as a float in [0, MAX_EDIT_STRENGTH], or an ExplorerError."""
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= MAX_EDIT_STRENGTH:  # NaN too
+        raise ExplorerError(f"An edit's strength must be a number between 0 and {MAX_EDIT_STRENGTH:g}, got {strength!r}.")
+    return float(strength)
 
 
 def reads_target(codes: Tensor, base_codes: Tensor, target: Concept, rivals: list[Concept], where: Tensor,

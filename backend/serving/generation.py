@@ -23,12 +23,12 @@ from backend.diffusion.sampler import (
     make_scheduler,
     to_pil,
 )
-from backend.diffusion.steering import Steer, SteeringHook, check_strength, steering_deltas  # Steer: the request type of Bundle.generate
+from backend.diffusion.steering import Steer, SteeringHook, steering_deltas  # Steer: the request type of Bundle.generate
 from backend.errors import ExplorerError
 from backend.serving.batching import BatchedSampler
 from backend.serving.concepts import Concept, rivals_of, taken_away
-from backend.serving.edits import (HALO_SPREAD, LADDER, WHERE, EditInfo, add_amounts, code_mass, edit_deltas, object_positions,
-                                   reads_target, swap_amounts)
+from backend.serving.edits import (HALO_SPREAD, LADDER, PLACES, WHERE, EditInfo, add_amounts, check_edit_strength, code_mass, edit_deltas,
+                                   object_positions, reads_target, swap_amounts)
 from backend.serving.recent import Recent
 
 MASKS = ("all", "fired")
@@ -198,7 +198,13 @@ class Generator:
         target = bundle.concept(target)
         source = None if source is None else bundle.concept(source)
         if strength is not None:
-            strength = check_strength(strength)
+            strength = check_edit_strength(strength)
+        if source is not None and set(source.latents) & set(target.latents):
+            raise ExplorerError(f"The source {source.name} and the target {target.name} share latents; an edit moves one onto the other.")
+        image_level = [j for c in (target, source) if c is not None for j in c.latents if bundle.is_global[j]]
+        if image_level:
+            raise ExplorerError(f"Latents {image_level[:8]} are image-level (one code per image): an edit works on positions; "
+                                "steer them on the Steer tab instead.")
         if where not in WHERE:
             raise ExplorerError(f"An edit's positions must be one of {', '.join(WHERE)}, got {where!r}.")
         window = self._window(window)
@@ -222,10 +228,13 @@ class Generator:
             return edit_deltas(latents, amounts, bundle.feature_trajectories)
 
         edited = positions if removed is None else positions * (code_mass(run.codes, removed, typical) > 0)
+        if not edited.any():
+            what = f"nothing {PLACES[region]} carries {removed.name}" if removed is not None else f"it has no position {PLACES[region]}"
+            raise ExplorerError(f"Nothing to edit in this image: {what}. Try another 'where' or another source.")
         info = dict(target=target, source=source, removed=removed, where=region, positions=edited.reshape(self.grid))
         if strength is not None:
             return self._steered(prompt, seed, guidance_scale, run, deltas(strength), window,
-                                 edit=EditInfo(strength=strength, automatic=False, reached=False, **info))
+                                 edit=EditInfo(strength=strength, automatic=False, reached=None, **info))
         rivals = rivals_of(target, source, bundle.labels)
         with ThreadPoolExecutor(len(LADDER)) as pool:  # concurrent runs share the batched sampler's UNet calls
             tries = list(pool.map(lambda alpha: self._recorded(prompt, seed, guidance_scale, run, deltas(alpha), window), LADDER))
@@ -239,8 +248,7 @@ class Generator:
         """(what `where` resolved to, Tensor[P] of 0/1): the object's core or the background without the object's halo,
         read from the base run's codes, every position, or where the concept (the source when there is one) fired."""
         if where == "auto":
-            belongs = (source or target).belongs_on_object
-            where = "all" if belongs is None else "object" if belongs else "background"
+            where = (source or target).place
         if where == "all":
             return where, torch.ones(run.codes.shape[0])
         if where == "fired":
