@@ -6,7 +6,8 @@ import torch
 
 from backend.evaluation.icons import effect_agreement, effect_labels, icon_agreement, table
 from backend.serving.icons import FeatureIcons, IconSettings, effect_text
-from backend.shapes.classify import load_classifier, rendered_batch
+from backend.shapes.classify import flooded, load_classifier, rendered_batch
+from backend.shapes.render import COLOURS
 
 
 def test_agreement_counts_the_icons_that_show_the_labelled_value():
@@ -48,3 +49,20 @@ def test_an_effect_label_is_what_the_strongest_icon_shows_and_the_neutral_image_
     assert agreement == {"colour": {"latents": 5, "agree": sum(expected) / 5}}
     assert effect_text(effects[0]) == "no visible change" and effect_text(None) == ""
     assert effect_text([{"factor": "colour", "value": "red"}, {"factor": "size", "value": "large"}]) == "colour red, size large"
+
+
+def test_an_icon_filled_with_one_colour_has_that_colour_as_its_effect():
+    classifier = load_classifier()
+    images, factors = rendered_batch(range(3))
+    red = torch.tensor(COLOURS["red"], dtype=torch.float32).div(255)[:, None, None].expand(3, 32, 32)
+    filled = images.clone()
+    filled[1] = red  # latent 1's icon: the whole image red, as a colour latent at a high strength draws it
+    filled[1, :, 12:20, 12:20] = 1.0  # with a white blob left over, which the classifier would read as the object
+    assert flooded(images) == [None, None, None] and flooded(filled) == [None, "red", None]
+    pixels = (filled * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    icons = torch.stack([pixels, pixels], 1)
+    bundle = SimpleNamespace(n_latents=3, icons=FeatureIcons(IconSettings("", 0, (1.0, 4.0)), pixels[0], icons, torch.ones(3, dtype=torch.bool)))
+    effects = effect_labels(bundle, classifier)
+    assert effects[1] == [{"factor": "colour", "value": "red", "note": "fills the image"}]
+    assert effect_text(effects[1]) == "colour red (fills the image)"
+    assert effect_agreement([{}, {"factor": "colour", "value": "red"}, {}], effects) == {"colour": {"latents": 1, "agree": 1.0}}

@@ -121,7 +121,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
                             min_freq = gr.Number(0.0, label="Min frequency", minimum=0, maximum=1, step=0.001)
                         summary = gr.Markdown(listed)
                         headers = browse.table_headers(ex)
-                        table = gr.Dataframe(rows, headers=headers, interactive=False, max_height=640, elem_id="latent-table",
+                        table = gr.Dataframe(rows, headers=headers, interactive=False, max_height=640, elem_id="latent-table", wrap=True,
                                              datatype=["markdown" if name == browse.ICONS_HEADER else "str" for name in headers],
                                              column_widths=[browse.COLUMN_WIDTHS[name] for name in headers])
                         with gr.Accordion("Find latents for a concept", open=False, elem_id="find-panel"):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from backend.diffusion.steering import Steer
+from backend.errors import ExplorerError
 from backend.evaluation.controllability import labelled_latents
 from backend.io import atomic_path
 from backend.serving.bundle import Bundle
@@ -108,7 +109,10 @@ def edit_trials(bundle: Bundle, classifier, factors=EDIT_FACTORS, trials: int = 
                 mechanism = MECHANISMS[name]
                 if mechanism.needs_source and before[factor] not in labelled[factor]:
                     continue
-                outputs[name] = mechanism.run(bundle, caption, seed, factor, before[factor], target)
+                try:
+                    outputs[name] = mechanism.run(bundle, caption, seed, factor, before[factor], target)
+                except ExplorerError:  # the app refuses the edit (e.g. nothing to take away there): the image stays as it was
+                    outputs[name] = (base, None)
             prompted = canonical_caption(Factors(**before | {factor: target}))
             outputs[PROMPTING] = (bundle.generate(prompted, seed, []).base_run.result.images, None)
             readings = classifier.predict(torch.cat([images for images, _ in outputs.values()]))

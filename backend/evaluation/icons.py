@@ -20,7 +20,7 @@ from backend.errors import ExplorerError
 from backend.io import write_json
 from backend.serving.bundle import Bundle, rewrite_manifest
 from backend.serving.icons import EFFECTS_FILE, ICON_FILE, agrees
-from backend.shapes.classify import load_classifier
+from backend.shapes.classify import flooded, load_classifier
 
 READER = "shapes factor classifier (backend/shapes/classify.py)"
 
@@ -56,14 +56,16 @@ def strongest_icon(strengths: tuple[float, ...]) -> int:
 
 
 def effect_labels(bundle: Bundle, classifier) -> list[list[dict] | None]:
-    """Per latent: the factor values its strongest icon shows and the neutral image does not (None: no icon)."""
+    """Per latent: the factor values its strongest icon shows and the neutral image does not (None: no icon); an icon
+    filled with one colour says only that (`flooded`), since the classifier's readings of such an image mean nothing."""
     icons = bundle.icons
     base = classifier.predict(icons.base.permute(2, 0, 1)[None].float() / 255)[0]
     drawn = icons.drawn.nonzero().flatten().tolist()
     strongest = icons.images[drawn, strongest_icon(icons.settings.strengths)].permute(0, 3, 1, 2).float() / 255
     effects: list[list[dict] | None] = [None] * bundle.n_latents
-    for j, reading in zip(drawn, classifier.predict(strongest)):
-        effects[j] = [{"factor": f, "value": v} for f, v in reading.items() if v != base[f]]
+    for j, reading, filled in zip(drawn, classifier.predict(strongest), flooded(strongest)):
+        effects[j] = ([{"factor": "colour", "value": filled, "note": "fills the image"}] if filled is not None
+                      else [{"factor": f, "value": v} for f, v in reading.items() if v != base[f]])
     return effects
 
 

@@ -64,10 +64,11 @@ class FeatureIcons:
 
 
 def effect_text(changes: list[dict] | None) -> str:
-    """An effect label as text: "colour red, size large", "no visible change", or "" for a latent without icons."""
+    """An effect label as text: "colour red, size large", "colour red (fills the image)", "no visible change", or "" for a
+    latent without icons."""
     if changes is None:
         return ""
-    return ", ".join(f"{c['factor']} {c['value']}" for c in changes) or "no visible change"
+    return ", ".join(f"{c['factor']} {c['value']}" + (f" ({c['note']})" if c.get("note") else "") for c in changes) or "no visible change"
 
 
 def agrees(label: dict, changes: list[dict] | None) -> bool | None:

@@ -120,6 +120,19 @@ class FactorClassifier:
         return results
 
 
+def flooded(images: Tensor) -> list[str | None]:
+    """Per image [B, 3, H, W] in [0, 1]: the object colour that fills it, or None.
+
+    An image is filled with a colour when its background (the median pixel) is nearer to an
+    object colour than to every background colour: no shapes image looks like that, so the
+    classifier's other readings of it (an "object" left over from the old background) mean nothing.
+    """
+    background = analyse(images.float().cpu())["background"]
+    to_object = torch.cdist(background, _PALETTE).min(1)
+    to_backdrop = torch.cdist(background, _BACKDROPS).min(1).values
+    return [list(COLOURS)[i] if near < far else None for i, near, far in zip(to_object.indices.tolist(), to_object.values, to_backdrop)]
+
+
 def load_classifier(path: Path = WEIGHTS) -> FactorClassifier:
     """The classifier with the shipped CNN weights."""
     if not Path(path).is_file():
