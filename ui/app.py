@@ -198,8 +198,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         history = gr.Gallery(label="History", columns=6, height=220, preview=False, object_fit="contain", fit_columns=False)
                 with gr.Accordion("Edit a concept", open=False, elem_id="edit-panel") as edit_panel:
                     gr.Markdown("Puts a concept into the prompt and seed above (with their guidance and step window): where it "
-                                "belongs (an object attribute on the object, a background value off it), or in place of a source "
-                                "concept where that fired. Typed latent ids override the list beside them.")
+                                "belongs (an object attribute on the object, a background value off it, both read from the base "
+                                "run's codes), in place of the other values of its factor, or of a source concept where that fired. "
+                                "Typed latent ids override the list beside them.")
                     with gr.Row():
                         with gr.Column(scale=2):
                             label_choices = edit.label_choices(ex)
