@@ -64,7 +64,7 @@ def test_a_latent_and_the_table_export_as_files(page):
     page.locator("#export-table-csv").click()
     link = page.locator("#exported a[download='latents.csv']")
     table = page.request.get(link.get_attribute("href")).text().splitlines()
-    assert table[0].startswith("latent,kind,label,purity") and len(table) > 1
+    assert table[0].startswith("latent,kind,label,effect,effect_agrees,purity") and len(table) > 1
     page.locator("#exported").screenshot(path=SHOTS / "export.png")
 
 
