@@ -131,7 +131,7 @@ def test_edit_a_concept_and_share_it(page):
     page.get_by_text("Edit a concept").click()
     for box, choice in (("#edit-source", "colour=green"), ("#edit-target", "colour=red")):
         page.locator(f"{box} input").click()
-        page.get_by_role("option", name=choice, exact=True).click()
+        page.locator(box).get_by_role("option", name=choice, exact=True).click()  # this dropdown's list, not one still closing
     page.locator("#edit-caption", has_text="colour=green → colour=red").wait_for()  # choosing the target edits at once
     page.wait_for_selector("#edited-image img")
     page.wait_for_selector("#edit-positions img")
