@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -156,7 +157,7 @@ def test_a_label_edit_swaps_the_other_values_of_its_factor_for_the_target(labell
     red = labelled.concept("colour=red")
     deltas = steering_deltas([Steer(j, 0.0, "scale") for j in (3, 4, 5)], phi, typical, run.codes, torch.ones(64))
     deltas += steering_deltas([Steer(j, 2.0 * w) for j, w in zip(red.latents, red.weights)], phi, typical, run.codes, mass)
-    expected = labelled.generator._steered("a green star", 2, None, run, deltas, (0, labelled.generator.num_steps - 1))
+    expected = labelled.generator._steered(run, deltas, (0, labelled.generator.num_steps - 1))
     assert torch.allclose(edit.steered_images, expected.steered_images, atol=1e-5)
     assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist()
 
@@ -174,7 +175,7 @@ def test_a_to_b_takes_away_the_source_and_the_other_values_where_the_source_fire
     red = labelled.concept("colour=red")
     deltas = steering_deltas([Steer(j, 0.0, "scale") for j in removed], phi, typical, run.codes, where)
     deltas += steering_deltas([Steer(j, 2.0 * w) for j, w in zip(red.latents, red.weights)], phi, typical, run.codes, mass)
-    expected = labelled.generator._steered("a green star", 2, None, run, deltas, (0, labelled.generator.num_steps - 1))
+    expected = labelled.generator._steered(run, deltas, (0, labelled.generator.num_steps - 1))
     assert torch.allclose(edit.steered_images, expected.steered_images, atol=1e-5)
     assert edit.edit.positions.flatten().tolist() == (mass > 0).float().tolist() and edit.edit.source == source
 
@@ -203,7 +204,7 @@ def test_the_codes_of_an_edited_run_are_those_of_its_recorded_trajectory(labelle
     info = labelled.edit("a blue square", 1, "colour=red", where="all", strength=3.0).edit
     latents, amounts = swap_amounts(run.codes, info.removed, info.target, labelled.typical_activation, 3.0, torch.ones(64))
     deltas = edit_deltas(latents, amounts, labelled.feature_trajectories)
-    generated, codes = labelled.generator._recorded("a blue square", 1, None, run, deltas, (2, labelled.generator.num_steps - 1))
+    generated, codes = labelled.generator._recorded(run, deltas, (2, labelled.generator.num_steps - 1))
     recorder = TrajectoryRecorder(labelled.generator.site, labelled.generator.recorded_steps)  # independently: a whole run, recorded
     hook = SteeringHook(labelled.generator.site, deltas, labelled.generator.recorded_steps, (2, labelled.generator.num_steps - 1))
     with torch.no_grad():
@@ -260,3 +261,51 @@ def test_auto_positions_follow_where_the_concept_belongs(labelled):
                                             (red, gray, "background", 1 - halo)):  # a source says where to work
         resolved, found = labelled.generator._edit_positions(run, "auto", spec, source)
         assert resolved == region and torch.equal(found, positions)
+
+
+@pytest.fixture(scope="module")
+def upload(labelled):
+    """An image the model made, saved as a user would upload it: its pixels, not its run."""
+    return labelled.generator.base("a green star", 2).image
+
+
+def test_an_upload_with_no_edit_is_its_own_faithful_reconstruction(labelled, upload):
+    out = labelled.edit_image(upload, prompt="a green star")
+    assert np.array_equal(np.asarray(out.base), np.asarray(upload))  # pixel-space model: the path ends on the upload itself
+    assert np.array_equal(np.asarray(out.steered), np.asarray(upload))
+    assert out.base_run.faithful and out.base_run.fidelity > 40
+    calls = labelled.generator.sampler.calls
+    assert labelled.edit_image(upload.copy(), prompt="a green star").base_run is out.base_run  # the same pixels: inverted once
+    assert labelled.generator.sampler.calls == calls
+
+
+def test_steering_an_upload_departs_from_its_reconstruction_only_by_the_steering(labelled, upload):
+    nothing = labelled.steer_image(upload, [Steer(9, 0.0)], window=(2, 5))
+    assert torch.allclose(nothing.steered_images, nothing.base_run.result.images, atol=1e-5)
+    steered = labelled.steer_image(upload, [Steer(9, 8.0)], window=(2, 5))
+    assert not torch.allclose(steered.steered_images, nothing.base_run.result.images, atol=1e-2)
+    fired = labelled.steer_image(upload, [Steer(9, 8.0)], mask="fired")  # every mask works on an upload
+    where = (nothing.base_run.codes[:, 9] > 0).float()
+    deltas = steering_deltas([Steer(9, 8.0)], labelled.feature_trajectories, labelled.typical_activation, nothing.base_run.codes, where)
+    expected = labelled.generator._steered(nothing.base_run, deltas, (0, labelled.generator.num_steps - 1))
+    assert torch.allclose(fired.steered_images, expected.steered_images, atol=1e-6)
+
+
+def test_an_edit_of_an_upload_is_exactly_the_steering_it_claims(labelled, upload):
+    edit = labelled.edit_image(upload, {9: 3.0, 12: 1.0}, strength=4.0, where="all")
+    steered = labelled.steer_image(upload, [Steer(9, 3.0), Steer(12, 1.0)])
+    assert torch.allclose(edit.steered_images, steered.steered_images, atol=1e-5)
+    swap = labelled.edit_image(upload, "colour=red", strength=2.0, where="all")
+    assert swap.edit.removed.latents == (3, 4, 5) and swap.base_run is edit.base_run
+
+
+def test_bad_edits_of_an_upload_are_refused_before_any_inversion(labelled, upload):
+    calls, cached = labelled.generator.sampler.calls, len(labelled.generator.base_runs)
+    for bad, message in ((dict(source="colour=red"), "needs a target"), (dict(target="colour=pink"), "values of colour"),
+                         (dict(target="colour=red", strength=float("inf")), "strength"), (dict(target="colour=red", window=(9, 2)), "window"),
+                         (dict(target="colour=red", prompt="red " * 40), "tokens long")):
+        with pytest.raises(ExplorerError, match=message):
+            labelled.edit_image(upload.rotate(90), **bad)
+    with pytest.raises(ExplorerError, match="does not exist"):
+        labelled.steer_image(upload.rotate(90), [Steer(999, 1.0)])
+    assert labelled.generator.sampler.calls == calls and len(labelled.generator.base_runs) == cached

@@ -113,9 +113,9 @@ def test_maps_over_time_are_topk_codes_of_the_prefixes_and_end_in_the_codes(tiny
     assert torch.equal(tiny_bundle.generator.maps_over_time(run, [j])[0], maps[j])
 
 
-def test_an_uploaded_image_gets_codes_and_maps(tiny_bundle):
+def test_an_uploaded_image_gets_codes_and_maps_from_the_run_that_reproduces_it(tiny_bundle):
     generated = tiny_bundle.generator.base("a blue circle", 4)
-    uploaded = tiny_bundle.generator.trajectory_of_image(generated.image, prompt="a blue circle")
+    uploaded = tiny_bundle.generator.invert(generated.image, prompt="a blue circle")
     assert uploaded.traj.shape == generated.traj.shape
     assert uploaded.codes.shape == generated.codes.shape and ((uploaded.codes > 0).sum(1) <= 4).all()
     assert torch.allclose(uploaded.result.images, generated.result.images, atol=1 / 255)

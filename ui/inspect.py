@@ -44,7 +44,7 @@ def inspect_upload(ex: Explorer, path, prompt: str = "") -> Inspection:
     """Latents of an uploaded image file, noised forward to each recorded step (conditioned on `prompt` if given)."""
     image = open_upload(path)
     prompt = check_prompt(prompt) if isinstance(prompt, str) and prompt.strip() else ""
-    return inspect_run(ex, ex.generator().trajectory_of_image(image, prompt=prompt))
+    return inspect_run(ex, ex.generator().invert(image, prompt=prompt))
 
 
 def inspect_prompt(ex: Explorer, prompt, seed) -> Inspection:

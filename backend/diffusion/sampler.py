@@ -33,6 +33,7 @@ class SampleResult:
     timesteps: Tensor  # [num_steps] scheduler timesteps
     latents: list[Tensor] | None = None  # x before step i for i = 0..num_steps-1, then the final x
     x0_predictions: list[Tensor] | None = None  # the model's clean-image estimate at each step run
+    corrections: list[Tensor] | None = None  # what each step missed of the path a `follow` run was held on
 
 
 def make_scheduler(model: DiffusionModel, num_steps: int) -> DDIMScheduler:
@@ -86,15 +87,25 @@ def decode(model: DiffusionModel, latents: Tensor) -> Tensor:
     return (latents.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
+def pixels(image: Image.Image, height: int, width: int) -> Tensor:
+    """A PIL image resized to (height, width) as Tensor[3, H, W] in [0, 1]."""
+    array = np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 255
+
+
+def psnr(image: Tensor, reference: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1] (capped at 100 dB for identical images)."""
+    mse = float(((image.float() - reference.float()) ** 2).mean())
+    return min(100.0, 10 * np.log10(1 / mse)) if mse > 0 else 100.0
+
+
 @torch.inference_mode()
 def encode_image(model: DiffusionModel, image: Image.Image) -> Tensor:
     """A PIL image to the model's x_0 (VAE latents, or pixels in [-1, 1]), resized to the model's size."""
-    height, width = image_size(model)
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.float32))
-    pixels = (pixels.permute(2, 0, 1)[None] / 127.5 - 1).to(model.device, model.dtype)
+    x = (pixels(image, *image_size(model))[None] * 2 - 1).to(model.device, model.dtype)
     if model.vae is None:
-        return pixels
-    return model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor
+        return x
+    return model.vae.encode(x).latent_dist.mean * model.vae.config.scaling_factor
 
 
 def image_size(model: DiffusionModel) -> tuple[int, int]:
@@ -115,11 +126,17 @@ class SamplingRun:
     Image i uses seed `seed + i` (or `seed[i]`). With `start_step = s` and `start_latents` = the x
     a previous run had before step s (its `latents[s]`), the run continues from there: steps
     before s are not recomputed.
+
+    `follow` (the x before every step and after the last, as from an inversion) holds the run on
+    that path: after each step x is set to the next state, and what the step missed is kept in
+    `corrections`. A run given those `corrections` adds them after its steps, so without hooks it
+    retraces the path, and with hooks it departs from it only by what the hooks change.
     """
 
     def __init__(self, model: DiffusionModel, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, num_steps: int = 25,
                  guidance_scale: float = 7.5, hooks: Sequence[SiteHook] = (), height: int | None = None, width: int | None = None,
-                 start_step: int = 0, start_latents: Tensor | None = None, keep_latents: bool = False, keep_x0: bool = False):
+                 start_step: int = 0, start_latents: Tensor | None = None, keep_latents: bool = False, keep_x0: bool = False,
+                 follow: Sequence[Tensor] | None = None, corrections: Sequence[Tensor] | None = None):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
@@ -145,6 +162,11 @@ class SamplingRun:
             self.x = start_latents.to(model.device, model.dtype)
         self.latents = [None] * start_step + [self.x] if keep_latents else None  # positions before start_step are not known here
         self.x0_predictions = [] if keep_x0 else None
+        for path, name in ((follow, "follow"), (corrections, "corrections")):
+            if path is not None and len(path) != num_steps + (name == "follow"):
+                raise ExplorerError(f"{name} must hold one tensor per sampler step{' and the final x' * (name == 'follow')}.")
+        self.follow = follow
+        self.corrections = list(corrections) if corrections is not None else [] if follow is not None else None
 
     @property
     def done(self) -> bool:
@@ -168,6 +190,11 @@ class SamplingRun:
             out = out_uncond + self.guidance_scale * (out_cond - out_uncond)
         stepped = self.scheduler.step(out, self.scheduler.timesteps[self.step], self.x)
         self.x = stepped.prev_sample
+        if self.follow is not None:
+            self.x = self.follow[self.step + 1].to(self.x)
+            self.corrections.append(self.x - stepped.prev_sample)
+        elif self.corrections is not None:
+            self.x = self.x + self.corrections[self.step].to(self.x)
         self.step += 1
         if self.latents is not None:
             self.latents.append(self.x)
@@ -177,7 +204,7 @@ class SamplingRun:
     def result(self) -> SampleResult:
         """The finished run's images (decoded here) and what it was asked to keep."""
         return SampleResult(images=decode(self.model, self.x), timesteps=self.scheduler.timesteps, latents=self.latents,
-                            x0_predictions=self.x0_predictions)
+                            x0_predictions=self.x0_predictions, corrections=self.corrections if self.follow is not None else None)
 
 
 @torch.inference_mode()

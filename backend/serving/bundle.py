@@ -496,6 +496,15 @@ class Bundle:
         """A concept edit (see `Generator.edit`): base and edited images, `.edit` says what was done; needs `attach_model`."""
         return self._generator.edit(prompt, seed, target, source, strength, window, where, **options)
 
+    def steer_image(self, image, steering=(), prompt: str = "", **options):
+        """An uploaded PIL image steered beside its reconstruction (see `Generator.steer_image`); needs `attach_model`."""
+        return self._generator.steer_image(image, list(steering), prompt, **options)
+
+    def edit_image(self, image, target=None, source=None, prompt: str = "", strength: float | None = None, window=None,
+                   where: str = "auto", **options):
+        """A concept edit of an uploaded PIL image beside its reconstruction (see `Generator.edit_image`); needs `attach_model`."""
+        return self._generator.edit_image(image, target, source, prompt, strength, window, where, **options)
+
     def contrast(self, with_prompts: list[str], without_prompts: list[str], seeds=(0, 1), n: int = 20):
         """Latents that fire more on `with_prompts` than on `without_prompts` (contrast.py), best first; needs `attach_model`."""
         from backend.serving.contrast import contrast

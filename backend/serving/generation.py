@@ -1,5 +1,6 @@
 """Generation for a bundle: cached base runs, steered regeneration from the window start, maps over time."""
 
+import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from backend.diffusion.hooks import TrajectoryRecorder, attached
+from backend.diffusion.hooks import TrajectoryRecorder
+from backend.diffusion.inversion import InversionRun
 from backend.diffusion.models import DiffusionModel
 from backend.diffusion.sampler import (
     SampleResult,
@@ -17,10 +19,8 @@ from backend.diffusion.sampler import (
     check_prompts,
     decode,
     encode_image,
-    encode_prompts,
-    image_size,
-    initial_noise,
-    make_scheduler,
+    pixels,
+    psnr,
     to_pil,
 )
 from backend.diffusion.steering import Steer, SteeringHook, steering_deltas  # Steer: the request type of Bundle.generate
@@ -32,6 +32,9 @@ from backend.serving.edits import (HALO_SPREAD, LADDER, PLACES, WHERE, EditInfo,
 from backend.serving.recent import Recent
 
 MASKS = ("all", "fired")
+# Below this PSNR an upload's reconstruction is not presented as the upload: SD 1.5's VAE alone gives about 25-30 dB
+# on photographs, the exact path of the demo's pixel-space model 40 dB and more (uint8 rounding).
+FAITHFUL_PSNR = 20.0
 
 
 def base_run_budget() -> int:
@@ -49,21 +52,34 @@ def base_run_budget() -> int:
 
 @dataclass
 class BaseRun:
-    """An unsteered run, kept so steering can start from its latents and read its codes."""
+    """An unsteered run, kept so steering can start from its latents and read its codes.
+
+    For an uploaded image it is the run that reproduces it (`Generator.invert`): its latents are the
+    inversion's path and its corrections what holds a sampler run on that path.
+    """
 
     result: SampleResult  # with latents before every step
     traj: Tensor  # [P, T, C] the site's trajectory (conditional half)
     codes: Tensor  # [P, n_latents]
+    prompt: str  # what the run (and every run steered from it) is conditioned on
+    guidance: float
+    fidelity: float | None = None  # an uploaded image's reconstruction PSNR in dB (None: a generated image)
 
     @property
     def image(self) -> Image.Image:
         return to_pil(self.result.images)[0]
 
     @property
+    def faithful(self) -> bool:
+        """Whether the run shows what was uploaded (generated runs always do)."""
+        return self.fidelity is None or self.fidelity >= FAITHFUL_PSNR
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the run's tensors (an SD 1.5 run at 512 px holds about 120 MB, a demo run well under 1 MB)."""
         result = self.result
-        tensors = [result.images, result.timesteps, self.traj, self.codes, *(result.latents or []), *(result.x0_predictions or [])]
+        tensors = [result.images, result.timesteps, self.traj, self.codes,
+                   *(result.latents or []), *(result.x0_predictions or []), *(result.corrections or [])]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -118,7 +134,34 @@ class Generator:
         result = self.sampler.run(SamplingRun(self.model, prompt, seed, num_steps=self.num_steps, guidance_scale=guidance,
                                               hooks=[recorder], keep_latents=True, keep_x0=True))
         traj = recorder.trajectories()[0]  # [P, T, C]
-        return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
+        return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj), prompt=prompt, guidance=guidance)
+
+    def invert(self, image: Image.Image, prompt: str = "", guidance_scale: float | None = None) -> BaseRun:
+        """An uploaded image as a base run that reproduces it, steered and edited like a generated one; cached like `base`.
+
+        DDIM inversion (inversion.py, conditioned on `prompt`, unconditional when empty) gives the
+        path of states from noise to the image; the base run is the sampler held on that path at
+        the bundle's guidance, keeping what each step missed as corrections that every steered run
+        from it adds again. Without steering, a run retraces the path to the image exactly (through
+        the VAE's round trip for latent models): 2 × num_steps UNet passes per upload.
+        """
+        if prompt:
+            self.check_prompts([prompt])
+        x0 = encode_image(self.model, image)
+        guidance = self._guidance(guidance_scale)
+        key = ("upload", hashlib.sha256(x0.float().cpu().numpy().tobytes()).hexdigest(), prompt, guidance)
+        return self.base_runs.get(key, lambda: self._invert(image, x0, prompt, guidance))
+
+    def _invert(self, image: Image.Image, x0: Tensor, prompt: str, guidance: float) -> BaseRun:
+        states = self.sampler.run(InversionRun(self.model, x0, prompt, self.num_steps))
+        recorder = TrajectoryRecorder(self.site, self.recorded_steps)
+        result = self.sampler.run(SamplingRun(self.model, prompt, 0, num_steps=self.num_steps, guidance_scale=guidance,
+                                              hooks=[recorder], start_latents=states[0], follow=states, keep_latents=True,
+                                              keep_x0=True))
+        traj = recorder.trajectories()[0]
+        upload = pixels(image, *result.images.shape[-2:])
+        return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj), prompt=prompt, guidance=guidance,
+                       fidelity=psnr(result.images[0], upload))
 
     @staticmethod
     def _region(mask) -> Tensor | None:
@@ -147,6 +190,17 @@ class Generator:
     def generate(self, prompt: str, seed: int, steering: list[Steer], window: tuple[int, int] | None = None,
                  mask="all", guidance_scale: float | None = None, allow_empty: bool = False) -> Generation:
         """Steered image beside its base; sampler steps before the window are taken from the base run."""
+        steers, window = self._check_steering(steering, window, mask)
+        return self._steer(self.base(prompt, seed, guidance_scale, allow_empty), steers, window, mask)
+
+    def steer_image(self, image: Image.Image, steering: list[Steer], prompt: str = "", window: tuple[int, int] | None = None,
+                    mask="all", guidance_scale: float | None = None) -> Generation:
+        """`generate` for an uploaded image: steered beside its reconstruction (`invert`)."""
+        steers, window = self._check_steering(steering, window, mask)
+        return self._steer(self.invert(image, prompt, guidance_scale), steers, window, mask)
+
+    def _check_steering(self, steering, window, mask) -> tuple[list[Steer], tuple[int, int]]:
+        """The steering entries and window, checked before any model work (clear errors for bad ones)."""
         try:
             steers = [s if isinstance(s, Steer) else Steer(**s) for s in steering]
         except TypeError as err:
@@ -156,14 +210,15 @@ class Generator:
             j = self.bundle.check_latent(steer.latent)
             if steer.mode == "add" and not typical[j] > 0:
                 raise ExplorerError(f"Latent {j} never fired on the atlas images, so it has no typical activation to add in units of.")
-        window = self._window(window)
         self._region(mask)
-        run = self.base(prompt, seed, guidance_scale, allow_empty)
+        return steers, self._window(window)
+
+    def _steer(self, run: BaseRun, steers: list[Steer], window: tuple[int, int], mask) -> Generation:
         if not steers:
             return Generation(base=run.image, steered=run.image, base_run=run, steered_images=run.result.images)
-        deltas = steering_deltas(steers, self.bundle.feature_trajectories, typical, run.codes, self._mask(mask, steers, run),
-                                 self.bundle.is_global)
-        return self._steered(prompt, seed, guidance_scale, run, deltas, window)
+        deltas = steering_deltas(steers, self.bundle.feature_trajectories, self.bundle.typical_activation, run.codes,
+                                 self._mask(mask, steers, run), self.bundle.is_global)
+        return self._steered(run, deltas, window)
 
     def _window(self, window) -> tuple[int, int]:
         """The inclusive sampler-step window (default: the whole schedule), or a clear error."""
@@ -175,14 +230,13 @@ class Generator:
             raise ExplorerError(f"Step window must satisfy 0 ≤ start ≤ end < {self.num_steps}, got {window!r}.")
         return start, end
 
-    def _steered(self, prompt: str, seed: int, guidance_scale: float | None, run: BaseRun, deltas: Tensor,
-                 window: tuple[int, int], after=(), **extra) -> Generation:
+    def _steered(self, run: BaseRun, deltas: Tensor, window: tuple[int, int], after=(), **extra) -> Generation:
         """The base run resampled from the window's start with `deltas` [T, P, C] added inside the window
         (hooks in `after` see each step's edited output)."""
         hook = SteeringHook(self.site, deltas, self.recorded_steps, window)
-        steered = self.sampler.run(SamplingRun(self.model, prompt, int(seed), num_steps=self.num_steps,
-                                               guidance_scale=self._guidance(guidance_scale), hooks=[hook, *after],
-                                               start_step=window[0], start_latents=run.result.latents[window[0]]))
+        steered = self.sampler.run(SamplingRun(self.model, run.prompt, 0, num_steps=self.num_steps, guidance_scale=run.guidance,
+                                               hooks=[hook, *after], start_step=window[0], start_latents=run.result.latents[window[0]],
+                                               corrections=run.result.corrections))
         return Generation(base=run.image, steered=to_pil(steered.images)[0], base_run=run, steered_images=steered.images, **extra)
 
     def edit(self, prompt: str, seed: int, target, source=None, strength: float | None = None, window=None,
@@ -194,6 +248,22 @@ class Generator:
         smallest whose run's own codes read the target on the edited positions; an explicit
         strength runs once.
         """
+        request = self._check_edit(target, source, strength, window, where)
+        return self._edit(self.base(prompt, seed, guidance_scale), *request)
+
+    def edit_image(self, image: Image.Image, target=None, source=None, prompt: str = "", strength: float | None = None,
+                   window=None, where: str = "auto", guidance_scale: float | None = None) -> Generation:
+        """`edit` for an uploaded image, beside its reconstruction (`invert`); with no target the reconstruction twice."""
+        if target is None:
+            if source is not None:
+                raise ExplorerError("An edit with a source needs a target: what should the source become?")
+            _, window = self._check_steering([], window, "all")
+            return self._steer(self.invert(image, prompt, guidance_scale), [], window, "all")
+        request = self._check_edit(target, source, strength, window, where)
+        return self._edit(self.invert(image, prompt, guidance_scale), *request)
+
+    def _check_edit(self, target, source, strength, window, where) -> tuple:
+        """(target, source, strength, window, where) checked before any model work, concepts resolved."""
         bundle = self.bundle
         target = bundle.concept(target)
         source = None if source is None else bundle.concept(source)
@@ -213,7 +283,11 @@ class Generator:
         if dead:
             raise ExplorerError(f"Latents {dead[:8]} never fired on the atlas images, so they have no typical activation to edit in "
                                 "units of; leave them out of the concept.")
-        run = self.base(prompt, seed, guidance_scale)
+        return target, source, strength, window, where
+
+    def _edit(self, run: BaseRun, target: Concept, source: Concept | None, strength: float | None, window: tuple[int, int],
+              where: str) -> Generation:
+        bundle, typical = self.bundle, self.bundle.typical_activation
         region, positions = self._edit_positions(run, where, target, source)
         if source is not None:  # A → B works where A fired
             positions = positions * (code_mass(run.codes, source, typical) > 0)
@@ -233,11 +307,10 @@ class Generator:
             raise ExplorerError(f"Nothing to edit in this image: {what}. Try another 'where' or another source.")
         info = dict(target=target, source=source, removed=removed, where=region, positions=edited.reshape(self.grid))
         if strength is not None:
-            return self._steered(prompt, seed, guidance_scale, run, deltas(strength), window,
-                                 edit=EditInfo(strength=strength, automatic=False, reached=None, **info))
+            return self._steered(run, deltas(strength), window, edit=EditInfo(strength=strength, automatic=False, reached=None, **info))
         rivals = rivals_of(target, source, bundle.labels)
         with ThreadPoolExecutor(len(LADDER)) as pool:  # concurrent runs share the batched sampler's UNet calls
-            tries = list(pool.map(lambda alpha: self._recorded(prompt, seed, guidance_scale, run, deltas(alpha), window), LADDER))
+            tries = list(pool.map(lambda alpha: self._recorded(run, deltas(alpha), window), LADDER))
         reading = [reads_target(codes, run.codes, target, rivals, edited, typical) for _, codes in tries]
         chosen = reading.index(True) if any(reading) else len(LADDER) - 1
         generation = tries[chosen][0]
@@ -260,8 +333,7 @@ class Generator:
             return where, object_positions(decoded).float()
         return where, (~object_positions(decoded, HALO_SPREAD)).float()
 
-    def _recorded(self, prompt: str, seed: int, guidance_scale: float | None, run: BaseRun, deltas: Tensor,
-                  window: tuple[int, int]) -> tuple[Generation, Tensor]:
+    def _recorded(self, run: BaseRun, deltas: Tensor, window: tuple[int, int]) -> tuple[Generation, Tensor]:
         """A steered run and the codes of its edited trajectory (steps before the window are the base run's).
 
         The codes read the site after each step's edit, so they say whether the edit, with what the
@@ -270,36 +342,13 @@ class Generator:
         """
         later = [s for s in self.recorded_steps if s >= window[0]]
         recorder = TrajectoryRecorder(self.site, later)
-        generation = self._steered(prompt, seed, guidance_scale, run, deltas, window, after=[recorder])
+        generation = self._steered(run, deltas, window, after=[recorder])
         traj = torch.cat([run.traj[:, : len(self.recorded_steps) - len(later)], recorder.trajectories()[0]], dim=1)
         return generation, self.bundle.codes(traj)
 
     def x0_images(self, run: BaseRun) -> list[Image.Image]:
         """The model's clean-image estimate at each recorded step: what it "sees" at step t."""
         return to_pil(torch.cat([decode(self.model, run.result.x0_predictions[s]) for s in self.recorded_steps]))
-
-    def trajectory_of_image(self, image: Image.Image, prompt: str = "", seed: int = 0) -> BaseRun:
-        """Codes of an uploaded image: noise it forward to each recorded step and record the site there.
-
-        Each recorded step gets its own UNet call on x_t = add_noise(x_0, ε, t) with one shared ε,
-        conditioned on `prompt` (empty: unconditional), as if the sampler had reached that step.
-        """
-        if prompt:
-            check_prompts(self.model, [prompt])
-        x0 = encode_image(self.model, image)
-        scheduler = make_scheduler(self.model, self.num_steps)
-        noise = initial_noise(self.model, [int(seed)], *image_size(self.model))
-        embeddings = encode_prompts(self.model, [prompt])
-        recorder = TrajectoryRecorder(self.site, self.recorded_steps)
-        with self._model_lock, torch.inference_mode():
-            for step in self.recorded_steps:
-                t = scheduler.timesteps[step]
-                x_t = scheduler.scale_model_input(scheduler.add_noise(x0, noise, t[None]), t)
-                with attached(self.model.unet, [recorder], step, slice(0, 1)):
-                    self.model.unet(x_t, t, encoder_hidden_states=embeddings)
-        traj = recorder.trajectories()[0]
-        result = SampleResult(images=decode(self.model, x0), timesteps=scheduler.timesteps)
-        return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj))
 
     def maps_over_time(self, run: BaseRun, latents: list[int]) -> Tensor:
         """Prefix-encoded maps (DESIGN.md step 6): Tensor[len(latents), T, H, W]."""
