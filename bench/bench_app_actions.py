@@ -4,8 +4,8 @@
 
 Opens the explorer as `python app.py` does and calls the handlers the app's events call: a latent
 page (atlas only), the map over denoising time of its top image (a base run, decoded through
-the VAE when the model has one), a steer from step 0, an upload through Inspect (the image
-encoded by the VAE and noised forward) and an image generated through Inspect. Prints the
+the VAE when the model has one), a steer from step 0, an upload through Your image (the image
+encoded, DDIM-inverted and reproduced by the held run) and an image generated there. Prints the
 seconds of each, after one untimed latent page, and the machine. The baseline is the base run
 alone (a plain generation of the same prompt and seed in the same run): each model action is
 given as a multiple of it.
@@ -51,8 +51,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         upload = Path(folder) / "upload.png"
         base.image.save(upload)
-        rows["Inspect: upload (VAE encode, noised forward)"], _ = timed(lambda: inspect.inspect_upload(ex, str(upload), prompt))
-    rows["Inspect: generate (base cached)"], _ = timed(lambda: inspect.inspect_prompt(ex, prompt, seed + 1))
+        rows["Your image: upload (encode, inversion, held run)"], _ = timed(lambda: inspect.inspect_upload(ex, str(upload), prompt))
+    rows["Your image: generate (base cached)"], _ = timed(lambda: inspect.inspect_prompt(ex, prompt, seed + 1))
 
     frames = len(line[0].frames) if line[0] is not None else 0
     print(f"device: {device_name()}; bundle {args.bundle}: {len(ex.table.frequency)} latents, {frames} recorded steps, "

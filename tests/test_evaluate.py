@@ -6,7 +6,9 @@ from PIL import Image
 
 from backend.errors import ExplorerError
 from backend.evaluation import evaluate
-from backend.evaluation.edits import FRESH_SEED, KEPT, edit_table, goal_lines, markdown, write_edit_report
+from backend.evaluation.edit_report import KEPT, write_edit_report
+from backend.evaluation.edits import FRESH_SEED, edit_table, goal_lines, markdown
+from backend.evaluation.uploads import UPLOAD_MECHANISMS, UPLOAD_SEED, upload_goal_lines
 from backend.evaluation.evaluate import EvaluateConfig, Evaluation, parse_config
 from backend.evaluation.report import write_report
 from backend.serving.bundle import Bundle
@@ -138,9 +140,9 @@ def test_the_edit_report_states_the_goals_and_keeps_notes_below_the_marker(tmp_p
     assert goal_lines(table) == [f"- colour, {name}: reached 0.94 (goal ≥ 0.9), clean 0.75 (goal ≥ 0.7): **met**",
                                  f"- size, {name}: reached 0.50 (goal ≥ 0), clean 0.25 (goal ≥ 0.5): **missed**"]
     path = tmp_path / "EDITS.md"
-    write_edit_report(table, "cmd", "CPU", path)
+    write_edit_report(table, {}, "cmd", "CPU", path)
     path.write_text(path.read_text() + "\n## Notes\nwhat else was tried\n")
-    write_edit_report(table, "cmd2", "CPU", path)
+    write_edit_report(table, {}, "cmd2", "CPU", path)
     text = path.read_text()
     assert "Made by `cmd2`" in text and text.endswith("## Notes\nwhat else was tried\n") and text.count(KEPT) == 1
 
@@ -152,8 +154,8 @@ def test_edits_of_a_built_bundle_are_measured_on_fresh_prompts_and_resume(evalua
     planted = [{"factor": factor, "value": values[j % 4], "purity": 0.5 + j / 100, "enrichment": 0.5} for j in range(16)]
     monkeypatch.setattr(Bundle, "labels", property(lambda bundle: planted + [{}] * (bundle.n_latents - 16)))
     edit_config = EvaluateConfig(**TINY, work_dir=str(tmp_path / "work"), out=str(tmp_path / "docs"), bundle=str(bundle_dir),
-                                 edit_factors=factor, edit_trials=2)
-    table = evaluate.evaluate_edits(edit_config)
+                                 edit_factors=factor, edit_trials=2, upload_factors=factor, upload_trials=2)
+    table, uploads = evaluate.evaluate_edits(edit_config)
     assert set(table) == {factor}
     cells = table[factor]
     assert set(cells) >= {"→ B in place of the other values, automatic strength", "purest latent everywhere, α = 10",
@@ -164,5 +166,24 @@ def test_edits_of_a_built_bundle_are_measured_on_fresh_prompts_and_resume(evalua
     rows = json.loads((tmp_path / "work" / "edits" / f"{factor}.json").read_text())["rows"]
     assert all(row["seed"] >= FRESH_SEED for row in rows)  # never an atlas, training or test seed
     assert f"| {factor} | → B in place of the other values, automatic strength | 2 |" in (tmp_path / "docs" / "EDITS.md").read_text()
-    monkeypatch.setattr(evaluate, "edit_trials", lambda *a, **k: pytest.fail("a finished factor was measured again"))
-    assert evaluate.evaluate_edits(edit_config) == table
+    assert set(uploads[factor]) == set(UPLOAD_MECHANISMS)
+    for cell in uploads[factor].values():
+        assert cell["n"] == 2 and 0 <= cell["clean"] <= cell["reached"] <= 1 and 0 <= cell["kept"] <= 1
+    assert uploads[factor]["held inversion, → B automatic"]["kept"] == 1.0  # a pixel-space model's held path ends on the upload
+    rows = json.loads((tmp_path / "work" / "uploads" / f"{factor}.json").read_text())["rows"]
+    assert all(row["seed"] >= UPLOAD_SEED for row in rows)
+    assert f"| {factor} | held inversion, → B automatic | 2 | 1.00 |" in (tmp_path / "docs" / "EDITS.md").read_text()
+    for measure in ("edit_trials", "upload_trials"):
+        monkeypatch.setattr(evaluate, measure, lambda *a, **k: pytest.fail("a finished factor was measured again"))
+    assert evaluate.evaluate_edits(edit_config) == (table, uploads)
+
+
+def test_upload_goals_judge_the_apps_way_of_editing_an_upload():
+    app, other = list(UPLOAD_MECHANISMS)[:2]
+    cell = lambda kept, reached, clean: dict(n=16, kept=kept, reached=reached, clean=clean, median_strength=2.0)  # noqa: E731
+    table = {"colour": {app: cell(1.0, 0.81, 0.62), other: cell(0.5, 1.0, 1.0)}, "background": {app: cell(0.88, 0.5, 0.25)}}
+    assert upload_goal_lines(table) == [
+        "- colour: reconstruction kept 1.00 of the readings (goal ≥ 0.9): **met**",
+        f"- colour, {app}: reached 0.81 (goal ≥ 0.8), clean 0.62 (goal ≥ 0.6): **met**",
+        "- background: reconstruction kept 0.88 of the readings (goal ≥ 0.9): **missed**"]
+    assert markdown(table).splitlines()[2] == f"| colour | {app} | 16 | 1.00 | 0.81 | 0.62 | 2 |"

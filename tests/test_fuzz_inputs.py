@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from backend.errors import ExplorerError
 from tests.test_ui_api import app_url
 from tests.test_ui_handlers import NO_STEER, one_thread, tiny_explorer
-from ui import browse, edit, find, steer, views
+from ui import browse, edit, find, steer, views, your_image
 from ui.state import MAX_SEED, parse_int, parse_query
 
 PYTHON_ERROR = re.compile(r"invalid literal|Traceback|object has no attribute|KeyError|/tmp/|/work/")  # raw exception text, paths
@@ -128,6 +128,49 @@ def test_an_edit_request_of_any_shape_is_an_edit_or_a_message(ex, target, target
     else:
         assert base.size == edited.size == positions.size and caption.startswith("**") and was_automatic == automatic
         assert made["edit_target"] in (target, str(target_ids or "").strip())
+
+
+@pytest.fixture(scope="module")
+def upload(ex, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("upload") / "upload.png"
+    ex.bundle.generator.base("a green circle", 3, 4.0).image.save(path)
+    return str(path)
+
+
+# what the upload box holds: the good file, nothing, a missing file, or no path at all
+upload_value = st.one_of(st.just("the upload"), st.sampled_from([None, "", "missing.png", 7, {"path": "x"}, ["a.png"]]))
+optional_prompt = st.one_of(st.text(max_size=60), st.just("x" * 600), st.just("a red circle on the top left of a blue square star"), st.none(),
+                            st.integers())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=upload_value, prompt=optional_prompt, target=concept_text, source=concept_text, where=st.one_of(st.sampled_from(list(edit.WHERE_CHOICES)),
+       st.text(max_size=6)), strength=strength, automatic=st.one_of(st.booleans(), st.none()), start=anything)
+def test_an_upload_edit_request_of_any_shape_is_an_edit_or_a_message(ex, upload, path, prompt, target, source, where, strength, automatic,
+                                                                       start):
+    try:
+        base, edited, positions, caption, used, was_automatic, made = your_image.edit_upload(
+            ex, upload if path == "the upload" else path, prompt, start, 5, target, "", False, None, source, "", where, strength, automatic)
+    except ExplorerError as err:
+        assert str(err) and not PYTHON_ERROR.search(str(err))
+    else:
+        assert base.size == edited.size == positions.size and caption.startswith("**") and "reconstruction PSNR" in caption
+    assert your_image.edit_upload(ex, upload, "", 0, 5, None, "3", False, None, "", "", "everywhere", 2, False)[3].startswith("**→ latents 3**")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=upload_value, prompt=optional_prompt, latent=anything, position=strength, mode=st.one_of(st.sampled_from(["add", "scale", "ablate"]),
+       st.text(max_size=6)), mask=st.one_of(st.sampled_from(steer.MASK_CHOICES), st.text(max_size=6)),
+       cells=st.one_of(st.none(), st.lists(st.one_of(st.sampled_from(steer.CELLS), st.text(max_size=6)), max_size=3)), end=anything)
+def test_an_upload_steer_request_of_any_shape_is_an_image_or_a_message(ex, upload, path, prompt, latent, position, mode, mask, cells, end):
+    try:
+        base, steered, diff, text = your_image.steer_upload(ex, upload if path == "the upload" else path, prompt, 0, end, mask, cells,
+                                                            latent, position, mode)
+    except ExplorerError as err:
+        assert str(err) and not PYTHON_ERROR.search(str(err))
+    else:
+        assert base.size == steered.size == diff.size and "reconstruction PSNR" in text
+    assert your_image.steer_upload(ex, upload, "", 0, 5, "everywhere", [], "", 0.0, "add")[3].startswith("No latent chosen")
 
 
 prompt_list = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(["a red circle", "a blue star", " ", "", "x" * 400]), max_size=40).map("\n".join),

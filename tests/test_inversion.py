@@ -1,6 +1,8 @@
 """DDIM inversion and runs held on its path: an uploaded image becomes a run that reproduces it."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from PIL import Image
 
@@ -73,3 +75,12 @@ def test_an_upload_through_a_lossy_vae_says_it_is_not_faithful(tiny_bundle, imag
 def test_psnr_is_ten_log10_of_one_over_the_mean_squared_error():
     a, b = torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.1)
     assert psnr(a, b) == pytest.approx(20.0) and psnr(a, a) == 100.0
+
+
+@settings(max_examples=8, deadline=None)
+@given(width=st.integers(1, 80), height=st.integers(1, 80), mode=st.sampled_from(["RGB", "RGBA", "L", "P"]))
+def test_an_upload_of_any_size_aspect_or_mode_is_resized_to_the_model_and_reconstructed(tiny_bundle, width, height, mode):
+    image = Image.effect_noise((width, height), 64).convert(mode)
+    run = tiny_bundle.generator.invert(image)
+    assert run.result.images.shape == (1, 3, 16, 16) and run.faithful  # the pixel-space model reproduces what it was given
+    assert torch.allclose(run.result.images[0], pixels(image, 16, 16), atol=1e-5)

@@ -2,6 +2,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw
 
 from tests.test_ui_api import app_url
 from tests.test_ui_handlers import one_thread
@@ -149,3 +150,26 @@ def test_edit_a_concept_and_share_it(page):
     page.goto(link.input_value(), wait_until="load")  # the link reopens the panel and makes the same edit
     page.locator("#edit-caption", has_text="colour=green → colour=red").wait_for()
     page.wait_for_selector("#edit-positions img")
+
+
+def test_upload_an_image_see_its_reconstruction_and_edit_it(page, tmp_path):
+    upload = tmp_path / "circle.png"
+    image = Image.new("RGB", (48, 40), (128, 128, 128))  # not the model's size: resized, with a notice
+    ImageDraw.Draw(image).ellipse((12, 8, 36, 32), fill=(30, 200, 30))
+    image.save(upload)
+    page.goto(app_url() + "?tab=inspect", wait_until="load")
+    page.locator("#upload input[type=file]").set_input_files(str(upload))
+    page.locator("#upload", has_text="circle.png").wait_for()
+    page.locator("#analyse").click()
+    page.locator("#upload-note", has_text="reconstruction PSNR").wait_for()
+    assert "Resized from 48 × 40 to 16 × 16 pixels" in page.locator("#upload-note").inner_text()
+    page.wait_for_selector("#uploaded img")
+    page.wait_for_selector("#reconstruction img")
+    for box, choice in (("#upload-edit-source", "colour=green"), ("#upload-edit-target", "colour=red")):
+        page.locator(f"{box} input").click()
+        page.locator(box).get_by_role("option", name=choice, exact=True).click()
+    page.locator("#upload-edit-caption", has_text="colour=green → colour=red").wait_for()  # choosing the target edits at once
+    page.wait_for_selector("#upload-edited-image img")
+    page.wait_for_selector("#upload-edit-positions img")
+    assert "reconstruction PSNR" in page.locator("#upload-edit-caption").inner_text()
+    page.screenshot(path=SHOTS / "upload.png", full_page=True)

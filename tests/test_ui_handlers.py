@@ -23,7 +23,7 @@ from backend.serving.edits import LADDER, EditInfo
 from backend.serving.icons import MAX_ICON_STRENGTHS, IconSettings
 from backend.serving.recent import Recent
 from tests.tiny_models import tiny_model
-from ui import browse, edit, find, inspect, status, steer, timeline, views
+from ui import browse, edit, find, inspect, status, steer, timeline, views, your_image
 from ui.explorer import Explorer, open_explorer
 from ui.icons import IconCells
 from ui import explorer, image_files
@@ -374,6 +374,92 @@ def test_inspecting_an_upload_finds_latents(ex, tmp_path):
     assert inspect.inspect_upload(ex, str(path)).rows
     with pytest.raises(ExplorerError, match="Upload"):
         inspect.inspect_upload(ex, None)
+
+
+def saved_upload(ex, tmp_path, size=None) -> tuple[str, Image.Image]:
+    """A green circle the tiny model drew, saved as a PNG (resized to `size`, if given): an upload."""
+    image = ex.bundle.generator.base("a green circle", 3, 4.0).image
+    image = image.resize(size, Image.BICUBIC) if size else image
+    path = tmp_path / "upload.png"
+    image.save(path)
+    return str(path), image
+
+
+def test_an_upload_is_shown_beside_its_reconstruction_with_its_fidelity(ex, tmp_path):
+    path, image = saved_upload(ex, tmp_path)
+    result = inspect.inspect_upload(ex, path)
+    assert np.array_equal(np.asarray(result.image), np.asarray(image))  # the pixel-space tiny model reproduces it exactly
+    shown, note = result.upload_outputs()
+    assert np.array_equal(np.asarray(shown), np.asarray(upscale(image))) and np.array_equal(np.asarray(result.outputs()[0]), np.asarray(shown))
+    assert note == "**reconstruction PSNR 100.0 dB** against your upload at the model's size"  # no resize, no warning
+    assert inspect.inspect_prompt(ex, "a blue star", 3).upload_outputs() == (None, "")
+
+
+def test_an_upload_of_another_size_is_resized_with_a_notice(ex, tmp_path):
+    path, _ = saved_upload(ex, tmp_path, size=(40, 24))
+    result = inspect.inspect_upload(ex, path)
+    assert result.upload.size == result.image.size == (16, 16) and result.rows
+    assert "Resized from 40 × 24 to 16 × 16 pixels, the model's size; its aspect ratio changed." in result.note
+
+
+def test_a_reconstruction_far_from_the_upload_is_flagged_beside_it():
+    run = SimpleNamespace(fidelity=12.34, faithful=False, image=Image.new("RGB", (16, 16)))
+    note = inspect.upload_note(Image.new("RGB", (32, 32)), run)
+    assert note.startswith("**reconstruction PSNR 12.3 dB**")
+    assert "Resized from 32 × 32 to 16 × 16 pixels, the model's size." in note  # same aspect: nothing more said
+    assert "far from your upload**: edits and steering start from the reconstruction, not from your picture" in note
+
+
+def edit_upload_call(ex, path, prompt="", start=0, end=5, target="colour=red", target_ids="", use_found=False, found=None,
+                     source="colour=green", source_ids="", where="auto", strength=edit.DEFAULT_STRENGTH, automatic=True):
+    return your_image.edit_upload(ex, path, prompt, start, end, target, target_ids, use_found, found, source, source_ids, where,
+                                  strength, automatic)
+
+
+def steer_upload_call(ex, path, prompt="", start=0, end=5, mask="everywhere", cells=(), latent=3, position=0.5, mode="add"):
+    return your_image.steer_upload(ex, path, prompt, start, end, mask, list(cells), latent, position, mode)
+
+
+def test_an_upload_edit_shows_the_reconstruction_the_edit_its_positions_and_a_caption(ex, tmp_path):
+    path, image = saved_upload(ex, tmp_path)
+    base, edited, positions, caption, strength, automatic, made = edit_upload_call(ex, path)
+    direct = ex.bundle.edit_image(image, "colour=red", "colour=green", window=(0, 5))
+    assert np.array_equal(np.asarray(base), np.asarray(upscale(image)))  # the reconstruction is the upload
+    assert np.array_equal(np.asarray(edited), np.asarray(upscale(direct.steered)))
+    assert np.array_equal(np.asarray(positions), np.asarray(tint(direct.base, direct.edit.positions)))
+    assert caption.startswith("**colour=green → colour=red** (") and caption.endswith("dB** against your upload at the model's size")
+    assert edit.describe(direct.edit, "auto") in caption and (strength, automatic) == (direct.edit.strength, True)
+    assert made == {"edit_target": "colour=red", "edit_source": "colour=green", "edit_where": "auto", "edit_strength": None}
+
+
+def test_steering_an_upload_shows_the_reconstruction_steered_and_their_difference(ex, tmp_path):
+    path, image = saved_upload(ex, tmp_path, size=(24, 24))
+    base, steered, diff, text = steer_upload_call(ex, path, mask="region", cells=["center"])
+    direct = ex.bundle.steer_image(image, [steer.Steer(3, alpha_from_position(0.5), "add")], window=(0, 5),
+                                   mask=steer.region_mask(["center"]))
+    assert np.array_equal(np.asarray(steered), np.asarray(upscale(direct.steered))) and base.size == diff.size == (192, 192)
+    assert np.asarray(diff).max() > 0
+    assert text.startswith(f"latent 3: add α = {alpha_from_position(0.5):+.2f} × s · steps 0–5 · region (center)")
+    assert "Resized from 24 × 24 to 16 × 16 pixels, the model's size." in text
+    assert steer_upload_call(ex, path, latent="")[3].startswith("No latent chosen: steered = base.")
+
+
+@pytest.mark.parametrize("call, bad, message", [
+    ("edit", dict(path=None), "Upload an image first"), ("steer", dict(path=None), "Upload an image first"),
+    ("edit", dict(path=""), "Upload an image first"), ("steer", dict(latent=99), "Latent 99 does not exist"),
+    ("edit", dict(target_ids="99"), "does not exist"), ("steer", dict(position=math.nan), "Strength slider position"),
+    ("edit", dict(strength=math.nan, automatic=False), "between 0 and 30"), ("steer", dict(mode="melt"), "Steering mode"),
+    ("edit", dict(target=None), "Choose a target concept, or type its latent ids: what should the source become"),
+    ("edit", dict(prompt="a red circle " * 50), "at most 500"), ("steer", dict(prompt="a red circle " * 50), "at most 500"),
+    ("edit", dict(prompt="a red circle on the top left of a blue square star"), "tokens"), ("edit", dict(where="inside"), "Where to edit"),
+    ("steer", dict(mask="region"), "no cell is ticked"), ("steer", dict(start=5, end=1), "window"), ("edit", dict(start=-1), "Window start"),
+])
+def test_bad_upload_requests_are_explained_and_change_nothing(ex, tmp_path, call, bad, message):
+    path, _ = saved_upload(ex, tmp_path, size=(17, 17))  # pixels no other test uploads: a new upload would be cached
+    cache = ex.bundle.generator.base_runs.keys()
+    with pytest.raises(ExplorerError, match=message):
+        (edit_upload_call if call == "edit" else steer_upload_call)(ex, **dict(path=path) | bad)
+    assert ex.bundle.generator.base_runs.keys() == cache
 
 
 def test_find_ranks_latents_by_how_much_more_they_fire_with_the_concept(ex):

@@ -3,6 +3,7 @@
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -87,23 +88,34 @@ def client():
         yield Client(app_url(), verbose=False)
 
 
+# each upload endpoint's arguments after the file: no prompt, then an edit of latents 3 and 5 everywhere, or latent 3 added
+UPLOAD_ENDPOINTS = {
+    "/inspect_upload": ("",),
+    "/edit_upload": ("", 0, 5, None, "3, 5", False, "(none)", "", "everywhere", 6, False),
+    "/steer_upload": ("", 0, 5, "everywhere", [], "3", 0.5, "add"),
+}
+
+
+@pytest.mark.parametrize("endpoint", sorted(UPLOAD_ENDPOINTS))
 @pytest.mark.parametrize("case", ["random bytes", "empty", "truncated PNG"])
-def test_served_broken_uploads_get_the_message(client, tmp_path, case):
+def test_served_broken_uploads_get_the_message(client, tmp_path, case, endpoint):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="not an image this app can read"):
-        client.predict(handle_file(write(tmp_path, "upload.png", BROKEN[case])), "", api_name="/inspect_upload")
+        client.predict(handle_file(write(tmp_path, "upload.png", BROKEN[case])), *UPLOAD_ENDPOINTS[endpoint], api_name=endpoint)
 
 
-def test_served_uploads_over_the_size_limit_are_refused_and_a_good_one_works_after(client, tmp_path):
+@pytest.mark.parametrize("endpoint", sorted(UPLOAD_ENDPOINTS))
+def test_served_uploads_over_the_size_limit_are_refused_and_a_good_one_works_after(client, tmp_path, endpoint):
     from gradio_client import handle_file
 
     big = write(tmp_path, "big.png", png_bytes() + b"\0" * (17 * 2**20))
     with pytest.raises(Exception, match="(?i)size|large"):
-        client.predict(handle_file(big), "", api_name="/inspect_upload")
-    image, rows, gallery = client.predict(handle_file(write(tmp_path, "ok.png", png_bytes(16, 16))), "", api_name="/inspect_upload")
-    assert image and rows["headers"] == ["latent", "label", "sum", "max"]
+        client.predict(handle_file(big), *UPLOAD_ENDPOINTS[endpoint], api_name=endpoint)
+    image, *rest = client.predict(handle_file(write(tmp_path, "ok.png", png_bytes(16, 16))), *UPLOAD_ENDPOINTS[endpoint], api_name=endpoint)
+    assert Path(image).is_file() and len(rest) == {"/inspect_upload": 2, "/edit_upload": 5, "/steer_upload": 3}[endpoint]
+    assert endpoint != "/inspect_upload" or rest[0]["headers"] == ["latent", "label", "sum", "max"]
 
 
 def test_multi_picture_jpegs_from_phones_are_read(tmp_path):

@@ -2,11 +2,12 @@
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import gradio as gr
 
 from backend.errors import ExplorerError
-from ui import browse, edit, export, find, inspect, status, steer, timeline, views
+from ui import browse, edit, export, find, inspect, status, steer, timeline, views, your_image
 from ui.explorer import Explorer
 from ui.icons import IconCells
 from ui.image_files import ImageFiles, temporary_folder
@@ -21,6 +22,12 @@ TITLE = "Temporal SAE Explorer"
 UNEXPECTED = "Something went wrong on the server with this request; its log has the details. Other requests are unaffected."
 INTRO = ("Sparse features of a diffusion model's activations *over the denoising trajectory* "
          "(a residualized temporal SAE). Browse the latents, watch their maps form step by step, and steer generation with them.")
+EDIT_INTRO = ("Puts a concept into the prompt and seed above (with their guidance and step window): where it belongs (an object "
+              "attribute on the object, a background value off it, both read from the base run's codes), in place of the other values "
+              "of its factor, or of a source concept where that fired. Typed latent ids override the list beside them.")
+UPLOAD_EDIT_INTRO = ("Puts a concept into your upload, starting from its reconstruction (conditioned on its prompt, if given): where it "
+                     "belongs, in place of the other values of its factor, or of a source concept where that fired. Typed latent ids "
+                     "override the list beside them.")
 # every launch of the app: uploads capped, messages shown, the state of the oldest sessions dropped beyond SESSIONS
 SESSIONS = 200
 # the latent table's icon strips, one row tall (the page's gallery shows each icon large)
@@ -87,15 +94,98 @@ def strength_text(position) -> str:
     return f"α = {alpha_from_position(position):+.2f} × s"
 
 
-def steer_slot(i: int) -> tuple:
+def steer_slot(i: int, prefix: str = "") -> tuple:
     """Controls of one steered latent: id box, strength slider, mode, and the strength as text."""
     with gr.Group():
         with gr.Row():
-            latent = gr.Textbox(label=f"Latent {i + 1}", placeholder="latent id (empty: off)", elem_id=f"steer-latent-{i}", scale=1)
+            latent = gr.Textbox(label=f"Latent {i + 1}", placeholder="latent id (empty: off)", elem_id=f"{prefix}steer-latent-{i}", scale=1)
             mode = gr.Radio(list(STEER_MODES), value="add", label="Mode", scale=2)
-        position = gr.Slider(-1, 1, value=0, step=0.01, label="Strength (exponential, ±50 × typical activation)", elem_id=f"steer-strength-{i}")
+        position = gr.Slider(-1, 1, value=0, step=0.01, label="Strength (exponential, ±50 × typical activation)",
+                             elem_id=f"{prefix}steer-strength-{i}")
         alpha = gr.Markdown(strength_text(0))
     return latent, position, mode, alpha
+
+
+def steer_results(base_label: str, prefix: str = "", pinned: bool = False) -> tuple:
+    """Where a steering shows: base and steered images (a pinned result beside them, if `pinned`), their difference, what was applied."""
+    with gr.Row():
+        images = (gr.Image(label=base_label, elem_id=f"{prefix}base-image"), gr.Image(label="Steered", elem_id=f"{prefix}steered-image"),
+                  gr.Image(label="Pinned", elem_id="pinned-image") if pinned else None, gr.Image(label="Difference (×4)"))
+    return *images, gr.Markdown(elem_id=f"{prefix}applied")
+
+
+def window_sliders(ex: Explorer) -> tuple[gr.Slider, gr.Slider]:
+    """The sampler-step window an edit or a steering works in: start and end."""
+    with gr.Row():
+        return (gr.Slider(0, ex.num_steps - 1, value=0, step=1, label="Window start (sampler step)"),
+                gr.Slider(0, ex.num_steps - 1, value=ex.num_steps - 1, step=1, label="Window end"))
+
+
+def mask_controls() -> tuple[gr.Radio, gr.CheckboxGroup]:
+    """Where a steering works: a mask choice and the cells of its region."""
+    return (gr.Radio(list(steer.MASK_CHOICES), value="everywhere", label="Where"),
+            gr.CheckboxGroup(list(steer.CELLS), label="Region (3×3 grid, for 'region')"))
+
+
+@dataclass
+class EditPanel:
+    """An Edit panel's components, the Steer tab's or the Your image tab's (their element ids differ by a prefix)."""
+
+    source: gr.Dropdown
+    source_ids: gr.Textbox
+    target: gr.Dropdown
+    target_ids: gr.Textbox
+    use_found: gr.Checkbox
+    where: gr.Radio
+    window: tuple  # the panel's own step window sliders; none where it shares its tab's
+    strength: gr.Slider
+    automatic: gr.Checkbox
+    button: gr.Button
+    base: gr.Image
+    edited: gr.Image
+    positions: gr.Image
+    caption: gr.Markdown
+    made: gr.State  # the last edit's link fields (ViewState's edit_*); None: no edit made
+
+    def controls(self, found: gr.State) -> list:
+        """The controls in the order `edit.edit_request` reads them; `found`: the latest Find result."""
+        return [self.target, self.target_ids, self.use_found, found, self.source, self.source_ids, self.where, self.strength,
+                self.automatic]
+
+    def outputs(self) -> list:
+        """What an edit handler returns into, in its order."""
+        return [self.base, self.edited, self.positions, self.caption, self.strength, self.automatic, self.made]
+
+
+def edit_panel(ex: Explorer, intro: str, button: str, base_label: str = "Base", prefix: str = "", own_window: bool = False) -> EditPanel:
+    """Lay out an Edit panel: source and target (a label, typed ids or the latest Find result), where, strength, and its results."""
+    gr.Markdown(intro)
+    with gr.Row():
+        with gr.Column(scale=2):
+            choices = edit.label_choices(ex)
+            with gr.Row():
+                source = gr.Dropdown([edit.NONE, *choices], value=edit.NONE, label="Source (what to replace)",
+                                     elem_id=f"{prefix}edit-source")
+                source_ids = gr.Textbox(label="…or source latent ids", placeholder="e.g. 12, 40", elem_id=f"{prefix}edit-source-ids")
+            with gr.Row():
+                target = gr.Dropdown(choices, value=None, label="Target (what to put in)", elem_id=f"{prefix}edit-target")
+                target_ids = gr.Textbox(label="…or target latent ids", placeholder="e.g. 12, 40", elem_id=f"{prefix}edit-target-ids")
+            use_found = gr.Checkbox(False, label="Use the latest Find result (Browse tab) as the target", elem_id=f"{prefix}edit-use-found")
+            where = gr.Radio(list(edit.WHERE_CHOICES), value="auto", label="Where", elem_id=f"{prefix}edit-where")
+            window = window_sliders(ex) if own_window else ()
+            with gr.Row():
+                strength = gr.Slider(0, MAX_EDIT_STRENGTH, value=edit.DEFAULT_STRENGTH, step=0.5, scale=3,
+                                     label="Strength (× typical activation)", elem_id=f"{prefix}edit-strength")
+                automatic = gr.Checkbox(True, label="automatic (the smallest that reaches)", scale=1, elem_id=f"{prefix}edit-automatic")
+            run = gr.Button(status.button_label(ex, button), variant="primary", elem_id=f"{prefix}edit-button")
+        with gr.Column(scale=3):
+            with gr.Row():
+                base = gr.Image(label=base_label, elem_id=f"{prefix}edit-base")
+                edited = gr.Image(label="Edited", elem_id=f"{prefix}edited-image")
+                positions = gr.Image(label="Edited positions", elem_id=f"{prefix}edit-positions")
+            caption = gr.Markdown(elem_id=f"{prefix}edit-caption")
+    return EditPanel(source, source_ids, target, target_ids, use_found, where, window, strength, automatic, run, base, edited,
+                     positions, caption, gr.State(None))
 
 
 def build_app(ex: Explorer) -> gr.Blocks:
@@ -179,69 +269,50 @@ def build_app(ex: Explorer) -> gr.Blocks:
                         slots = [steer_slot(0)]
                         with gr.Accordion("More latents at once", open=False):
                             slots += [steer_slot(i) for i in range(1, steer.SLOTS)]
-                        with gr.Row():
-                            start = gr.Slider(0, ex.num_steps - 1, value=0, step=1, label="Window start (sampler step)")
-                            end = gr.Slider(0, ex.num_steps - 1, value=ex.num_steps - 1, step=1, label="Window end")
-                        mask = gr.Radio(list(steer.MASK_CHOICES), value="everywhere", label="Where")
-                        cells = gr.CheckboxGroup(list(steer.CELLS), label="Region (3×3 grid, for 'region')")
+                        start, end = window_sliders(ex)
+                        mask, cells = mask_controls()
                         generate = gr.Button(status.button_label(ex, status.BUTTONS[0]), variant="primary", elem_id="steer-generate")
                     with gr.Column(scale=3):
-                        with gr.Row():
-                            base_image = gr.Image(label="Base", elem_id="base-image")
-                            steered_image = gr.Image(label="Steered", elem_id="steered-image")
-                            pinned_image = gr.Image(label="Pinned", elem_id="pinned-image")
-                            diff_image = gr.Image(label="Difference (×4)")
-                        applied = gr.Markdown(elem_id="applied")
+                        base_image, steered_image, pinned_image, diff_image, applied = steer_results("Base", pinned=True)
                         with gr.Row():
                             pin_btn = gr.Button("Pin this result", size="sm", scale=1, elem_id="pin")
                             pinned_text = gr.Markdown("Pin a result to keep it beside the next ones.", elem_id="pinned-text")
                         history = gr.Gallery(label="History", columns=6, height=220, preview=False, object_fit="contain", fit_columns=False)
-                with gr.Accordion("Edit a concept", open=False, elem_id="edit-panel") as edit_panel:
-                    gr.Markdown("Puts a concept into the prompt and seed above (with their guidance and step window): where it "
-                                "belongs (an object attribute on the object, a background value off it, both read from the base "
-                                "run's codes), in place of the other values of its factor, or of a source concept where that fired. "
-                                "Typed latent ids override the list beside them.")
-                    with gr.Row():
-                        with gr.Column(scale=2):
-                            label_choices = edit.label_choices(ex)
-                            with gr.Row():
-                                edit_source = gr.Dropdown([edit.NONE, *label_choices], value=edit.NONE, label="Source (what to replace)",
-                                                          elem_id="edit-source")
-                                edit_source_ids = gr.Textbox(label="…or source latent ids", placeholder="e.g. 12, 40", elem_id="edit-source-ids")
-                            with gr.Row():
-                                edit_target = gr.Dropdown(label_choices, value=None, label="Target (what to put in)", elem_id="edit-target")
-                                edit_target_ids = gr.Textbox(label="…or target latent ids", placeholder="e.g. 12, 40", elem_id="edit-target-ids")
-                            use_found = gr.Checkbox(False, label="Use the latest Find result (Browse tab) as the target", elem_id="edit-use-found")
-                            edit_where = gr.Radio(list(edit.WHERE_CHOICES), value="auto", label="Where", elem_id="edit-where")
-                            with gr.Row():
-                                edit_strength = gr.Slider(0, MAX_EDIT_STRENGTH, value=edit.DEFAULT_STRENGTH, step=0.5, scale=3,
-                                                          label="Strength (× typical activation)", elem_id="edit-strength")
-                                edit_auto = gr.Checkbox(True, label="automatic (the smallest that reaches)", scale=1, elem_id="edit-automatic")
-                            edit_btn = gr.Button(status.button_label(ex, status.BUTTONS[4]), variant="primary", elem_id="edit-button")
-                        with gr.Column(scale=3):
-                            with gr.Row():
-                                edit_base = gr.Image(label="Base", elem_id="edit-base")
-                                edited_image = gr.Image(label="Edited", elem_id="edited-image")
-                                edit_positions = gr.Image(label="Edited positions", elem_id="edit-positions")
-                            edit_caption = gr.Markdown(elem_id="edit-caption")
+                with gr.Accordion("Edit a concept", open=False, elem_id="edit-panel") as edit_accordion:
+                    steer_edit = edit_panel(ex, EDIT_INTRO, status.BUTTONS[4])
                 history_state = gr.State([], time_to_live=STATE_LIFETIME)
-                edit_state = gr.State(None)  # the last edit's link fields (ViewState's edit_*); None: no edit made
-            with gr.Tab("Inspect", id="inspect") as inspect_tab:
+            with gr.Tab("Your image", id="inspect") as inspect_tab:  # id: the tab's links from when it was called Inspect
                 with gr.Row():
                     with gr.Column(scale=2):
                         upload = gr.File(label="Upload an image (PNG, JPEG, WebP, GIF or BMP; up to 16 MB and 4096 × 4096)",
                                          file_types=FILE_TYPES, type="filepath", elem_id="upload")
-                        upload_prompt = gr.Textbox(label="Its prompt (optional)")
-                        analyse = gr.Button(status.button_label(ex, status.BUTTONS[1]), variant="primary")
+                        upload_prompt = gr.Textbox(label="Its prompt (optional)", elem_id="upload-prompt")
+                        analyse = gr.Button(status.button_label(ex, status.BUTTONS[1]), variant="primary", elem_id="analyse")
                         gr.Markdown("…or generate one")
                         inspect_prompt = gr.Textbox(label="Prompt")
                         inspect_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                         inspect_generate = gr.Button(status.button_label(ex, status.BUTTONS[2]))
                     with gr.Column(scale=3):
-                        inspected = gr.Image(label="Image", height=256)
+                        with gr.Row():
+                            uploaded = gr.Image(label="Your upload, at the model's size", height=256, elem_id="uploaded")
+                            inspected = gr.Image(label="Reconstruction (or the generated image)", height=256, elem_id="reconstruction")
+                        upload_note = gr.Markdown(elem_id="upload-note")
                         inspect_table = gr.Dataframe(headers=inspect.HEADERS, interactive=False, label="Most active latents (click to open)")
                         inspect_step = gr.Slider(0, steps - 1, value=steps - 1, step=1, label="Recorded step")
                         inspect_maps = gr.Gallery(label="Their maps at this step", columns=4, height=300)
+                with gr.Accordion("Edit a concept in your image", open=True, elem_id="upload-edit-panel"):
+                    upload_edit = edit_panel(ex, UPLOAD_EDIT_INTRO, status.BUTTONS[5], base_label="Reconstruction", prefix="upload-",
+                                             own_window=True)
+                with gr.Accordion("Steer your image with a latent", open=False, elem_id="upload-steer-panel"):
+                    with gr.Row():
+                        with gr.Column(scale=2):
+                            upload_slot = steer_slot(0, prefix="upload-")
+                            upload_start, upload_end = window_sliders(ex)
+                            upload_mask, upload_cells = mask_controls()
+                            upload_steer = gr.Button(status.button_label(ex, status.BUTTONS[6]), variant="primary",
+                                                     elem_id="upload-steer-button")
+                        with gr.Column(scale=3):
+                            upload_base, upload_steered, _, upload_diff, upload_applied = steer_results("Reconstruction", prefix="upload-")
                 inspection = gr.State(None, time_to_live=STATE_LIFETIME)
         with gr.Row():
             link_btn = gr.Button("Copy link to this view", scale=1)
@@ -256,7 +327,8 @@ def build_app(ex: Explorer) -> gr.Blocks:
             text = status.notice_text(ex)
             return gr.Markdown(text, visible=bool(text)), *buttons, gr.Timer(active=ex.model_state == "loading")
 
-        model_watch.tick(model_status, None, [notice, generate, analyse, inspect_generate, find_btn, edit_btn, model_watch], api_name=False,
+        model_watch.tick(model_status, None, [notice, generate, analyse, inspect_generate, find_btn, steer_edit.button, upload_edit.button,
+                                              upload_steer, model_watch], api_name=False,
                          **BROWSE)
 
         # --- browse: list and latent page (atlas only, never queued behind the model) ---------------
@@ -304,6 +376,18 @@ def build_app(ex: Explorer) -> gr.Blocks:
         timer.tick(timeline.next_index, [timeline_state, step], step, api_name=False, **BROWSE)
 
         # --- steer: live regeneration, last request wins, one model call at a time ---------------
+        def wire_steer(button, fn, inputs, outputs, slot_controls, live, api_name):
+            """The button steers; each slot's controls and every `live` event steer again, the last request winning."""
+            steer_fn = shown(on_gpu(fn))
+            button.click(steer_fn, inputs, outputs, api_name=api_name, **MODEL)
+            triggers = list(live)
+            for latent, position, mode, alpha in slot_controls:
+                position.input(shown(strength_text), position, alpha, api_name=False, **BROWSE)
+                triggers += [position.input, latent.submit, mode.input]
+            for control in triggers:
+                control(steer_fn, inputs, outputs, trigger_mode="always_last", api_name=False, **MODEL)
+            return steer_fn
+
         steer_inputs = [prompt, seed, guidance, start, end, mask, cells, history_state] + [c for s in slots for c in s[:3]]
         steer_outputs = [base_image, steered_image, diff_image, history_state, history, applied]
 
@@ -311,36 +395,31 @@ def build_app(ex: Explorer) -> gr.Blocks:
             base, steered, diff, past, text = steer.steer(ex, *args)
             return base, steered, diff, past, past, text
 
-        steer_fn = shown(on_gpu(run_steer))
-        generate.click(steer_fn, steer_inputs, steer_outputs, api_name="steer", **MODEL)
-        prompt.submit(steer_fn, steer_inputs, steer_outputs, api_name=False, **MODEL)
-        for latent, position, mode, alpha in slots:
-            position.input(shown(strength_text), position, alpha, api_name=False, **BROWSE)
-            position.input(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
-            for control in (latent.submit, mode.input):
-                control(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
-        for control in (start.release, end.release, mask.input, cells.input, guidance.release, seed.submit):
-            control(steer_fn, steer_inputs, steer_outputs, trigger_mode="always_last", api_name=False, **MODEL)
-
+        steer_fn = wire_steer(generate, run_steer, steer_inputs, steer_outputs, slots,
+                              (prompt.submit, start.release, end.release, mask.input, cells.input, guidance.release, seed.submit), "steer")
         pin_btn.click(shown(steer.pin), history_state, [pinned_image, pinned_text], api_name=False, **BROWSE)
 
-        # --- edit a concept: choosing a target edits; then every control, the shared Steer ones too, edits live -------
-        edit_inputs = [prompt, seed, guidance, start, end, edit_target, edit_target_ids, use_found, found_state, edit_source, edit_source_ids,
-                       edit_where, edit_strength, edit_auto]
-        edit_outputs = [edit_base, edited_image, edit_positions, edit_caption, edit_strength, edit_auto, edit_state]
-        edit_fn = shown(on_gpu(functools.partial(edit.edit, ex)))
+        # --- edit a concept: choosing a target edits; then every control, and `live` ones it shares, edits again -------
+        def wire_edit(panel: EditPanel, fn, context, live, api_name):
+            """`fn(*context, *the panel's controls)` runs on the button and on choosing a target; once an edit was made, every other
+            control and the `live` events run it again. Returns that re-run (a no-op before any edit) and the inputs."""
+            inputs, outputs = [*context, *panel.controls(found_state)], panel.outputs()
+            edit_fn = shown(on_gpu(fn))
 
-        def edit_if_made(made, *args):
-            return edit_fn(*args) if made is not None else tuple(gr.skip() for _ in edit_outputs)
+            def edit_if_made(made, *args):
+                return edit_fn(*args) if made is not None else tuple(gr.skip() for _ in outputs)
 
-        edit_btn.click(edit_fn, edit_inputs, edit_outputs, api_name="edit", **MODEL)
-        for control in (edit_target.input, edit_target_ids.submit, use_found.input):
-            control(edit_fn, edit_inputs, edit_outputs, trigger_mode="always_last", api_name=False, **MODEL)
-        for control in (edit_source.input, edit_source_ids.submit, edit_where.input, edit_auto.input,
-                        prompt.submit, seed.submit, guidance.release, start.release, end.release):
-            control(edit_if_made, [edit_state, *edit_inputs], edit_outputs, trigger_mode="always_last", api_name=False, **MODEL)
-        (edit_strength.release(lambda: False, None, edit_auto, trigger_mode="always_last", api_name=False, **BROWSE)  # set by hand now
-         .then(edit_if_made, [edit_state, *edit_inputs], edit_outputs, api_name=False, **MODEL))
+            panel.button.click(edit_fn, inputs, outputs, api_name=api_name, **MODEL)
+            for control in (panel.target.input, panel.target_ids.submit, panel.use_found.input):
+                control(edit_fn, inputs, outputs, trigger_mode="always_last", api_name=False, **MODEL)
+            for control in (panel.source.input, panel.source_ids.submit, panel.where.input, panel.automatic.input, *live):
+                control(edit_if_made, [panel.made, *inputs], outputs, trigger_mode="always_last", api_name=False, **MODEL)
+            (panel.strength.release(lambda: False, None, panel.automatic, trigger_mode="always_last", api_name=False, **BROWSE)  # by hand now
+             .then(edit_if_made, [panel.made, *inputs], outputs, api_name=False, **MODEL))
+            return edit_if_made, inputs
+
+        edit_if_made, edit_inputs = wire_edit(steer_edit, functools.partial(edit.edit, ex), [prompt, seed, guidance, start, end],
+                                              (prompt.submit, seed.submit, guidance.release, start.release, end.release), "edit")
 
         def go_steer(value):
             j, pos, mode_value, text, seed_value = views.send_to_steer(ex, value)
@@ -350,14 +429,24 @@ def build_app(ex: Explorer) -> gr.Blocks:
         (to_steer.click(shown(go_steer), latent_box, [tabs, current_tab, first[0], first[1], first[2], first[3], prompt, seed], api_name=False)
          .success(steer_fn, steer_inputs, steer_outputs, api_name=False, **MODEL))
 
-        # --- inspect: an image's latents, click through to their pages ----------------------------
+        # --- your image: its reconstruction and latents, click through to their pages; edit and steer it --------------
         inspect_outputs = [inspected, inspect_table, inspect_maps, inspection]
-        analyse.click(shown(on_gpu(lambda image, text: inspect.inspect_upload(ex, image, text).outputs())),
-                      [upload, upload_prompt], inspect_outputs, api_name="inspect_upload", **MODEL)
-        inspect_generate.click(shown(on_gpu(lambda text, s: inspect.inspect_prompt(ex, text, s).outputs())),
-                               [inspect_prompt, inspect_seed], inspect_outputs, api_name="inspect_prompt", **MODEL)
+
+        def with_upload(event):  # the upload and its note from the kept inspection: the API's outputs stay as they were
+            return event.success(shown(lambda kept: kept.upload_outputs()), inspection, [uploaded, upload_note], api_name=False, **BROWSE)
+
+        with_upload(analyse.click(shown(on_gpu(lambda image, text: inspect.inspect_upload(ex, image, text).outputs())),
+                                  [upload, upload_prompt], inspect_outputs, api_name="inspect_upload", **MODEL))
+        with_upload(inspect_generate.click(shown(on_gpu(lambda text, s: inspect.inspect_prompt(ex, text, s).outputs())),
+                                           [inspect_prompt, inspect_seed], inspect_outputs, api_name="inspect_prompt", **MODEL))
         inspect_step.change(shown(inspect.gallery), [inspection, inspect_step], inspect_maps, api_name=False, **BROWSE)
         with_page(inspect_table.select(row_latent_to_browse, None, [latent_box, tabs, current_tab], api_name=False))
+        wire_edit(upload_edit, functools.partial(your_image.edit_upload, ex), [upload, upload_prompt, *upload_edit.window],
+                  (upload_prompt.submit, *(slider.release for slider in upload_edit.window)), "edit_upload")
+        wire_steer(upload_steer, functools.partial(your_image.steer_upload, ex),
+                   [upload, upload_prompt, upload_start, upload_end, upload_mask, upload_cells, *upload_slot[:3]],
+                   [upload_base, upload_steered, upload_diff, upload_applied], [upload_slot],
+                   (upload_start.release, upload_end.release, upload_mask.input, upload_cells.input), "steer_upload")
 
         # --- URL state ------------------------------------------------------------------------------
         for tab, name in ((browse_tab, "browse"), (steer_tab, "steer"), (inspect_tab, "inspect")):
@@ -378,14 +467,15 @@ def build_app(ex: Explorer) -> gr.Blocks:
             return steer_fn(*args) if tab == "steer" else tuple(gr.skip() for _ in steer_outputs)
 
         demo.load(None, None, None, js=MAP_CLICK_JS, api_name=False)
-        edit_controls = [edit_target, edit_target_ids, edit_source, edit_source_ids, edit_where, edit_strength, edit_auto, edit_state]
-        loaded = demo.load(restore, None, [tabs, current_tab, latent_box, *first, prompt, seed, inspect_prompt, *edit_controls, edit_panel],
+        edit_controls = [steer_edit.target, steer_edit.target_ids, steer_edit.source, steer_edit.source_ids, steer_edit.where,
+                         steer_edit.strength, steer_edit.automatic, steer_edit.made]
+        loaded = demo.load(restore, None, [tabs, current_tab, latent_box, *first, prompt, seed, inspect_prompt, *edit_controls, edit_accordion],
                            api_name=False)
         with_page(loaded)
         (loaded.then(search, list_inputs, [table, summary], api_name=False, **BROWSE)
          .then(steer_if_asked, [current_tab, *steer_inputs], steer_outputs, api_name=False, **MODEL)
-         .then(edit_if_made, [edit_state, *edit_inputs], edit_outputs, api_name=False, **MODEL))
-        (link_btn.click(shown(views.link), [current_tab, latent_box, first[0], first[1], first[2], prompt, seed, edit_state], link,
+         .then(edit_if_made, [steer_edit.made, *edit_inputs], steer_edit.outputs(), api_name=False, **MODEL))
+        (link_btn.click(shown(views.link), [current_tab, latent_box, first[0], first[1], first[2], prompt, seed, steer_edit.made], link,
                         api_name=False)
          .then(None, link, link, js=COPY_LINK_JS, api_name=False))
     return demo

@@ -1,5 +1,8 @@
-"""The Steer tab's Edit panel: a concept (a label, typed latent ids or the latest Find result) edited into the Steer tab's
-prompt and seed where it belongs, or in place of a source concept where that fired (`Generator.edit`)."""
+"""The Edit panel: a concept (a label, typed latent ids or the latest Find result) edited into the Steer tab's prompt and seed
+where it belongs, or in place of a source concept where that fired (`Generator.edit`); the Your image tab's panel checks and
+describes its edits with the same code."""
+
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -67,29 +70,54 @@ def describe(info, asked: str) -> str:
     return f"{moved} · {outcome} · {place}{' (auto)' if asked == 'auto' else ''}: {int(positions.sum())} of {positions.size} positions"
 
 
-def edit(ex: Explorer, prompt, seed, guidance, start, end, target, target_ids, use_found, found, source, source_ids, where,
-         strength, automatic) -> tuple[Image.Image, Image.Image, Image.Image, str, float, bool, dict]:
-    """Base and edited images, the base with the edited positions tinted, what was done, the strength used and whether it was
-    automatic, and the edit's link fields (ViewState's edit_*); `found` is the latest Find result, the target when `use_found`."""
-    prompt, seed = check_prompt(prompt), parse_int(seed, "Seed", 0, MAX_SEED)
-    window, guidance = window_of(ex, start, end), check_guidance(guidance)
+@dataclass(frozen=True)
+class EditRequest:
+    """An Edit panel's controls, checked before any model work (the Steer tab's and an upload's)."""
+
+    target: object  # a concept spec: a label, typed latent ids or a Find result
+    source: str | None
+    strength: float | None  # None: automatic
+    window: tuple[int, int]
+    where: str  # the choice as shown, e.g. 'where it fired'
+    use_found: bool
+
+    @property
+    def place(self) -> str:
+        """Where, in the generator's words ('fired')."""
+        return WHERE_CHOICES[self.where]
+
+    def outputs(self, result) -> tuple[Image.Image, Image.Image, Image.Image, str, float, bool, dict]:
+        """Base and edited images, the base with the edited positions tinted, what was done, the strength used and whether it was
+        automatic, and the edit's link fields (ViewState's edit_*; a Find result travels as its latents' ids)."""
+        info = result.edit
+        made = dict(edit_target=", ".join(map(str, info.target.latents)) if self.use_found else self.target, edit_source=self.source,
+                    edit_where=self.place, edit_strength=self.strength)
+        return (upscale(result.base), upscale(result.steered), tint(result.base, info.positions), describe(info, self.where),
+                info.strength, info.automatic, made)
+
+
+def edit_request(ex: Explorer, start, end, target, target_ids, use_found, found, source, source_ids, where, strength,
+                 automatic) -> EditRequest:
+    """The panel's step window and controls as an EditRequest; `found` is the latest Find result, the target when `use_found`."""
+    window = window_of(ex, start, end)
     if not isinstance(use_found, bool) or not isinstance(automatic, bool):
         raise ExplorerError("'Use the latest Find result' and 'automatic' are true or false.")
     if use_found and not found:
         raise ExplorerError("No Find result yet: find latents for a concept on the Browse tab first, or untick 'Use the latest Find result'.")
-    target_spec = found if use_found else spec_of(target, target_ids, "target")
+    target_spec, source_spec = found if use_found else spec_of(target, target_ids, "target"), spec_of(source, source_ids, "source")
     if target_spec is None:
-        raise ExplorerError("Choose a target concept, or type its latent ids.")
-    source_spec = spec_of(source, source_ids, "source")
+        raise ExplorerError(f"Choose a target concept, or type its latent ids{': what should the source become?' if source_spec else '.'}")
     if where not in WHERE_CHOICES:
         raise ExplorerError(f"Where to edit is one of {', '.join(WHERE_CHOICES)}, got {where!r}.")
-    by_hand = None if automatic else check_edit_strength(strength)
-    result = ex.generator().edit(prompt, seed, target_spec, source_spec, by_hand, window, WHERE_CHOICES[where], guidance)
-    info = result.edit
-    made = dict(edit_target=", ".join(map(str, info.target.latents)) if use_found else target_spec, edit_source=source_spec,
-                edit_where=WHERE_CHOICES[where], edit_strength=by_hand)
-    return (upscale(result.base), upscale(result.steered), tint(result.base, info.positions), describe(info, where),
-            info.strength, info.automatic, made)
+    return EditRequest(target_spec, source_spec, None if automatic else check_edit_strength(strength), window, where, use_found)
+
+
+def edit(ex: Explorer, prompt, seed, guidance, start, end, target, target_ids, use_found, found, source, source_ids, where, strength,
+         automatic) -> tuple[Image.Image, Image.Image, Image.Image, str, float, bool, dict]:
+    """A concept edited into the Steer tab's prompt and seed, as `EditRequest.outputs` shows it."""
+    prompt, seed, guidance = check_prompt(prompt), parse_int(seed, "Seed", 0, MAX_SEED), check_guidance(guidance)
+    asked = edit_request(ex, start, end, target, target_ids, use_found, found, source, source_ids, where, strength, automatic)
+    return asked.outputs(ex.generator().edit(prompt, seed, asked.target, asked.source, asked.strength, asked.window, asked.place, guidance))
 
 
 def controls(ex: Explorer, made: dict | None) -> tuple[str | None, str, str, str, str, float, bool]:

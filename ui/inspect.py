@@ -1,6 +1,6 @@
-"""The Inspect tab's handlers: an uploaded or generated image, its most active latents and their maps over time."""
+"""The Your image tab's handlers: an uploaded or generated image, its reconstruction, its most active latents and their maps over time."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -17,15 +17,41 @@ HEADERS = ["latent", "label", "sum", "max"]
 
 @dataclass
 class Inspection:
-    """An image's most active latents (rows of HEADERS) and, per latent, its maps over time."""
+    """An image's most active latents (rows of HEADERS) and, per latent, its maps over time; for an upload, the upload at the
+    model's size and what its reconstruction is worth (`upload_note`)."""
 
     image: Image.Image
     rows: list[list]
     timelines: list[Timeline]
+    upload: Image.Image | None = None
+    note: str = ""
 
     def outputs(self) -> tuple:
         """Values for the image, the latent table, the gallery at the last step and the kept state."""
         return upscale(self.image), self.rows, gallery(self, len(self.timelines[0].frames) - 1 if self.timelines else 0), self
+
+    def upload_outputs(self) -> tuple:
+        """Values for the upload beside its reconstruction (none for a generated image) and the note under them."""
+        return None if self.upload is None else upscale(self.upload), self.note
+
+
+def read_upload(path, prompt) -> tuple[Image.Image, str]:
+    """The uploaded file (checked by `open_upload`) and its optional prompt ("" when blank)."""
+    image = open_upload(path)
+    return image, check_prompt(prompt) if isinstance(prompt, str) and prompt.strip() else ""
+
+
+def upload_note(image: Image.Image, run) -> str:
+    """What a run that reproduces `image` is worth: its PSNR, how the upload was resized, and a warning when it is far off."""
+    lines = [f"**reconstruction PSNR {run.fidelity:.1f} dB** against your upload at the model's size"]
+    (width, height), (model_width, model_height) = image.size, run.image.size
+    if (width, height) != (model_width, model_height):
+        aspect = "; its aspect ratio changed" if width * model_height != height * model_width else ""
+        lines.append(f"Resized from {width} × {height} to {model_width} × {model_height} pixels, the model's size{aspect}.")
+    if not run.faithful:
+        lines.append("⚠️ **The reconstruction is far from your upload**: edits and steering start from the reconstruction, "
+                     "not from your picture.")
+    return "\n\n".join(lines)
 
 
 def inspect_run(ex: Explorer, run, n: int = TOP_LATENTS) -> Inspection:
@@ -41,10 +67,10 @@ def inspect_run(ex: Explorer, run, n: int = TOP_LATENTS) -> Inspection:
 
 
 def inspect_upload(ex: Explorer, path, prompt: str = "") -> Inspection:
-    """Latents of an uploaded image file, noised forward to each recorded step (conditioned on `prompt` if given)."""
-    image = open_upload(path)
-    prompt = check_prompt(prompt) if isinstance(prompt, str) and prompt.strip() else ""
-    return inspect_run(ex, ex.generator().invert(image, prompt=prompt))
+    """Latents of an uploaded image file, through the run that reproduces it (conditioned on `prompt` if given)."""
+    image, prompt = read_upload(path, prompt)
+    run = ex.generator().invert(image, prompt=prompt)
+    return replace(inspect_run(ex, run), upload=image.resize(run.image.size, Image.BICUBIC), note=upload_note(image, run))
 
 
 def inspect_prompt(ex: Explorer, prompt, seed) -> Inspection:

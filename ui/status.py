@@ -3,7 +3,9 @@
 from ui.explorer import Explorer
 
 LOADING_LABEL = "Model loading…"
-BUTTONS = ("Generate", "Find its latents", "Generate and find its latents", "Find", "Edit")  # steer, inspect an upload, inspect a prompt, find, edit
+# steer, inspect an upload, inspect a prompt, find, edit (Steer tab), edit an upload, steer an upload
+BUTTONS = ("Generate", "Reconstruct and find its latents", "Generate and find its latents", "Find", "Edit", "Edit your image",
+           "Steer your image")
 
 
 def notice_text(ex: Explorer) -> str:

@@ -1,5 +1,7 @@
 """The Steer tab's handlers: up to three latents, a step window and a mask, applied to one prompt and seed; a pinned result."""
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -83,21 +85,35 @@ def describe(steers: list[Steer]) -> str:
     return " · ".join(one(s) for s in steers)
 
 
-def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history, *controls
-          ) -> tuple[Image.Image, Image.Image, Image.Image, list, str]:
-    """Base, steered and difference images, the history with this result first, and what was applied."""
-    prompt = check_prompt(prompt)
-    seed = parse_int(seed, "Seed", 0, MAX_SEED)
-    window = window_of(ex, start, end)
-    steers, guidance = steers_from(ex, controls), check_guidance(guidance)
-    result = ex.generator().generate(prompt, seed, steers, window=window, mask=mask_from(mask, cells), guidance_scale=guidance)
+@dataclass(frozen=True)
+class Steering:
+    """The steering controls, checked before any model work (the Steer tab's and an upload's): steers, window and mask."""
+
+    steers: list[Steer]
+    window: tuple[int, int]
+    mask: object  # the generator's mask argument: "all", "fired" or a 2-D region
+    summary: str  # what is applied, e.g. 'latent 12: add α = +3.20 × s · steps 0–19 · everywhere'
+
+
+def steering_of(ex: Explorer, start, end, mask, cells, controls) -> Steering:
+    """Steering from the window sliders, the mask choice and its cells, and flat (latent, slider position, mode) triples."""
+    steers, window, where = steers_from(ex, controls), window_of(ex, start, end), mask_from(mask, cells)
     summary = describe(steers)
     if steers:
         cells_text = f" ({', '.join(c for c in CELLS if c in (cells or []))})" if mask == "region" else ""
         summary += f" · steps {window[0]}–{window[1]} · {mask}{cells_text}"
-    caption = f"{prompt} · seed {seed} · guidance {guidance:g} · {summary}"
+    return Steering(steers, window, where, summary)
+
+
+def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history, *controls
+          ) -> tuple[Image.Image, Image.Image, Image.Image, list, str]:
+    """Base, steered and difference images, the history with this result first, and what was applied."""
+    prompt, seed, guidance = check_prompt(prompt), parse_int(seed, "Seed", 0, MAX_SEED), check_guidance(guidance)
+    asked = steering_of(ex, start, end, mask, cells, controls)
+    result = ex.generator().generate(prompt, seed, asked.steers, window=asked.window, mask=asked.mask, guidance_scale=guidance)
+    caption = f"{prompt} · seed {seed} · guidance {guidance:g} · {asked.summary}"
     history = [(upscale(result.steered), caption)] + list(history or [])[: HISTORY - 1]
-    return upscale(result.base), upscale(result.steered), difference(result.base, result.steered), history, summary
+    return upscale(result.base), upscale(result.steered), difference(result.base, result.steered), history, asked.summary
 
 
 def pin(history) -> tuple[Image.Image, str]:

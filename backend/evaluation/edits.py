@@ -10,7 +10,6 @@ classifier reads the target, *clean* when, besides, every other factor reads as 
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +17,6 @@ import torch
 from backend.diffusion.steering import Steer
 from backend.errors import ExplorerError
 from backend.evaluation.controllability import labelled_latents
-from backend.io import atomic_path
 from backend.serving.bundle import Bundle
 from backend.serving.concepts import label_values
 from backend.shapes.captions import canonical_caption
@@ -141,18 +139,21 @@ def edit_table(rows: list[dict]) -> dict[str, dict[str, dict]]:
 
 
 def markdown(table: dict[str, dict[str, dict]]) -> str:
-    """The table as markdown: a row per factor and mechanism, reached / clean and the trials behind them."""
-    lines = ["| factor | mechanism | trials | reached | clean | median strength |", "|---|---|---:|---:|---:|---:|"]
+    """The table as markdown: a row per factor and mechanism, reached / clean and the trials behind them (and the
+    reconstruction's kept readings, for uploads)."""
+    kept = any("kept" in cell for cells in table.values() for cell in cells.values())
+    lines = [f"| factor | mechanism | trials |{' reconstruction kept |' * kept} reached | clean | median strength |",
+             f"|---|---|---:|{'---:|' * kept}---:|---:|---:|"]
     for factor, cells in table.items():
         for name, cell in cells.items():
             strength = "—" if cell["median_strength"] is None else f"{cell['median_strength']:g}"
-            lines.append(f"| {factor} | {name} | {cell['n']} | {cell['reached']:.2f} | {cell['clean']:.2f} | {strength} |")
+            kept_cell = f" {cell['kept']:.2f} |" if kept else ""
+            lines.append(f"| {factor} | {name} | {cell['n']} |{kept_cell} {cell['reached']:.2f} | {cell['clean']:.2f} | {strength} |")
     return "\n".join(lines)
 
 
 GOALS = {"colour": (0.9, 0.7), "background": (0.9, 0.7), "shape": (0.0, 0.5), "size": (0.0, 0.5)}  # issue 25: (reached, clean)
 EDIT_MECHANISMS = ("→ B in place of the other values, automatic strength", "A → B, automatic strength")  # what the app does
-KEPT = "<!-- Notes below this line are kept when the table above is measured again. -->"
 
 
 def goal_lines(table: dict[str, dict[str, dict]]) -> list[str]:
@@ -166,22 +167,3 @@ def goal_lines(table: dict[str, dict[str, dict]]) -> list[str]:
                 lines.append(f"- {factor}, {name}: reached {cell['reached']:.2f} (goal ≥ {reached:g}), clean {cell['clean']:.2f} "
                              f"(goal ≥ {clean:g}): **{'met' if met else 'missed'}**")
     return lines
-
-
-def write_edit_report(table: dict[str, dict[str, dict]], command: str, device: str, path) -> None:
-    """docs/EDITS.md: the edit table, the goals, the command that made it and the machine; notes after KEPT stay."""
-    path = Path(path)
-    notes = path.read_text().split(KEPT, 1)[1] if path.exists() and KEPT in path.read_text() else "\n"
-    text = f"""# Concept edits on the shipped bundle
-
-Made by `{command}` on {device}. {__doc__.split(chr(10), 1)[1].strip()}
-
-{markdown(table)}
-
-Goals (issue 25):
-
-{chr(10).join(goal_lines(table))}
-
-{KEPT}{notes}"""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)

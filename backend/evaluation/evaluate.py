@@ -26,7 +26,9 @@ from backend.diffusion.models import load_model
 from backend.errors import ExplorerError
 from backend.evaluation.concepts import CONCEPT_TOP, concept_hits
 from backend.evaluation.controllability import steering_trials
-from backend.evaluation.edits import EDIT_FACTORS, MECHANISMS, edit_table, edit_trials, write_edit_report
+from backend.evaluation.edit_report import write_edit_report
+from backend.evaluation.edits import EDIT_FACTORS, MECHANISMS, edit_table, edit_trials
+from backend.evaluation.uploads import UPLOAD_FACTORS, UPLOAD_MECHANISMS, upload_table, upload_trials
 from backend.evaluation.localization import label_group, localization, map_iou, object_masks, temporal_structure
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.evaluation.report import write_report
@@ -78,6 +80,8 @@ class EvaluateConfig:
                              "<out>/EDITS.md instead of training SAEs")
     edit_factors: str = option(",".join(EDIT_FACTORS), "--bundle: factors whose values the edits aim at")
     edit_trials: int = option(16, "--bundle: fresh base images per factor, each edited by every mechanism")
+    upload_factors: str = option(",".join(UPLOAD_FACTORS), "--bundle: factors whose values the edits of rendered uploads aim at")
+    upload_trials: int = option(16, "--bundle: rendered uploads per factor, each inverted and edited by every mechanism")
 
     def run_settings(self) -> dict:
         """What a finished run's result depends on, apart from its site, variant and seed."""
@@ -224,28 +228,34 @@ class Evaluation:
         return results
 
 
-def evaluate_edits(config: EvaluateConfig) -> dict:
-    """Concept edits on a built bundle (edits.py): a result file per factor in the work directory, so a rerun resumes."""
+def evaluate_edits(config: EvaluateConfig) -> tuple[dict, dict]:
+    """Concept edits on a built bundle, of generated images (edits.py) and of rendered uploads (uploads.py): a result
+    file per factor in the work directory, so a rerun resumes."""
     bundle = Bundle.load(config.bundle)
     notice = attach_model(bundle, device="cpu")
     if notice:
         raise ExplorerError(f"Edits need the bundle's model: {notice}")
-    classifier, work = load_classifier(), Path(config.work_dir) / "edits"
+    classifier, work = load_classifier(), Path(config.work_dir)
     drawn_after = (ICON_FILE, EFFECTS_FILE)  # icons and effect labels change no edit: redrawing them keeps the results
-    settings = {"bundle": {k: v for k, v in bundle.manifest["files"].items() if k not in drawn_after}, "trials": config.edit_trials,
-                "mechanisms": list(MECHANISMS)}  # a changed edit mechanism is renamed or added here, and measured again
-    rows = []
-    for factor in tqdm(_list(config.edit_factors), desc="edit trials", unit="factor"):
-        path = work / f"{factor}.json"
-        done = json.loads(path.read_text()) if path.exists() else {}
-        if done.get("settings") != settings:
-            done = {"settings": settings, "rows": edit_trials(bundle, classifier, [factor], config.edit_trials)}
-            write_json(path, done)
-        rows += done["rows"]
-    table = edit_table(rows)
+    files = {k: v for k, v in bundle.manifest["files"].items() if k not in drawn_after}
+
+    def measured(kind: str, factors: str, trials: int, mechanisms: dict, measure) -> list[dict]:
+        settings = {"bundle": files, "trials": trials, "mechanisms": list(mechanisms)}  # a changed mechanism is renamed or added
+        rows = []
+        for factor in tqdm(_list(factors), desc=f"{kind} trials", unit="factor"):
+            path = work / kind / f"{factor}.json"
+            done = json.loads(path.read_text()) if path.exists() else {}
+            if done.get("settings") != settings:
+                done = {"settings": settings, "rows": measure(bundle, classifier, [factor], trials)}
+                write_json(path, done)
+            rows += done["rows"]
+        return rows
+
+    table = edit_table(measured("edits", config.edit_factors, config.edit_trials, MECHANISMS, edit_trials))
+    uploads = upload_table(measured("uploads", config.upload_factors, config.upload_trials, UPLOAD_MECHANISMS, upload_trials))
     device = f"CPU, {os.cpu_count()} cores"
-    write_edit_report(table, config.command(), device, Path(config.out) / "EDITS.md")
-    return table
+    write_edit_report(table, uploads, config.command(), device, Path(config.out) / "EDITS.md")
+    return table, uploads
 
 
 def main(argv=None) -> None:

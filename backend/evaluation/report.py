@@ -305,7 +305,7 @@ Model `{cfg['model']}`{_model_step(results)}; {cfg['train_images']} training cap
 all steps recorded; {cfg['n_latents']} latents, k = {cfg['k']}, {cfg['epochs']} epochs for every variant; SAE seeds
 {cfg['seeds']}. Device: {results['device']}. Values are mean ± standard deviation over seeds.
 
-Concept edits on the shipped bundle (`Bundle.edit`, every mechanism tried, beside prompting, on fresh prompts) are measured by `python -m backend.evaluate --bundle checkpoints/shapes-bundle`: [EDITS.md](EDITS.md).
+Concept edits on the shipped bundle, of generated images (`Bundle.edit`, every mechanism tried, beside prompting, on fresh prompts) and of uploaded images (`Bundle.edit_image` on images drawn by the renderer: how much of the upload the reconstruction keeps, and the edits beside prompting through the inversion), are measured by `python -m backend.evaluate --bundle checkpoints/shapes-bundle`: [EDITS.md](EDITS.md).
 
 ## What is measured
 

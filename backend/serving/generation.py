@@ -35,6 +35,11 @@ MASKS = ("all", "fired")
 # Below this PSNR an upload's reconstruction is not presented as the upload: SD 1.5's VAE alone gives about 25-30 dB
 # on photographs, the exact path of the demo's pixel-space model 40 dB and more (uint8 rounding).
 FAITHFUL_PSNR = 20.0
+# Uploads are inverted and resampled at guidance 1 unless asked otherwise: an empty prompt gives guidance nothing to
+# amplify but the steering itself (SteeringHook edits the conditional rows only), and on the demo's rendered uploads
+# edits were clean more often at guidance 1 than at generation's 4 (colour 0.25 against 0.00, background 0.38 against
+# 0.06: docs/EDITS.md).
+UPLOAD_GUIDANCE = 1.0
 
 
 def base_run_budget() -> int:
@@ -136,28 +141,30 @@ class Generator:
         traj = recorder.trajectories()[0]  # [P, T, C]
         return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj), prompt=prompt, guidance=guidance)
 
-    def invert(self, image: Image.Image, prompt: str = "", guidance_scale: float | None = None) -> BaseRun:
+    def invert(self, image: Image.Image, prompt: str = "", guidance_scale: float | None = None, held: bool = True) -> BaseRun:
         """An uploaded image as a base run that reproduces it, steered and edited like a generated one; cached like `base`.
 
         DDIM inversion (inversion.py, conditioned on `prompt`, unconditional when empty) gives the
-        path of states from noise to the image; the base run is the sampler held on that path at
-        the bundle's guidance, keeping what each step missed as corrections that every steered run
+        path of states from noise to the image; the base run is the sampler held on that path (at
+        UPLOAD_GUIDANCE unless `guidance_scale` is given), keeping what each step missed as corrections that every steered run
         from it adds again. Without steering, a run retraces the path to the image exactly (through
-        the VAE's round trip for latent models): 2 × num_steps UNet passes per upload.
+        the VAE's round trip for latent models): 2 × num_steps UNet passes per upload. `held=False`
+        samples from the inverted noise without corrections: plain DDIM inversion, the baseline the
+        evaluation measures them against.
         """
         if prompt:
             self.check_prompts([prompt])
         x0 = encode_image(self.model, image)
-        guidance = self._guidance(guidance_scale)
-        key = ("upload", hashlib.sha256(x0.float().cpu().numpy().tobytes()).hexdigest(), prompt, guidance)
-        return self.base_runs.get(key, lambda: self._invert(image, x0, prompt, guidance))
+        guidance = UPLOAD_GUIDANCE if guidance_scale is None else self._guidance(guidance_scale)
+        key = ("upload", hashlib.sha256(x0.float().cpu().numpy().tobytes()).hexdigest(), prompt, guidance, bool(held))
+        return self.base_runs.get(key, lambda: self._invert(image, x0, prompt, guidance, held))
 
-    def _invert(self, image: Image.Image, x0: Tensor, prompt: str, guidance: float) -> BaseRun:
+    def _invert(self, image: Image.Image, x0: Tensor, prompt: str, guidance: float, held: bool) -> BaseRun:
         states = self.sampler.run(InversionRun(self.model, x0, prompt, self.num_steps))
         recorder = TrajectoryRecorder(self.site, self.recorded_steps)
         result = self.sampler.run(SamplingRun(self.model, prompt, 0, num_steps=self.num_steps, guidance_scale=guidance,
-                                              hooks=[recorder], start_latents=states[0], follow=states, keep_latents=True,
-                                              keep_x0=True))
+                                              hooks=[recorder], start_latents=states[0], follow=states if held else None,
+                                              keep_latents=True, keep_x0=True))
         traj = recorder.trajectories()[0]
         upload = pixels(image, *result.images.shape[-2:])
         return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj), prompt=prompt, guidance=guidance,
@@ -194,10 +201,10 @@ class Generator:
         return self._steer(self.base(prompt, seed, guidance_scale, allow_empty), steers, window, mask)
 
     def steer_image(self, image: Image.Image, steering: list[Steer], prompt: str = "", window: tuple[int, int] | None = None,
-                    mask="all", guidance_scale: float | None = None) -> Generation:
+                    mask="all", guidance_scale: float | None = None, held: bool = True) -> Generation:
         """`generate` for an uploaded image: steered beside its reconstruction (`invert`)."""
         steers, window = self._check_steering(steering, window, mask)
-        return self._steer(self.invert(image, prompt, guidance_scale), steers, window, mask)
+        return self._steer(self.invert(image, prompt, guidance_scale, held), steers, window, mask)
 
     def _check_steering(self, steering, window, mask) -> tuple[list[Steer], tuple[int, int]]:
         """The steering entries and window, checked before any model work (clear errors for bad ones)."""
@@ -252,15 +259,14 @@ class Generator:
         return self._edit(self.base(prompt, seed, guidance_scale), *request)
 
     def edit_image(self, image: Image.Image, target=None, source=None, prompt: str = "", strength: float | None = None,
-                   window=None, where: str = "auto", guidance_scale: float | None = None) -> Generation:
+                   window=None, where: str = "auto", guidance_scale: float | None = None, held: bool = True) -> Generation:
         """`edit` for an uploaded image, beside its reconstruction (`invert`); with no target the reconstruction twice."""
         if target is None:
             if source is not None:
                 raise ExplorerError("An edit with a source needs a target: what should the source become?")
-            _, window = self._check_steering([], window, "all")
-            return self._steer(self.invert(image, prompt, guidance_scale), [], window, "all")
+            return self.steer_image(image, [], prompt, window, "all", guidance_scale, held)
         request = self._check_edit(target, source, strength, window, where)
-        return self._edit(self.invert(image, prompt, guidance_scale), *request)
+        return self._edit(self.invert(image, prompt, guidance_scale, held), *request)
 
     def _check_edit(self, target, source, strength, window, where) -> tuple:
         """(target, source, strength, window, where) checked before any model work, concepts resolved."""
