@@ -276,7 +276,9 @@ def test_an_upload_with_no_edit_is_its_own_faithful_reconstruction(labelled, upl
     assert out.base_run.faithful and out.base_run.fidelity > 40
     calls = labelled.generator.sampler.calls
     assert labelled.edit_image(upload.copy(), prompt="a green star").base_run is out.base_run  # the same pixels: inverted once
+    assert labelled.edit_image(upload, prompt="  a green star ").base_run is out.base_run  # a prompt is read stripped
     assert labelled.generator.sampler.calls == calls
+    assert labelled.edit_image(upload, prompt="   ").base_run is labelled.edit_image(upload).base_run  # a blank one is no prompt
 
 
 def test_steering_an_upload_departs_from_its_reconstruction_only_by_the_steering(labelled, upload):
@@ -284,6 +286,7 @@ def test_steering_an_upload_departs_from_its_reconstruction_only_by_the_steering
     assert torch.allclose(nothing.steered_images, nothing.base_run.result.images, atol=1e-5)
     steered = labelled.steer_image(upload, [Steer(9, 8.0)], window=(2, 5))
     assert not torch.allclose(steered.steered_images, nothing.base_run.result.images, atol=1e-2)
+    assert torch.equal(labelled.steer_image(upload, Steer(9, 8.0), window=(2, 5)).steered_images, steered.steered_images)  # a lone Steer
     fired = labelled.steer_image(upload, [Steer(9, 8.0)], mask="fired")  # every mask works on an upload
     where = (nothing.base_run.codes[:, 9] > 0).float()
     deltas = steering_deltas([Steer(9, 8.0)], labelled.feature_trajectories, labelled.typical_activation, nothing.base_run.codes, where)

@@ -1,13 +1,16 @@
 """DDIM inversion and runs held on its path: an uploaded image becomes a run that reproduces it."""
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from backend.diffusion.inversion import InversionRun
-from backend.diffusion.sampler import SamplingRun, encode_image, encode_prompts, make_scheduler, pixels, psnr, sample, step_together
+from backend.diffusion.sampler import SamplingRun, encode_pixels, image_size, encode_prompts, make_scheduler, pixels, psnr, sample, step_together
 from backend.diffusion.steering import Steer
 from backend.errors import ExplorerError
 from backend.serving.generation import FAITHFUL_PSNR, Generator
@@ -34,7 +37,7 @@ def image(model) -> Image.Image:
 
 @torch.inference_mode()
 def test_inversion_walks_x0_up_the_sampler_schedule(model, image):
-    x0 = encode_image(model, image)
+    x0 = encode_pixels(model, pixels(image, *image_size(model)))
     states = run_to_end(model, InversionRun(model, x0, "a red star", STEPS))
     assert len(states) == STEPS + 1 and torch.equal(states[-1], x0)
     timesteps = make_scheduler(model, STEPS).timesteps  # the sampler's, noisiest first
@@ -50,7 +53,7 @@ def test_inversion_walks_x0_up_the_sampler_schedule(model, image):
 
 @torch.inference_mode()
 def test_a_run_held_on_a_path_keeps_what_each_step_missed_and_replaying_that_retraces_the_path(model, image):
-    states = run_to_end(model, InversionRun(model, encode_image(model, image), "", STEPS))
+    states = run_to_end(model, InversionRun(model, encode_pixels(model, pixels(image, *image_size(model))), "", STEPS))
     held = run_to_end(model, SamplingRun(model, "", 0, num_steps=STEPS, guidance_scale=7.5, start_latents=states[0], follow=states,
                                          keep_latents=True))
     assert all(torch.equal(a, b) for a, b in zip(held.latents, states)) and len(held.corrections) == STEPS
@@ -63,6 +66,16 @@ def test_a_run_held_on_a_path_keeps_what_each_step_missed_and_replaying_that_ret
         assert torch.allclose(replayed.images, held.images, atol=1e-5)
     with pytest.raises(ExplorerError, match="one tensor per sampler step"):
         SamplingRun(model, "", 0, num_steps=STEPS, start_latents=states[0], corrections=held.corrections[:2])
+    with pytest.raises(ExplorerError, match="starts at step 0"):
+        SamplingRun(model, "", 0, num_steps=STEPS, start_step=3, start_latents=states[3], follow=states)
+    with pytest.raises(ExplorerError, match="makes its own corrections"):
+        SamplingRun(model, "", 0, num_steps=STEPS, start_latents=states[0], follow=states, corrections=held.corrections)
+
+
+def test_a_scheduler_whose_timesteps_the_inverse_cannot_lay_out_is_refused_with_its_spacing(model):
+    linspace = replace(model, scheduler=DDIMScheduler.from_config(model.scheduler.config, timestep_spacing="linspace"))
+    with pytest.raises(ExplorerError, match="'linspace'"):
+        InversionRun(linspace, torch.zeros(1, 3, 16, 16), "", STEPS)
 
 
 def test_an_upload_through_a_lossy_vae_says_it_is_not_faithful(tiny_bundle, image):

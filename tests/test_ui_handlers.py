@@ -453,6 +453,8 @@ def test_steering_an_upload_shows_the_reconstruction_steered_and_their_differenc
     ("edit", dict(prompt="a red circle " * 50), "at most 500"), ("steer", dict(prompt="a red circle " * 50), "at most 500"),
     ("edit", dict(prompt="a red circle on the top left of a blue square star"), "tokens"), ("edit", dict(where="inside"), "Where to edit"),
     ("steer", dict(mask="region"), "no cell is ticked"), ("steer", dict(start=5, end=1), "window"), ("edit", dict(start=-1), "Window start"),
+    ("edit", dict(prompt=3), "The prompt must be text"), ("steer", dict(prompt=["a"]), "The prompt must be text"),
+    ("steer", dict(path=None, latent=99), "Latent 99 does not exist"),  # the controls are checked first: fix them before uploading
 ])
 def test_bad_upload_requests_are_explained_and_change_nothing(ex, tmp_path, call, bad, message):
     path, _ = saved_upload(ex, tmp_path, size=(17, 17))  # pixels no other test uploads: a new upload would be cached

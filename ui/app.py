@@ -447,6 +447,9 @@ def build_app(ex: Explorer) -> gr.Blocks:
                    [upload, upload_prompt, upload_start, upload_end, upload_mask, upload_cells, *upload_slot[:3]],
                    [upload_base, upload_steered, upload_diff, upload_applied], [upload_slot],
                    (upload_start.release, upload_end.release, upload_mask.input, upload_cells.input), "steer_upload")
+        stale = [upload_edit.base, upload_edit.edited, upload_edit.positions, upload_edit.caption, upload_base, upload_steered,
+                 upload_diff, upload_applied]  # results of the previous upload, cleared when another is chosen
+        upload.change(lambda: [None] * len(stale), None, stale, api_name=False, **BROWSE)
 
         # --- URL state ------------------------------------------------------------------------------
         for tab, name in ((browse_tab, "browse"), (steer_tab, "steer"), (inspect_tab, "inspect")):

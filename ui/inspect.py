@@ -4,6 +4,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from backend.errors import ExplorerError
 from ui.explorer import Explorer
 from ui.images import upscale
 from ui.state import MAX_SEED, parse_int
@@ -38,7 +39,9 @@ class Inspection:
 def read_upload(path, prompt) -> tuple[Image.Image, str]:
     """The uploaded file (checked by `open_upload`) and its optional prompt ("" when blank)."""
     image = open_upload(path)
-    return image, check_prompt(prompt) if isinstance(prompt, str) and prompt.strip() else ""
+    if prompt is not None and not isinstance(prompt, str):
+        raise ExplorerError(f"The prompt must be text, got {type(prompt).__name__}.")
+    return image, check_prompt(prompt) if prompt and prompt.strip() else ""
 
 
 def upload_note(image: Image.Image, run) -> str:

@@ -10,13 +10,15 @@ runs inversions among other users' runs.
 
 from collections.abc import Sequence
 
-import torch
 from diffusers import DDIMInverseScheduler
 from torch import Tensor
 
 from backend.diffusion.hooks import SiteHook
 from backend.diffusion.models import DiffusionModel
+from backend.errors import ExplorerError
 from backend.diffusion.sampler import encode_prompts, make_scheduler
+
+INVERTIBLE_SPACINGS = ("leading", "trailing")  # the spacings DDIMInverseScheduler lays out as the sampler does
 
 
 class InversionRun:
@@ -24,6 +26,10 @@ class InversionRun:
 
     def __init__(self, model: DiffusionModel, x0: Tensor, prompt: str, num_steps: int):
         make_scheduler(model, num_steps)  # the same checks of num_steps as the sampler's
+        spacing = model.scheduler.config.get("timestep_spacing", "leading")
+        if spacing not in INVERTIBLE_SPACINGS:
+            raise ExplorerError(f"Uploaded images can be inverted only with timestep spacing {' or '.join(INVERTIBLE_SPACINGS)}; "
+                                f"this model's scheduler uses {spacing!r}.")
         self.scheduler = DDIMInverseScheduler.from_config(model.scheduler.config)
         self.scheduler.set_timesteps(num_steps)
         self.model, self.num_steps, self.step = model, num_steps, 0

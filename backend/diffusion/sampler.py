@@ -100,9 +100,9 @@ def psnr(image: Tensor, reference: Tensor) -> float:
 
 
 @torch.inference_mode()
-def encode_image(model: DiffusionModel, image: Image.Image) -> Tensor:
-    """A PIL image to the model's x_0 (VAE latents, or pixels in [-1, 1]), resized to the model's size."""
-    x = (pixels(image, *image_size(model))[None] * 2 - 1).to(model.device, model.dtype)
+def encode_pixels(model: DiffusionModel, upload: Tensor) -> Tensor:
+    """Tensor[3, H, W] in [0, 1] at the model's size (`pixels`) to the model's x_0: VAE latents, or pixels in [-1, 1]."""
+    x = (upload[None] * 2 - 1).to(model.device, model.dtype)
     if model.vae is None:
         return x
     return model.vae.encode(x).latent_dist.mean * model.vae.config.scaling_factor
@@ -130,7 +130,7 @@ class SamplingRun:
     `follow` (the x before every step and after the last, as from an inversion) holds the run on
     that path: after each step x is set to the next state, and what the step missed is kept in
     `corrections`. A run given those `corrections` adds them after its steps, so without hooks it
-    retraces the path, and with hooks it departs from it only by what the hooks change.
+    retraces the path; with hooks the same corrections are added to the hooked steps.
     """
 
     def __init__(self, model: DiffusionModel, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, num_steps: int = 25,
@@ -162,6 +162,8 @@ class SamplingRun:
             self.x = start_latents.to(model.device, model.dtype)
         self.latents = [None] * start_step + [self.x] if keep_latents else None  # positions before start_step are not known here
         self.x0_predictions = [] if keep_x0 else None
+        if follow is not None and (start_step > 0 or corrections is not None):
+            raise ExplorerError("A run held on a path (follow) starts at step 0 and makes its own corrections.")
         for path, name in ((follow, "follow"), (corrections, "corrections")):
             if path is not None and len(path) != num_steps + (name == "follow"):
                 raise ExplorerError(f"{name} must hold one tensor per sampler step{' and the final x' * (name == 'follow')}.")

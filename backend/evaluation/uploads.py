@@ -4,7 +4,9 @@ Each trial renders a shapes image with the renderer (never the model) from a see
 training renders and the other evaluations, and reads it with the factor classifier. The upload is
 inverted (Generator.invert) and edited towards another value of the factor that labels latents,
 through the app's own path (`Bundle.edit_image`). *Kept* is the share of the five factor readings
-of the reconstruction that equal the upload's; an edit is *reached* when the classifier reads the
+of the reconstruction that equal the upload's (1 by construction for the app's held runs on a
+pixel-space model such as the demo's, which end on the upload; on SD 1.5 it measures the VAE's
+round trip); an edit is *reached* when the classifier reads the
 target, *clean* when, besides, every other factor reads as uploaded. The prompting baseline inverts
 with the upload's caption and samples again with the target written into it, replaying the
 inversion's corrections.
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from backend.diffusion.sampler import image_size, pixels, sample
+from backend.diffusion.sampler import SamplingRun, image_size, pixels
 from backend.errors import ExplorerError
 from backend.evaluation.edits import edit_table
 from backend.serving.bundle import Bundle
@@ -32,7 +34,7 @@ class UploadMechanism:
     """How an upload is inverted and edited: `held` replays the inversion's corrections (the app's way)."""
 
     held: bool = True
-    guidance: float | None = None  # None: what the app uses for uploads
+    generation_guidance: bool = False  # at the bundle's guidance of generation, else at what the app uses for uploads
     caption: bool = False  # invert with the upload's caption, else the empty prompt
     start: int = 0  # the edit's first sampler step
     prompting: bool = False  # no latents: the target written into the caption
@@ -42,7 +44,7 @@ UPLOAD_MECHANISMS = {
     "held inversion, → B automatic": UploadMechanism(),
     "held inversion, → B automatic, from step 4": UploadMechanism(start=4),
     "held inversion with the caption, → B automatic": UploadMechanism(caption=True),
-    "held inversion at generation's guidance, → B automatic": UploadMechanism(guidance=-1.0),
+    "held inversion at generation's guidance, → B automatic": UploadMechanism(generation_guidance=True),
     "plain DDIM inversion, → B automatic": UploadMechanism(held=False),
     "prompting: inverted with the caption, sampled with the target's": UploadMechanism(caption=True, prompting=True),
 }
@@ -61,21 +63,16 @@ class UploadTrial:
     clean: bool
 
 
-def _guidance(bundle: Bundle, mechanism: UploadMechanism) -> float | None:
-    """The mechanism's guidance: -1 stands for the bundle's guidance of generation."""
-    return bundle.generator.default_guidance if mechanism.guidance == -1.0 else mechanism.guidance
-
-
 def _edited(bundle: Bundle, image, factors: Factors, factor: str, target: str, mechanism: UploadMechanism):
     """(the reconstruction's images, the edited images, the strength used) for one mechanism."""
     generator = bundle.generator
     prompt = canonical_caption(factors) if mechanism.caption else ""
-    guidance = _guidance(bundle, mechanism)
+    guidance = generator.default_guidance if mechanism.generation_guidance else None
     run = generator.invert(image, prompt, guidance, mechanism.held)
     if mechanism.prompting:
         caption = canonical_caption(Factors(**factors.as_dict() | {factor: target}))
-        edited = sample(generator.model, caption, 0, num_steps=generator.num_steps, guidance_scale=run.guidance,
-                        start_latents=run.result.latents[0], corrections=run.result.corrections).images
+        edited = generator.sampler.run(SamplingRun(generator.model, caption, 0, num_steps=generator.num_steps, guidance_scale=run.guidance,
+                                                   start_latents=run.result.latents[0], corrections=run.result.corrections)).images
         return run.result.images, edited, None
     window = (mechanism.start, generator.num_steps - 1)
     try:

@@ -7,8 +7,11 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 
+from backend.diffusion.inversion import InversionRun
 from backend.diffusion.models import DiffusionModel
 from backend.diffusion.sampler import SampleResult, SamplingRun, step_together
+
+Run = SamplingRun | InversionRun  # anything that steps like a SamplingRun (step_together)
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +47,17 @@ class BatchedSampler:
 
     def __init__(self, model: DiffusionModel, model_lock: threading.RLock, max_rows: int = MAX_ROWS):
         self.model, self.model_lock, self.max_rows = model, model_lock, max_rows
-        self._queue: deque[tuple[SamplingRun, Future]] = deque()
+        self._queue: deque[tuple[Run, Future]] = deque()
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self.calls = 0  # UNet calls made; with `rows_stepped`, how full the batches were
         self.rows_stepped = 0
 
-    def run(self, run: SamplingRun) -> SampleResult:
-        """Step `run` to its end among whatever else is running, then decode it (in the caller's thread)."""
+    def run(self, run: Run) -> SampleResult | list:
+        """Step `run` to its end among whatever else is running, then take its result (decoded in the caller's thread).
+
+        An InversionRun's result is its list of states (inversion.py).
+        """
         done: Future = Future()
         with self._wake:
             self._queue.append((run, done))
@@ -62,7 +68,7 @@ class BatchedSampler:
         done.result()
         return run.result()
 
-    def _admit(self, active: list[tuple[SamplingRun, Future]]) -> None:
+    def _admit(self, active: list[tuple[Run, Future]]) -> None:
         """Move queued runs into the batch while they fit (in arrival order) and share the batch's image shape."""
         rows = sum(run.rows for run, _ in active)
         shape = active[0][0].x.shape[1:] if active else None
@@ -77,7 +83,7 @@ class BatchedSampler:
 
     def _serve(self) -> None:
         yield_cpu_to_requests()
-        active: list[tuple[SamplingRun, Future]] = []
+        active: list[tuple[Run, Future]] = []
         while True:
             with self._wake:
                 self._admit(active)

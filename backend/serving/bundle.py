@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-# the request type of Bundle.generate, for callers that must not load diffusers (ui/)
-from backend.diffusion.steering import Steer  # noqa: F401
+# the request type of Bundle.generate and steer_image, for callers that must not load diffusers (ui/)
+from backend.diffusion.steering import Steer
 from backend.errors import ExplorerError
 from backend.hub import hub_offline
 from backend.io import sha256_file, write_json, write_safetensors
@@ -483,7 +483,7 @@ class Bundle:
 
     def generate(self, prompt: str, seed: int, steering=(), **options):
         """Base and steered images (see `Generator.generate`); needs `attach_model` first."""
-        return self._generator.generate(prompt, seed, list(steering), **options)
+        return self._generator.generate(prompt, seed, steer_list(steering), **options)
 
     def concept(self, spec):
         """A Concept (concepts.py): 'factor=value', latent ids, {latent: weight} or a Find result; a bad spec is an ExplorerError."""
@@ -498,7 +498,7 @@ class Bundle:
 
     def steer_image(self, image, steering=(), prompt: str = "", **options):
         """An uploaded PIL image steered beside its reconstruction (see `Generator.steer_image`); needs `attach_model`."""
-        return self._generator.steer_image(image, list(steering), prompt, **options)
+        return self._generator.steer_image(image, steer_list(steering), prompt, **options)
 
     def edit_image(self, image, target=None, source=None, prompt: str = "", strength: float | None = None, window=None,
                    where: str = "auto", **options):
@@ -510,6 +510,11 @@ class Bundle:
         from backend.serving.contrast import contrast
 
         return contrast(self._generator, with_prompts, without_prompts, seeds, self._check_count(n))
+
+
+def steer_list(steering) -> list:
+    """A lone Steer as a list of one; anything else as a list (the generator checks its items)."""
+    return [steering] if isinstance(steering, Steer) else list(steering)
 
 
 def label_text(label: dict) -> str:

@@ -18,7 +18,8 @@ from backend.diffusion.sampler import (
     SamplingRun,
     check_prompts,
     decode,
-    encode_image,
+    encode_pixels,
+    image_size,
     pixels,
     psnr,
     to_pil,
@@ -33,7 +34,7 @@ from backend.serving.recent import Recent
 
 MASKS = ("all", "fired")
 # Below this PSNR an upload's reconstruction is not presented as the upload: SD 1.5's VAE alone gives about 25-30 dB
-# on photographs, the exact path of the demo's pixel-space model 40 dB and more (uint8 rounding).
+# on photographs; the demo's pixel-space model retraces its path exactly (100 dB, psnr's cap, on rendered uploads).
 FAITHFUL_PSNR = 20.0
 # Uploads are inverted and resampled at guidance 1 unless asked otherwise: an empty prompt gives guidance nothing to
 # amplify but the steering itself (SteeringHook edits the conditional rows only), and on the demo's rendered uploads
@@ -152,21 +153,22 @@ class Generator:
         samples from the inverted noise without corrections: plain DDIM inversion, the baseline the
         evaluation measures them against.
         """
+        prompt = prompt.strip()
         if prompt:
             self.check_prompts([prompt])
-        x0 = encode_image(self.model, image)
+        upload = pixels(image, *image_size(self.model))
         guidance = UPLOAD_GUIDANCE if guidance_scale is None else self._guidance(guidance_scale)
-        key = ("upload", hashlib.sha256(x0.float().cpu().numpy().tobytes()).hexdigest(), prompt, guidance, bool(held))
-        return self.base_runs.get(key, lambda: self._invert(image, x0, prompt, guidance, held))
+        key = ("upload", hashlib.sha256(upload.numpy().tobytes()).hexdigest(), prompt, guidance, bool(held))
+        return self.base_runs.get(key, lambda: self._invert(upload, prompt, guidance, held))
 
-    def _invert(self, image: Image.Image, x0: Tensor, prompt: str, guidance: float, held: bool) -> BaseRun:
+    def _invert(self, upload: Tensor, prompt: str, guidance: float, held: bool) -> BaseRun:
+        x0 = encode_pixels(self.model, upload)
         states = self.sampler.run(InversionRun(self.model, x0, prompt, self.num_steps))
         recorder = TrajectoryRecorder(self.site, self.recorded_steps)
         result = self.sampler.run(SamplingRun(self.model, prompt, 0, num_steps=self.num_steps, guidance_scale=guidance,
                                               hooks=[recorder], start_latents=states[0], follow=states if held else None,
                                               keep_latents=True, keep_x0=True))
         traj = recorder.trajectories()[0]
-        upload = pixels(image, *result.images.shape[-2:])
         return BaseRun(result=result, traj=traj, codes=self.bundle.codes(traj), prompt=prompt, guidance=guidance,
                        fidelity=psnr(result.images[0], upload))
 
