@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from backend.serving.atlas import AtlasAccumulator, label_latents, temporal_profiles
+from backend.serving.atlas import AtlasAccumulator, image_spread, label_latents, label_precision, temporal_profiles
 
 
 def test_streamed_atlas_equals_brute_force_over_all_images():
@@ -21,6 +22,33 @@ def test_streamed_atlas_equals_brute_force_over_all_images():
     assert torch.equal(atlas["top_patch_image"][:, 0], top // 9) and torch.equal(atlas["top_patch_position"][:, 0], top % 9)
     assert torch.allclose(atlas["frequency"], (codes > 0).float().mean((0, 1)))
     assert torch.equal(atlas["histogram"].sum(1), (image_max > 0).sum(0))
+
+
+def test_spread_and_precision_from_the_atlas_equal_their_direct_reading_of_every_images_codes():
+    g = torch.Generator().manual_seed(1)
+    codes = torch.rand(30, 9, 6, generator=g) * (torch.rand(30, 9, 6, generator=g) > torch.linspace(0.2, 0.95, 6))  # sparser to the right
+    codes[:, :, 5] = 0
+    codes[3, 4, 5] = 2.0  # latent 5 fires once: one position of one image
+    acc = AtlasAccumulator(n_latents=6, n_images=30, positions=9, top_n=5)
+    acc.update(torch.arange(30), codes)
+    atlas = acc.finish()
+    spread = image_spread(atlas["frequency"], atlas["histogram"], 30)
+    for j in range(6):  # the mean over the images where j fires of the share of their positions where it does
+        shares = [float((codes[i, :, j] > 0).float().mean()) for i in range(30) if (codes[i, :, j] > 0).any()]
+        assert float(spread[j]) == pytest.approx(sum(shares) / len(shares), abs=1e-6)
+    assert float(spread[5]) == pytest.approx(1 / 9)
+    factors = [{"colour": "red" if i % 3 == 0 else "blue"} | ({"shape": "star"} if i < 20 else {}) for i in range(30)]
+    labels = [{"factor": "colour", "value": "red"}, {"factor": "shape", "value": "star"}, {"factor": None}, {}, {"factor": "colour", "value": "blue"},
+              {"factor": "colour", "value": "red"}]
+    precision = label_precision(atlas["image_profile"], factors, labels)
+    for j, label in enumerate(labels):
+        if not label.get("factor"):
+            assert precision[j] == 0.0
+            continue
+        on_value = sum(float(codes[i, :, j].max()) for i in range(30) if factors[i].get(label["factor"]) == label["value"])
+        named = sum(float(codes[i, :, j].max()) for i in range(30) if label["factor"] in factors[i])
+        assert float(precision[j]) == pytest.approx(on_value / named, abs=1e-6)
+    assert precision[5] == 1.0 and 0 < precision[0] < 1
 
 
 def test_labels_pick_the_most_enriched_factor_value():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from backend.evaluation.localization import localization, map_iou, object_masks, temporal_structure
+from backend.evaluation.localization import DAAM_THRESHOLD, localization, map_iou, object_masks, temporal_structure
 
 
 def planted():
@@ -38,6 +38,14 @@ def test_map_iou_of_a_map_that_is_the_object_is_one():
     # latent 0: IoU 1 on image 0, 1/2 on image 1 -> 0.75; latent 1: 2/4 on image 1 -> 0.5; median of two = 0.625
     assert map_iou(top_ids, maps, atlas_masks, [0, 1]) == pytest.approx(0.625)
     assert map_iou(top_ids, maps, atlas_masks, []) is None
+
+
+def test_map_iou_by_daams_rule_binarizes_each_map_at_four_tenths_of_its_maximum():
+    atlas_masks = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    maps = torch.tensor([[[2.0, 1.0, 0.5, 0.1]]])  # above 0.4 × 2 = 0.8: positions 0 and 1, the object; above 0: all four
+    assert map_iou(torch.tensor([[0]]), maps, atlas_masks, [0]) == pytest.approx(0.5)
+    assert map_iou(torch.tensor([[0]]), maps, atlas_masks, [0], relative=DAAM_THRESHOLD) == pytest.approx(1.0)
+    assert map_iou(torch.tensor([[0]]), maps, atlas_masks, [0], relative=0.6) == pytest.approx(0.5)  # 1.0 < 1.2: only position 0
 
 
 def test_effective_steps_and_peaks_of_planted_profiles():

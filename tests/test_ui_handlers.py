@@ -91,15 +91,38 @@ def test_search_by_label_words_returns_only_matching_latents(ex):
     assert {r[0] for r in rows} == set(ex.bundle.search_latents("red"))
 
 
-def test_empty_search_lists_every_latent_sorted_by_frequency(ex):
+def test_the_default_order_leads_with_precise_localized_latents_and_the_app_opens_on_the_first(ex, monkeypatch):
+    rng = np.random.default_rng(0)
+    planted = replace(ex.table, precision=rng.choice([0.3, 0.8, 0.95, 1.0], 32), image_share=rng.choice([0.005, 0.5], 32),
+                      frequency=rng.permutation(32) / 100, kinds=[("local", "local", "image-wide", "global")[j % 4] for j in range(32)])
+    monkeypatch.setattr(ex, "table", planted)
     rows, _ = browse.search(ex, "")
-    assert len(rows) == 32
-    frequencies = [r[HEADERS.index("freq.")] for r in rows]
-    assert frequencies == sorted(frequencies, reverse=True)
+    leads = [j for j in range(32) if planted.kinds[j] == "local" and planted.image_share[j] >= 0.01 and planted.precision[j] >= 0.8]
+    rest = [j for j in range(32) if j not in leads]
+    expected = sorted(leads, key=lambda j: -planted.frequency[j]) + sorted(rest, key=lambda j: (-planted.precision[j], -planted.frequency[j]))
+    assert 2 <= len(leads) < 32 and [r[0] for r in rows] == expected
+    assert views.default_latent(ex) == expected[0] and views.restore(ex, {})[1] == expected[0]
+    precision = HEADERS.index("precision")
+    assert [r[precision] for r in rows] == [round(float(planted.precision[j]), 2) for j in expected]
+
+
+def test_a_latent_page_says_how_widely_its_latent_fires_and_how_precise_its_label_is(ex, monkeypatch):
+    table = ex.table
+    planted = replace(table, kinds=["image-wide"] + table.kinds[1:], spread=np.r_[0.43, table.spread[1:]],
+                      image_share=np.r_[1.0, table.image_share[1:]], precision=np.r_[0.28, table.precision[1:]])
+    monkeypatch.setattr(ex, "table", planted)
+    monkeypatch.setattr(ex.bundle, "labels", [{"factor": "background", "value": "gray", "purity": 0.86, "support": 16}] + ex.bundle.labels[1:])
+    page = browse.header(ex, 0)
+    assert "**image-wide**: fires on 43% of the positions of each image it fires on (more than a quarter), on 100% of the atlas images" in page
+    assert "precision 0.28: of its activation over all atlas images, the share on images whose background is gray" in page
+    j = next(j for j in range(1, 32) if table.kinds[j] == "local" and table.max_activation[j] > 0)
+    assert f"{table.spread[j]:.0%} of each image it fires on, on {table.image_share[j]:.0%} of the atlas images" in browse.header(ex, j)
+    assert planted.row(0)[HEADERS.index("kind")] == "image-wide" and browse.latent_page(ex, 0).top_images  # still mapped
 
 
 @pytest.mark.parametrize("sort, column, reverse", [("max activation", "max", True), ("purity", "purity", True), ("peak step", "peak", False),
-                                                   ("latent id", "latent", False)])
+                                                   ("latent id", "latent", False), ("frequency", "freq.", True),
+                                                   ("label precision", "precision", True)])
 def test_sorts_order_the_list(ex, sort, column, reverse):
     values = [r[HEADERS.index(column)] for r in browse.search(ex, "", sort)[0]]
     assert values == sorted(values, reverse=reverse)

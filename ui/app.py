@@ -11,7 +11,7 @@ from ui import browse, edit, export, find, inspect, status, steer, timeline, vie
 from ui.explorer import Explorer
 from ui.icons import IconCells
 from ui.image_files import ImageFiles, temporary_folder
-from ui.latents import SORTS
+from ui.latents import DEFAULT_SORT, SORTS
 from backend.serving.edits import MAX_EDIT_STRENGTH
 from ui.state import STEER_MODES, alpha_from_position
 from ui.uploads import FILE_TYPES, MAX_UPLOAD_BYTES
@@ -206,7 +206,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
                     with gr.Column(scale=6):
                         query = gr.Textbox(label="Search", placeholder="a latent id, or label words such as 'red'", elem_id="search")
                         with gr.Row():
-                            sort = gr.Dropdown(list(SORTS), value="frequency", label="Sort by")
+                            sort = gr.Dropdown(list(SORTS), value=DEFAULT_SORT, label="Sort by")
                             labelled = gr.Checkbox(label="Labelled only")
                             min_freq = gr.Number(0.0, label="Min frequency", minimum=0, maximum=1, step=0.001)
                         summary = gr.Markdown(listed)

@@ -12,7 +12,7 @@ from ui.icons import HEADER as ICONS_HEADER
 from ui.icons import IconCells, icon_gallery
 from ui.image_files import ImageFiles
 from ui.images import mark_patch, overlay, upscale
-from ui.latents import HEADERS, list_latents
+from ui.latents import DEFAULT_SORT, HEADERS, list_latents
 from ui.plots import histogram_figure, latent_map_figure, profile_figure
 from ui.state import parse_int
 from ui.timeline import Timeline, frame, timelines
@@ -21,17 +21,17 @@ TOP_N = 8
 QUANTILE_BINS, PER_BIN = 4, 2
 SIMILAR_N = 8
 SIMILAR_HEADERS = ["latent", "label", "cosine"]
-COLUMN_WIDTHS = {"latent": "9%", ICONS_HEADER: "14%", "label": "15%", "effect": "17%", "freq.": "10%", "max": "9%", "purity": "10%",
-                 "peak": "8%", "kind": "8%"}  # of the latent table (without icons the columns share the rest)
+COLUMN_WIDTHS = {"latent": "7%", ICONS_HEADER: "14%", "label": "14%", "effect": "16%", "freq.": "8%", "max": "7%", "purity": "8%",
+                 "precision": "9%", "peak": "7%", "kind": "10%"}  # of the latent table (without icons the columns share the rest)
 
 
-def search(ex: Explorer, query: str = "", sort: str = "frequency", labelled_only: bool = False,
+def search(ex: Explorer, query: str = "", sort: str = DEFAULT_SORT, labelled_only: bool = False,
            min_frequency: float = 0.0) -> tuple[list[list], str]:
     """The latent list for the search box, sort menu and filters."""
     return list_latents(ex.bundle, ex.table, query, sort, labelled_only, min_frequency)
 
 
-def table(ex: Explorer, icon_cells: IconCells, query: str = "", sort: str = "frequency", labelled_only: bool = False,
+def table(ex: Explorer, icon_cells: IconCells, query: str = "", sort: str = DEFAULT_SORT, labelled_only: bool = False,
           min_frequency: float = 0.0) -> tuple[list[list], str]:
     """The latent list as the app's table shows it: `search`'s rows, each with its latent's icon strip after the id."""
     rows, summary = search(ex, query, sort, labelled_only, min_frequency)
@@ -82,15 +82,27 @@ def header(ex: Explorer, j: int) -> str:
     """Markdown title and stats line of latent j."""
     atlas, table = ex.bundle.atlas, ex.table
     label = label_text(ex.bundle.labels[j]) or "no label (no factor is enriched among its top images)"
-    where = (f"a global latent: one code per image, the same at every position, so it has no map · fires on {table.frequency[j]:.2%} of images"
-             if table.kinds[j] == "global" else f"fires at {table.frequency[j]:.2%} of positions")
+    where = {"global": f"a global latent: one code per image, the same at every position, so it has no map · fires on {table.frequency[j]:.2%} of images",
+             "image-wide": f"**image-wide**: fires on {table.spread[j]:.0%} of the positions of each image it fires on (more than a quarter), "
+                           f"on {table.image_share[j]:.0%} of the atlas images: it marks images more than places · fires at {table.frequency[j]:.2%} of positions",
+             "local": f"fires at {table.frequency[j]:.2%} of positions: {table.spread[j]:.0%} of each image it fires on, "
+                      f"on {table.image_share[j]:.0%} of the atlas images"}[table.kinds[j]]
     stats = (f"{where} · mean {float(atlas['mean'][j]):.3g} · "
              f"max {table.max_activation[j]:.3g} · typical activation s = {float(atlas['typical'][j]):.3g} · "
              f"peaks at step {table.peak_step[j]} (relative to the activation scale) · "
              f"{float(ex.bundle.temporal_profiles.residual_share[j]):.0%} of its trajectory injected as residual")
     if table.max_activation[j] <= 0:
         stats = "never fired on the atlas images (a dead latent)"
-    return f"## Latent {j}\n**{label}**{effect_line(ex, j)}\n\n{stats}"
+    return f"## Latent {j}\n**{label}**{precision_line(ex, j)}{effect_line(ex, j)}\n\n{stats}"
+
+
+def precision_line(ex: Explorer, j: int) -> str:
+    """' · precision …': how much of latent j's activation over all atlas images is on images with its label's value."""
+    label = ex.bundle.labels[j]
+    if not label.get("factor"):
+        return ""
+    return (f" · precision {ex.table.precision[j]:.2f}: of its activation over all atlas images, the share on images whose "
+            f"{label['factor']} is {label['value']} (the purity reads its top {label.get('support', 16)} images)")
 
 
 def effect_line(ex: Explorer, j: int) -> str:
@@ -116,7 +128,7 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
     j = latent_id(ex, value)
     vmax = float(ex.table.max_activation[j])
     tops = bundle.top_images(j, n)
-    local = ex.table.kinds[j] == "local"  # a global latent's code is the same everywhere: no map, no patch
+    local = ex.table.kinds[j] != "global"  # a global latent's code is the same everywhere: no map, no patch
     maps = bundle.top_image_maps(j, n).numpy()
     top_images = [(overlay(bundle.thumbnails[i], maps[rank], vmax) if local else upscale(bundle.thumbnails[i]),
                    f"image {i} · {score:.2f} · {bundle.images[i]['prompt']}") for rank, (i, score) in enumerate(tops)]

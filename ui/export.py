@@ -10,15 +10,17 @@ from ui.browse import PER_BIN, QUANTILE_BINS, SIMILAR_N, TOP_N, latent_id
 from ui.explorer import Explorer
 
 FORMATS = ("csv", "json")
-TABLE_FIELDS = ["latent", "kind", "label", "effect", "effect_agrees", "purity", "frequency", "max_activation", "mean_activation", "typical_activation",
-                "peak_step", "residual_share"]
+TABLE_FIELDS = ["latent", "kind", "label", "effect", "effect_agrees", "purity", "precision", "frequency", "spread", "image_share",
+                "max_activation", "mean_activation", "typical_activation", "peak_step", "residual_share"]
 
 
 def table_records(ex: Explorer) -> list[dict]:
-    """One record per latent, unrounded; `peak_step` is the sampler step where its profile relative to the activation scale peaks."""
+    """One record per latent, unrounded; `peak_step` is the sampler step where its profile relative to the activation scale peaks,
+    `spread` the mean share of an image's positions where it fires and `image_share` the share of atlas images it fires on."""
     table, atlas, profiles = ex.table, ex.bundle.atlas, ex.bundle.temporal_profiles
     return [{"latent": j, "kind": table.kinds[j], "label": table.labels[j], "effect": table.effects[j], "effect_agrees": table.agreement[j],
-             "purity": float(table.purity[j]), "frequency": float(table.frequency[j]),
+             "purity": float(table.purity[j]), "precision": float(table.precision[j]), "frequency": float(table.frequency[j]),
+             "spread": float(table.spread[j]), "image_share": float(table.image_share[j]),
              "max_activation": float(table.max_activation[j]), "mean_activation": float(atlas["mean"][j]),
              "typical_activation": float(ex.bundle.typical_activation[j]), "peak_step": int(table.peak_step[j]),
              "residual_share": float(profiles.residual_share[j])} for j in range(len(table.labels))]

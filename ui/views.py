@@ -2,17 +2,20 @@
 
 from dataclasses import asdict
 
+import numpy as np
+
 from ui import edit
 from ui.browse import latent_id, top_image_of
 from ui.explorer import Explorer
+from ui.latents import DEFAULT_SORT
 from ui.state import MAX_SEED, ViewState, alpha_from_position, parse_int, parse_query, position_from_alpha
 
 DEFAULT_ALPHA = 5.0
 
 
 def default_latent(ex: Explorer) -> int:
-    """The latent shown before the user picks one: the most frequent."""
-    return int(ex.table.frequency.argmax())
+    """The latent shown before the user picks one: the first in the table's default order (latents.DEFAULT_SORT)."""
+    return int(ex.table.sorted(np.arange(len(ex.table.labels)), DEFAULT_SORT)[0])
 
 
 def restore(ex: Explorer, params: dict) -> tuple[str, int, str, float, str, str, int]:

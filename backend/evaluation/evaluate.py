@@ -29,7 +29,7 @@ from backend.evaluation.controllability import steering_trials
 from backend.evaluation.edit_report import write_edit_report
 from backend.evaluation.edits import EDIT_FACTORS, MECHANISMS, edit_table, edit_trials
 from backend.evaluation.uploads import UPLOAD_FACTORS, UPLOAD_MECHANISMS, upload_table, upload_trials
-from backend.evaluation.localization import label_group, localization, map_iou, object_masks, temporal_structure
+from backend.evaluation.localization import DAAM_THRESHOLD, label_group, localization, map_iou, object_masks, temporal_structure
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.evaluation.report import write_report
 from backend.io import write_json
@@ -152,8 +152,8 @@ def where_and_when(bundle: Bundle, test: dict[str, torch.Tensor]) -> dict:
     located = localization(codes, object_masks(test["thumbnails"], grid), bundle.labels, bundle.is_global)
     object_latents = [j for j, label in enumerate(bundle.labels) if label_group(label) == "object" and not bundle.is_global[j]]
     atlas = bundle.atlas
-    iou = map_iou(atlas["top_image_id"], atlas["top_image_map"], object_masks(bundle.thumbnails, grid), object_latents)
-    return {"localization": located, "map_iou_object": iou,
+    maps = (atlas["top_image_id"], atlas["top_image_map"], object_masks(bundle.thumbnails, grid), object_latents)
+    return {"localization": located, "map_iou_object": map_iou(*maps), "map_iou_object_daam": map_iou(*maps, relative=DAAM_THRESHOLD),
             "temporal": temporal_structure(bundle.temporal_profiles.trajectory, atlas["frequency"] > 0)}
 
 

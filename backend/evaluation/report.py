@@ -69,6 +69,7 @@ def localization_metrics(runs: list[dict]) -> dict[str, list[float]]:
             metrics[f"{name} mass ×chance"].append(groups.get(name, {}).get("median_ratio"))
         metrics["image-wide mass"].append(located.get("image_wide_mass_share"))
         metrics["object map IoU"].append(run.get("map_iou_object"))
+        metrics["object map IoU, DAAM's rule"].append(run.get("map_iou_object_daam"))
         metrics["effective steps"].append(run.get("temporal", {}).get("effective_steps_median"))
     return {name: [float("nan") if v is None else v for v in values] for name, values in metrics.items()}
 
@@ -102,9 +103,9 @@ def insertion_curve(run: dict, strength: float) -> list[tuple[int, float]]:
 
 
 LOCALIZATION_HEADERS = ["object ×chance", "background ×chance", "position ×chance", "unlabelled ×chance", "image-wide mass",
-                        "object map IoU", "effective steps"]
+                        "object map IoU", "object map IoU, DAAM's rule", "effective steps"]
 HIGHER_IS_BETTER = {"colour found", "shape found", "background found", "labelled share", "steering reached", "steering clean", "ablation success", "object mass ×chance",
-                    "position mass ×chance", "object map IoU"}
+                    "position mass ×chance", "object map IoU", "object map IoU, DAAM's rule"}
 NEUTRAL = {"background mass ×chance", "unlabelled mass ×chance", "effective steps", "prompting reached", "prompting clean"}  # neither direction is better
 
 
@@ -345,7 +346,8 @@ than half covered; global latents excluded from the spatial measures):
 - **image-wide mass**: share of all (local) code mass carried by latents that fire on more than a quarter of an image's
   positions, on average over the images where they fire.
 - **object map IoU**: per object-labelled latent, the IoU of its map (code > 0) with the object on its top atlas images,
-  averaged; the median over those latents.
+  averaged; the median over those latents. *DAAM's rule*: the map binarized at 0.4 of its maximum instead, as DAAM
+  binarizes its attribution maps (it reports mIoU 0.59–0.65), so the number reads against the field.
 - **effective steps**: per latent, exp of the entropy of its feature trajectory's norm over steps (relative to the
   activation scale at each step), median over latents that fired; 1 = one step, {cfg['num_steps']} = spread evenly.
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 HISTOGRAM_BINS = 20
+IMAGE_WIDE = 0.25  # a latent that fires on more than this share of an image's positions, on average over the images where it fires
 
 
 class AtlasAccumulator:
@@ -115,6 +116,36 @@ def temporal_profiles(feature_trajectories: Tensor, block_deltas: Tensor, activa
     # In the same relative units: raw energy would be all step 0's, where φ_1 = δr_1 is injected by definition.
     residual_share = injected.pow(2).sum(1) / trajectory.pow(2).sum(1).clamp_min(1e-12)
     return TemporalProfiles(trajectory=trajectory, injected=injected, residual_share=residual_share.clamp_max(1.0))
+
+
+def image_spread(frequency: Tensor, histogram: Tensor, n_images: int) -> Tensor:
+    """Per latent: the mean share of an image's positions where it fires, over the atlas images where it fires.
+
+    `frequency` is the share of all `n_images` images' positions and the histogram counts the images
+    where it fired, so frequency × n_images / images fired is that mean (0 for dead latents). Above
+    IMAGE_WIDE a latent covers a quarter of every image it fires on: it marks images, not places.
+    """
+    images_fired = histogram.sum(1).float()
+    return frequency.float() * n_images / images_fired.clamp_min(1)
+
+
+def label_precision(image_max: Tensor, image_factors: Sequence[dict[str, str]], labels: Sequence[dict]) -> Tensor:
+    """Per latent: of its strongest code in each atlas image, summed over the images, the share on images with its label's value.
+
+    A label reads the latent's top 16 images (`label_latents`); this reads every image it fires
+    on, weighted by how strongly, so a latent that fires on every image is not called pure because
+    its strongest images agree. Images whose prompt does not name the label's factor are left out;
+    unlabelled latents get 0.
+    """
+    precision = torch.zeros(len(labels))
+    labelled = [(j, label["factor"], label["value"]) for j, label in enumerate(labels) if label.get("factor")]
+    values = {(factor, value) for _, factor, value in labelled}
+    named = {factor: torch.tensor([factor in f for f in image_factors]) for factor, _ in values}
+    has_value = {(factor, value): torch.tensor([f.get(factor) == value for f in image_factors]) for factor, value in values}
+    for j, factor, value in labelled:
+        weights = image_max[:, j].float() * named[factor]
+        precision[j] = (weights * has_value[factor, value]).sum() / weights.sum().clamp_min(1e-12)
+    return precision
 
 
 def label_latents(top_image_id: Tensor, top_image_score: Tensor, image_factors: Sequence[dict[str, str]],

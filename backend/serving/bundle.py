@@ -29,7 +29,7 @@ from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import TrajectoryEncoding
 from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae import TopKSAE
-from backend.serving.atlas import TemporalProfiles, temporal_profiles
+from backend.serving.atlas import TemporalProfiles, image_spread, label_precision, temporal_profiles
 from backend.serving.icons import EFFECTS_FILE, ICON_FILE, FeatureIcons, IconSettings
 from backend.serving.manifest import FORMAT_VERSION, validate_manifest
 from backend.serving.search import VectorIndex
@@ -272,6 +272,16 @@ class Bundle:
     def labels(self) -> list[dict]:
         """Per latent: the most enriched factor value among its top images, with its purity."""
         return self._json_list("atlas/latents.json", self.n_latents)
+
+    @cached_property
+    def image_spread(self) -> Tensor:
+        """Per latent: the mean share of an image's positions where it fires, over the atlas images where it fires (atlas.py)."""
+        return image_spread(self.atlas["frequency"], self.atlas["histogram"], self.n_images)
+
+    @cached_property
+    def label_precision(self) -> Tensor:
+        """Per latent: the share of its activation over all atlas images that is on images with its label's value (atlas.py)."""
+        return label_precision(self.atlas["image_profile"], [image.get("factors", {}) for image in self.images], self.labels)
 
     @property
     def typical_activation(self) -> Tensor:
