@@ -147,6 +147,33 @@ def test_the_edit_report_states_the_goals_and_keeps_notes_below_the_marker(tmp_p
     assert "Made by `cmd2`" in text and text.endswith("## Notes\nwhat else was tried\n") and text.count(KEPT) == 1
 
 
+def test_a_built_bundle_is_measured_as_it_ships_at_the_top_of_the_evaluation_and_resumes(evaluation, tmp_path, monkeypatch):
+    _, config, results = evaluation
+    bundle_dir = Path(config.work_dir) / "up_ft1" / "residualized-seed0" / "bundle"
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "EVALUATION.md").write_text("# Evaluation: SAE input variants\n\nthe variant comparison\n")
+    shipped_config = EvaluateConfig(**TINY, work_dir=str(tmp_path / "work"), out=str(out), bundle=str(bundle_dir), shipped_images=3)
+    result = evaluate.evaluate_shipped(shipped_config)
+    trained_there = results["runs"][0]  # the same SAE, measured by the variant evaluation on its own test captions
+    assert len(result["fvu_activation"]) == config.num_steps and result["fvu_activation"] != trained_there["fvu_activation"]
+    assert result["dead_fraction_train"] == trained_there["dead_fraction_train"] and result["sigma_label"] == trained_there["sigma_label"]
+    assert result["map_iou_object_daam"] == trained_there["map_iou_object_daam"]  # atlas measures: the same bundle
+    assert 0 <= result["localization"]["image_wide_mass_share"] <= 1 and result["trials"] == trained_there["trials"]  # on atlas images
+    assert set(result["concepts"]) == {"background"}
+    text = (out / "EVALUATION.md").read_text()
+    assert text.startswith("# Evaluation: SAE input variants\n\n<!-- The shipped bundle") and text.endswith("the variant comparison\n")
+    image_wide = result["localization"]["image_wide_mass_share"]
+    assert f"| image-wide mass | {image_wide:.3f} | ≤ 0.05: **{'met' if image_wide <= 0.05 else 'missed'}** |" in text
+    monkeypatch.setattr(evaluate, "measure", lambda *a, **k: pytest.fail("a measured bundle was measured again"))
+    assert evaluate.evaluate_shipped(shipped_config) == result
+    again = (out / "EVALUATION.md").read_text()
+    assert again == text and again.count("## The shipped bundle, as it ships") == 1
+    write_report(results, out)  # the variants measured again keep the shipped section at the top
+    report = (out / "EVALUATION.md").read_text()
+    assert report.count("## The shipped bundle, as it ships") == 1 and report.index("as it ships") < report.index("## What is measured")
+
+
 def test_edits_of_a_built_bundle_are_measured_on_fresh_prompts_and_resume(evaluation, tmp_path, monkeypatch):
     _, config, _ = evaluation
     bundle_dir = Path(config.work_dir) / "up_ft1" / "residualized-seed0" / "bundle"

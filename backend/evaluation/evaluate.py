@@ -31,7 +31,7 @@ from backend.evaluation.edits import EDIT_FACTORS, MECHANISMS, edit_table, edit_
 from backend.evaluation.uploads import UPLOAD_FACTORS, UPLOAD_MECHANISMS, upload_table, upload_trials
 from backend.evaluation.localization import DAAM_THRESHOLD, label_group, localization, map_iou, object_masks, temporal_structure
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
-from backend.evaluation.report import write_report
+from backend.evaluation.report import write_report, write_shipped_section
 from backend.io import write_json
 from backend.method.encodings import VARIANTS
 from backend.serving.bundle import Bundle
@@ -43,6 +43,9 @@ from backend.shapes.render import FACTOR_VALUES
 log = logging.getLogger(__name__)
 
 TEST_SEED = 1_000_000  # test captions and seeds start here, far from the training ones
+# The shipped bundle's held-out captions and seeds: its atlas and training use 0 to 1 999, the variants' tests 10^6 on, the
+# edits 3·10^6 on and the uploads 7·10^9 on.
+SHIPPED_SEED = 5_000_000
 
 
 def _list(text: str, kind=str) -> list:
@@ -76,12 +79,13 @@ class EvaluateConfig:
     images_per_target: int = option(2, "images steered per target value and condition")
     concept_factors: str = option("colour,shape,background", "factors whose values Bundle.contrast is asked to find")
     concept_captions: int = option(4, "captions per set (with / without the value) for each found value, at one seed")
-    bundle: str = option("", "a built bundle (e.g. checkpoints/shapes-bundle): measure its concept edits on fresh prompts into "
-                             "<out>/EDITS.md instead of training SAEs")
+    bundle: str = option("", "a built bundle (e.g. checkpoints/shapes-bundle): measure it as it ships on fresh prompts (every "
+                             "measure, at the top of <out>/EVALUATION.md; its concept edits, <out>/EDITS.md) instead of training SAEs")
     edit_factors: str = option(",".join(EDIT_FACTORS), "--bundle: factors whose values the edits aim at")
     edit_trials: int = option(16, "--bundle: fresh base images per factor, each edited by every mechanism")
     upload_factors: str = option(",".join(UPLOAD_FACTORS), "--bundle: factors whose values the edits of rendered uploads aim at")
     upload_trials: int = option(16, "--bundle: rendered uploads per factor, each inverted and edited by every mechanism")
+    shipped_images: int = option(96, "--bundle: fresh captions on which the bundle's reconstruction and localization are measured")
 
     def run_settings(self) -> dict:
         """What a finished run's result depends on, apart from its site, variant and seed."""
@@ -157,6 +161,25 @@ def where_and_when(bundle: Bundle, test: dict[str, torch.Tensor]) -> dict:
             "temporal": temporal_structure(bundle.temporal_profiles.trajectory, atlas["frequency"] > 0)}
 
 
+def measure(bundle: Bundle, test: dict[str, torch.Tensor], classifier, cfg: "EvaluateConfig") -> dict:
+    """Every measure of a bundle with its model attached: reconstruction of the test trajectories, dead latents, purity,
+    where and when latents fire, steering and ablation beside prompting, and concept finding."""
+    result = reconstruction(bundle.encoding, bundle.sae, test["traj"])
+    result["dead_fraction_train"] = float((bundle.atlas["frequency"] == 0).float().mean())
+    result |= purity(bundle, cfg.sigma_latents)
+    result |= where_and_when(bundle, test)
+    result["trials"] = steering_trials(bundle, classifier, _list(cfg.steer_factors), _list(cfg.strengths, float),
+                                       cfg.window_strength, cfg.targets_per_factor, cfg.images_per_target)
+    result["concepts"] = concept_hits(bundle, _list(cfg.concept_factors), cfg.concept_captions, seeds=(0,), top=CONCEPT_TOP)
+    return result
+
+
+def test_trajectories(collected: Path) -> dict[str, torch.Tensor]:
+    """The trajectories and thumbnails of a collect stage's shards, concatenated."""
+    shards = list(read_shards(collected))
+    return {"traj": torch.cat([shard["traj"].float() for shard in shards]), "thumbnails": torch.cat([shard["thumbnails"] for shard in shards])}
+
+
 class Evaluation:
     """The runs of one evaluation, sharing the model, the classifier and the work directory."""
 
@@ -184,9 +207,7 @@ class Evaluation:
         test = self.work / site / "test"
         Build(self.config.build_config(site, test, shapes_prompts=self.config.test_images, seed=TEST_SEED, stages="collect"),
               self.model).run()
-        shards = list(read_shards(test / "collect"))
-        test = {"traj": torch.cat([shard["traj"].float() for shard in shards]), "thumbnails": torch.cat([shard["thumbnails"] for shard in shards])}
-        return shared, test, summary["r2_per_step"]
+        return shared, test_trajectories(test / "collect"), summary["r2_per_step"]
 
     def run_one(self, site: str, variant: str, seed: int, shared: Path, test: dict[str, torch.Tensor]) -> dict:
         """Train and measure one SAE; its result file makes a rerun skip it."""
@@ -200,14 +221,7 @@ class Evaluation:
         Build(cfg.build_config(site, run_work, variant=variant, sae_seed=seed, stages="train,atlas"), self.model).run()
         bundle = Bundle.load(run_work / "bundle")
         bundle.attach_model(self.model)
-        result = {"site": site, "variant": variant, "seed": seed}
-        result |= reconstruction(bundle.encoding, bundle.sae, test["traj"])
-        result["dead_fraction_train"] = float((bundle.atlas["frequency"] == 0).float().mean())
-        result |= purity(bundle, cfg.sigma_latents)
-        result |= where_and_when(bundle, test)
-        result["trials"] = steering_trials(bundle, self.classifier, _list(cfg.steer_factors), _list(cfg.strengths, float),
-                                           cfg.window_strength, cfg.targets_per_factor, cfg.images_per_target)
-        result["concepts"] = concept_hits(bundle, _list(cfg.concept_factors), cfg.concept_captions, seeds=(0,), top=CONCEPT_TOP)
+        result = {"site": site, "variant": variant, "seed": seed} | measure(bundle, test, self.classifier, cfg)
         result["seconds"] = round(time.time() - started, 1)
         write_json(result_path, result)
         return result
@@ -226,6 +240,34 @@ class Evaluation:
         write_json(self.work / "results.json", results)
         write_report(results, Path(cfg.out))
         return results
+
+
+def evaluate_shipped(config: EvaluateConfig) -> dict:
+    """Every measure of a built bundle as it ships (`measure`), on `shipped_images` fresh captions collected with its own
+    model, site and schedule; written at the top of <out>/EVALUATION.md. The result file makes a rerun skip the work."""
+    bundle = Bundle.load(config.bundle)
+    notice = attach_model(bundle, device="cpu")
+    if notice:
+        raise ExplorerError(f"Measuring a bundle needs its model: {notice}")
+    work, schedule = Path(config.work_dir) / "shipped", bundle.manifest["schedule"]
+    measured_by = ("shipped_images", "sigma_latents", "steer_factors", "strengths", "window_strength", "targets_per_factor",
+                   "images_per_target", "concept_factors", "concept_captions")
+    settings = {"bundle": bundle.manifest["files"], "config": {name: getattr(config, name) for name in measured_by}}
+    path = work / "result.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if done.get("settings") != settings:
+        started = time.time()
+        collect = BuildConfig(model=bundle.manifest["model"]["source"], out=str(work / "bundle"), work_dir=str(work / "test"),
+                              site=bundle.manifest["site"], shapes_prompts=config.shipped_images, seed=SHIPPED_SEED,
+                              num_steps=int(schedule["num_steps"]), guidance_scale=float(schedule["guidance_scale"]),
+                              images_per_shard=100, batch_size=16, stages="collect")
+        Build(collect, bundle.generator.model).run()
+        result = measure(bundle, test_trajectories(work / "test" / "collect"), load_classifier(), config)
+        done = {"settings": settings, "result": result | {"seconds": round(time.time() - started, 1)}}
+        write_json(path, done)
+    write_shipped_section(done["result"], config.bundle, config.shipped_images, config.window_strength, config.command(),
+                          f"CPU, {os.cpu_count()} cores", Path(config.out) / "EVALUATION.md")
+    return done["result"]
 
 
 def evaluate_edits(config: EvaluateConfig) -> tuple[dict, dict]:
@@ -263,13 +305,14 @@ def main(argv=None) -> None:
     config = parse_config(argv)
     try:
         if config.bundle:
+            evaluate_shipped(config)
             evaluate_edits(config)
         else:
             Evaluation(config).run()
     except ExplorerError as err:
         log.error("%s", err)
         raise SystemExit(2) from None
-    print(f"wrote {Path(config.out) / ('EDITS.md' if config.bundle else 'EVALUATION.md')}")
+    print(f"wrote {Path(config.out) / ('EVALUATION.md and EDITS.md' if config.bundle else 'EVALUATION.md')}")
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ def write_report(results: dict, out: Path) -> Path:
     random_row = {f: groups[next(iter(groups))][0]["sigma_random"][f] for f in FACTORS}
     text = f"""# Evaluation: SAE input variants ({", ".join(variants)})
 
-Reproduce with `{results.get('command', 'python -m backend.evaluate')}` (this file and the `eval-*.png` plots beside it).
+{kept_shipped_section(out / "EVALUATION.md")}Reproduce with `{results.get('command', 'python -m backend.evaluate')}` (this file and the `eval-*.png` plots beside it).
 Model `{cfg['model']}`{_model_step(results)}; {cfg['train_images']} training captions (SAE training and the atlas that labels latents),
 {cfg['test_images']} other test captions (reconstruction); {cfg['num_steps']} DDIM steps, guidance {cfg['guidance_scale']:g},
 all steps recorded; {cfg['n_latents']} latents, k = {cfg['k']}, {cfg['epochs']} epochs for every variant; SAE seeds
@@ -394,6 +394,57 @@ one or two trials is within chance.
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+SHIPPED_START = "<!-- The shipped bundle: written by python -m backend.evaluate --bundle; kept when the variants are measured again. -->"
+SHIPPED_END = "<!-- End of the shipped bundle. -->"
+# Issue 26's goals for the shipped bundle: (metric, comparison, value)
+SHIPPED_GOALS = {"object mass ×chance": (">=", 2.5), "image-wide mass": ("<=", 0.05), "object map IoU, DAAM's rule": (">=", 0.3)}
+
+
+def shipped_metrics(result: dict, strength: float) -> dict[str, float]:
+    """The shipped bundle's numbers under the names of the variant tables (one run: no spread)."""
+    runs = [result]
+    metrics = summary_metrics(runs, strength) | localization_metrics(runs) | concept_metrics(runs)
+    return {name: values[0] for name, values in metrics.items()}
+
+
+def write_shipped_section(result: dict, bundle: str, images: int, strength: float, command: str, device: str, path: Path) -> None:
+    """Put the shipped bundle's table at the top of EVALUATION.md (between SHIPPED_START and SHIPPED_END), keeping the rest;
+    steering rows at α = `strength`, whole schedule."""
+    rows = []
+    for name, value in shipped_metrics(result, strength).items():
+        goal = SHIPPED_GOALS.get(name)
+        verdict = "" if goal is None or value != value else \
+            f"{goal[0].replace('>=', '≥').replace('<=', '≤')} {goal[1]:g}: **{'met' if (value >= goal[1]) == (goal[0] == '>=') else 'missed'}**"
+        rows.append([name, "—" if value != value else f"{value:.3f}", verdict])
+    section = f"""{SHIPPED_START}
+## The shipped bundle, as it ships
+
+`{bundle}` measured by `{command}` on {device}: the same measures as the variant comparison below, on this bundle's SAE,
+atlas and labels, with reconstruction and localization on {images} fresh captions (seeds from 5 000 000, far from the
+atlas, training, test and edit seeds) and steering on the bundle's own atlas images. One bundle: no spread over seeds.
+Goals are issue 26's.
+
+{_table(["measure", "shipped bundle", "goal"], rows)}
+{SHIPPED_END}"""
+    text = path.read_text() if path.exists() else "# Evaluation\n"
+    if SHIPPED_START in text:
+        before, rest = text.split(SHIPPED_START, 1)
+        text = before + section + rest.split(SHIPPED_END, 1)[1]
+    else:
+        title, _, rest = text.partition("\n")
+        text = f"{title}\n\n{section}\n{rest}"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def kept_shipped_section(path: Path) -> str:
+    """The shipped bundle's section of an existing EVALUATION.md, with its blank line ('' when there is none)."""
+    text = path.read_text() if path.exists() else ""
+    if SHIPPED_START not in text:
+        return ""
+    return SHIPPED_START + text.split(SHIPPED_START, 1)[1].split(SHIPPED_END, 1)[0] + SHIPPED_END + "\n\n"
 
 
 def _model_step(results: dict) -> str:
