@@ -2,7 +2,9 @@
 
 One run trains, on the same batches, our trainer (backend/method/sae_train.py: Adam, 100 warm-up
 steps, AuxK) at multiples of the current rule's peak lr (lr_base 2e-4 at 16384 latents, scaled by
-1/sqrt(n_latents/16384)) with decay_share 0 (constant after warm-up) and 0.2 (the last 20 % of
+1/sqrt(n_latents/16384)), and with --width-constants at a candidate rule scaled by 1/sqrt(d_in) as
+well (peak lr = c / sqrt(n_latents/16384) / sqrt(d_in): Adam moves each of a decoder column's
+d_in entries by about lr, so the column moves by about lr * sqrt(d_in) per step), with decay_share 0 (constant after warm-up) and 0.2 (the last 20 % of
 the steps decay linearly to 0), and sparsify's own training loop (SignSGD wrapped by
 schedule-free with momentum 0.95, lr 5e-3/sqrt(n_latents/16384), b_dec = mean of the first
 batch, decoder re-normalized before every step, AuxK off as in its TrainConfig) fed our
@@ -31,7 +33,7 @@ training step up to 10x slower.
 
 Usage: python -m bench.sweep_sae_lr [--datasets planted,demo] [--planted-rows 250000] [--planted-epochs 3]
        [--demo-images 240] [--demo-heldout-images 40] [--demo-epochs 5] [--multipliers 1 4 8 16 32]
-       [--demo-multipliers 1 4 16] [--decay-shares 0 0.2] [--seeds 3] [--work-dir /tmp/sweep-sae-lr]
+       [--demo-multipliers 1 4 16] [--width-constants 0.01 0.02] [--decay-shares 0 0.2] [--seeds 3] [--work-dir /tmp/sweep-sae-lr]
 The defaults are sized for about 35 min on 2 shared CPU cores (the measured run: 31.5 min with
 the demo rows cached; docs/BENCHMARKS.md): planted 250k training rows x 3 epochs = 735 steps
 (the full size is --planted-rows 500000, 1467 steps), demo 200 + 40 images x 5 epochs = 250
@@ -167,8 +169,13 @@ def steps_per_epoch(data: Dataset, batch: int) -> int:
     return math.ceil(len(data.train) / batch)
 
 
-def run_ours(data: Dataset, multiplier: float, decay_share: float, seed: int, batch: int, device: torch.device) -> Result:
-    config = SAETrainConfig(n_latents=data.n_latents, k=data.k, lr_base=multiplier * SAETrainConfig.lr_base, epochs=data.epochs,
+def width_rule_lr(constant: float, n_latents: int, d_in: int) -> float:
+    """The candidate rule: peak lr = constant / sqrt(n_latents / 16384) / sqrt(d_in), so a decoder column moves alike at any width."""
+    return constant / (n_latents / 16384) ** 0.5 / d_in**0.5
+
+
+def run_ours(data: Dataset, lr: float, decay_share: float, seed: int, batch: int, device: torch.device) -> Result:
+    config = SAETrainConfig(n_latents=data.n_latents, k=data.k, lr=lr, epochs=data.epochs,
                             warmup_steps=100, decay_share=decay_share, seed=seed)
     batches = tensor_batches(data.train, batch, 1000 * seed)
     started = time.perf_counter()
@@ -259,6 +266,10 @@ def label(multiplier: float, decay_share: float) -> str:
     return f"ours x{multiplier:g}, decay {decay_share:g}"
 
 
+def width_label(constant: float, decay_share: float) -> str:
+    return f"ours width rule c {constant:g}, decay {decay_share:g}"
+
+
 def report(data: Dataset, results: dict[str, list[Result]], peak_lr: dict[str, float]) -> None:
     print(f"\n{data.name}: {len(data.train)} train rows, {len(data.heldout)} held-out rows, d_in {data.train.shape[1]}, "
           f"{data.n_latents} latents, k {data.k}, {data.epochs} epochs")
@@ -288,16 +299,18 @@ def report(data: Dataset, results: dict[str, list[Result]], peak_lr: dict[str, f
 
 
 def sweep(data: Dataset, args: argparse.Namespace, device: torch.device, with_sparsify: bool, started: float) -> None:
-    configs = [(m, s) for m in data.multipliers for s in args.decay_shares]
     base_lr = SAETrainConfig(n_latents=data.n_latents).learning_rate()
-    peak_lr = {label(m, s): m * base_lr for m, s in configs}
+    configs = [(label(m, s), m * base_lr, s) for m in data.multipliers for s in args.decay_shares]
+    configs += [(width_label(c, s), width_rule_lr(c, data.n_latents, data.train.shape[1]), s)
+                for c in args.width_constants for s in args.decay_shares]
+    peak_lr = {name: lr for name, lr, _ in configs}
     if with_sparsify:
         peak_lr[SPARSIFY] = 5e-3 / (data.n_latents / 2**14) ** 0.5
     results: dict[str, list[Result]] = {name: [] for name in peak_lr}
     print(f"{data.name}: {len(configs)} configs{' + sparsify' if with_sparsify else ''} x {args.seeds} seeds, "
           f"{data.epochs * steps_per_epoch(data, args.batch)} steps each", flush=True)
     for seed in range(args.seeds):
-        runs = [(label(m, s), lambda m=m, s=s, seed=seed: run_ours(data, m, s, seed, args.batch, device)) for m, s in configs]
+        runs = [(name, lambda lr=lr, s=s, seed=seed: run_ours(data, lr, s, seed, args.batch, device)) for name, lr, s in configs]
         if with_sparsify:
             runs.append((SPARSIFY, lambda seed=seed: run_sparsify(data, seed, args.batch, device)))
         for name, run in runs:
@@ -316,6 +329,8 @@ def main() -> None:
                         help="peak lr as multiples of the current rule (lr_base 2e-4 at 16384 latents)")
     parser.add_argument("--demo-multipliers", type=float, nargs="+", default=[1, 4, 16],
                         help="the demo's grid (smaller: a demo step costs 6x a planted one)")
+    parser.add_argument("--width-constants", type=float, nargs="*", default=[],
+                        help="also the width rule: peak lr = c / sqrt(n_latents / 16384) / sqrt(d_in), for each c")
     parser.add_argument("--decay-shares", type=float, nargs="+", default=[0.0, 0.2])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1024)
