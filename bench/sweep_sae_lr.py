@@ -4,7 +4,8 @@ One run trains, on the same batches, our trainer (backend/method/sae_train.py: A
 steps, AuxK) at multiples of the current rule's peak lr (lr_base 2e-4 at 16384 latents, scaled by
 1/sqrt(n_latents/16384)), and with --width-constants at a candidate rule scaled by 1/sqrt(d_in) as
 well (peak lr = c / sqrt(n_latents/16384) / sqrt(d_in): Adam moves each of a decoder column's
-d_in entries by about lr, so the column moves by about lr * sqrt(d_in) per step), with decay_share 0 (constant after warm-up) and 0.2 (the last 20 % of
+d_in entries by about lr, so the column moves by about lr * sqrt(d_in) per step), with
+decay_share 0 (constant after warm-up) and 0.2 (the last 20 % of
 the steps decay linearly to 0), and sparsify's own training loop (SignSGD wrapped by
 schedule-free with momentum 0.95, lr 5e-3/sqrt(n_latents/16384), b_dec = mean of the first
 batch, decoder re-normalized before every step, AuxK off as in its TrainConfig) fed our
@@ -171,7 +172,7 @@ def steps_per_epoch(data: Dataset, batch: int) -> int:
 
 def width_rule_lr(constant: float, n_latents: int, d_in: int) -> float:
     """The candidate rule: peak lr = constant / sqrt(n_latents / 16384) / sqrt(d_in), so a decoder column moves alike at any width."""
-    return constant / (n_latents / 16384) ** 0.5 / d_in**0.5
+    return SAETrainConfig(n_latents=n_latents, lr_base=constant).learning_rate() / d_in**0.5
 
 
 def run_ours(data: Dataset, lr: float, decay_share: float, seed: int, batch: int, device: torch.device) -> Result:

@@ -10,6 +10,7 @@ from backend.evaluation.edit_report import KEPT, write_edit_report
 from backend.evaluation.edits import FRESH_SEED, edit_table, goal_lines, markdown
 from backend.evaluation.uploads import UPLOAD_MECHANISMS, UPLOAD_SEED, upload_goal_lines
 from backend.evaluation.evaluate import EvaluateConfig, Evaluation, parse_config
+from backend.evaluation import report
 from backend.evaluation.report import write_report
 from backend.serving.bundle import Bundle
 
@@ -214,3 +215,11 @@ def test_upload_goals_judge_the_apps_way_of_editing_an_upload():
         f"- colour, {app}: reached 0.81 (goal ≥ 0.8), clean 0.62 (goal ≥ 0.6): **met**",
         "- background: reconstruction kept 0.88 of the readings (goal ≥ 0.9): **missed**"]
     assert markdown(table).splitlines()[2] == f"| colour | {app} | 16 | 1.00 | 0.81 | 0.62 | 2 |"
+
+
+@pytest.mark.parametrize("value, verdict", [(0.05, "met"), (0.0500001, "missed"), (0.0, "met")])
+def test_a_goal_of_at_most_a_bound_is_met_at_the_bound(value, verdict):
+    assert report._goal_verdict("image-wide mass", value) == f"≤ 0.05: **{verdict}**"
+    assert report._goal_verdict("object map IoU, DAAM's rule", 0.3) == "≥ 0.3: **met**"
+    assert report._goal_verdict("object map IoU, DAAM's rule", 0.1) == "≥ 0.3: **missed**"
+    assert report._goal_verdict("FVU activation", 0.2) == "" and report._goal_verdict("image-wide mass", float("nan")) == ""

@@ -161,6 +161,11 @@ def where_and_when(bundle: Bundle, test: dict[str, torch.Tensor]) -> dict:
             "temporal": temporal_structure(bundle.temporal_profiles.trajectory, atlas["frequency"] > 0)}
 
 
+def cpu_device() -> str:
+    """The machine the evaluation ran on, as the reports name it."""
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
 def measure(bundle: Bundle, test: dict[str, torch.Tensor], classifier, cfg: "EvaluateConfig") -> dict:
     """Every measure of a bundle with its model attached: reconstruction of the test trajectories, dead latents, purity,
     where and when latents fire, steering and ablation beside prompting, and concept finding."""
@@ -229,7 +234,7 @@ class Evaluation:
     def run(self) -> dict:
         cfg = self.config
         self.check_work_dir()
-        results = {"config": dataclasses.asdict(cfg), "device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+        results = {"config": dataclasses.asdict(cfg), "device": cpu_device(),
                    "model_training": self.model_training, "command": cfg.command(), "r2_per_step": {}, "runs": []}
         for site in _list(cfg.sites):
             shared, test, results["r2_per_step"][site] = self.prepare_site(site)
@@ -265,8 +270,8 @@ def evaluate_shipped(config: EvaluateConfig) -> dict:
         result = measure(bundle, test_trajectories(work / "test" / "collect"), load_classifier(), config)
         done = {"settings": settings, "result": result | {"seconds": round(time.time() - started, 1)}}
         write_json(path, done)
-    write_shipped_section(done["result"], config.bundle, config.shipped_images, config.window_strength, config.command(),
-                          f"CPU, {os.cpu_count()} cores", Path(config.out) / "EVALUATION.md")
+    write_shipped_section(done["result"], config.bundle, config.shipped_images, SHIPPED_SEED, config.window_strength,
+                          config.command(), cpu_device(), Path(config.out) / "EVALUATION.md")
     return done["result"]
 
 
@@ -295,8 +300,7 @@ def evaluate_edits(config: EvaluateConfig) -> tuple[dict, dict]:
 
     table = edit_table(measured("edits", config.edit_factors, config.edit_trials, MECHANISMS, edit_trials))
     uploads = upload_table(measured("uploads", config.upload_factors, config.upload_trials, UPLOAD_MECHANISMS, upload_trials))
-    device = f"CPU, {os.cpu_count()} cores"
-    write_edit_report(table, uploads, config.command(), device, Path(config.out) / "EDITS.md")
+    write_edit_report(table, uploads, config.command(), cpu_device(), Path(config.out) / "EDITS.md")
     return table, uploads
 
 

@@ -4,6 +4,8 @@ Every sentence about who wins is computed from the numbers, so a rerun that chan
 changes the text with them.
 """
 
+import math
+import operator
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -398,8 +400,9 @@ one or two trials is within chance.
 
 SHIPPED_START = "<!-- The shipped bundle: written by python -m backend.evaluate --bundle; kept when the variants are measured again. -->"
 SHIPPED_END = "<!-- End of the shipped bundle. -->"
-# Issue 26's goals for the shipped bundle: (metric, comparison, value)
-SHIPPED_GOALS = {"object mass ×chance": (">=", 2.5), "image-wide mass": ("<=", 0.05), "object map IoU, DAAM's rule": (">=", 0.3)}
+# Issue 26's goals for the shipped bundle: metric -> (sign, test, value)
+SHIPPED_GOALS = {"object mass ×chance": ("≥", operator.ge, 2.5), "image-wide mass": ("≤", operator.le, 0.05),
+                 "object map IoU, DAAM's rule": ("≥", operator.ge, 0.3)}
 
 
 def shipped_metrics(result: dict, strength: float) -> dict[str, float]:
@@ -409,29 +412,35 @@ def shipped_metrics(result: dict, strength: float) -> dict[str, float]:
     return {name: values[0] for name, values in metrics.items()}
 
 
-def write_shipped_section(result: dict, bundle: str, images: int, strength: float, command: str, device: str, path: Path) -> None:
+def _goal_verdict(name: str, value: float) -> str:
+    """'≥ 2.5: **met**' or '**missed**' for a metric with a goal; '' without one or without a value."""
+    if name not in SHIPPED_GOALS or math.isnan(value):
+        return ""
+    sign, test, goal = SHIPPED_GOALS[name]
+    return f"{sign} {goal:g}: **{'met' if test(value, goal) else 'missed'}**"
+
+
+def write_shipped_section(result: dict, bundle: str, images: int, first_seed: int, strength: float, command: str, device: str,
+                          path: Path) -> None:
     """Put the shipped bundle's table at the top of EVALUATION.md (between SHIPPED_START and SHIPPED_END), keeping the rest;
     steering rows at α = `strength`, whole schedule."""
-    rows = []
-    for name, value in shipped_metrics(result, strength).items():
-        goal = SHIPPED_GOALS.get(name)
-        verdict = "" if goal is None or value != value else \
-            f"{goal[0].replace('>=', '≥').replace('<=', '≤')} {goal[1]:g}: **{'met' if (value >= goal[1]) == (goal[0] == '>=') else 'missed'}**"
-        rows.append([name, "—" if value != value else f"{value:.3f}", verdict])
+    rows = [[name, "—" if math.isnan(value) else f"{value:.3f}", _goal_verdict(name, value)]
+            for name, value in shipped_metrics(result, strength).items()]
+    first_seed_text = f"{first_seed:,}".replace(",", " ")  # 5 000 000
     section = f"""{SHIPPED_START}
 ## The shipped bundle, as it ships
 
 `{bundle}` measured by `{command}` on {device}: the same measures as the variant comparison below, on this bundle's SAE,
-atlas and labels, with reconstruction and localization on {images} fresh captions (seeds from 5 000 000, far from the
+atlas and labels, with reconstruction and localization on {images} fresh captions (seeds from {first_seed_text}, far from the
 atlas, training, test and edit seeds) and steering on the bundle's own atlas images. One bundle: no spread over seeds.
 Goals are issue 26's.
 
 {_table(["measure", "shipped bundle", "goal"], rows)}
 {SHIPPED_END}"""
     text = path.read_text() if path.exists() else "# Evaluation\n"
-    if SHIPPED_START in text:
-        before, rest = text.split(SHIPPED_START, 1)
-        text = before + section + rest.split(SHIPPED_END, 1)[1]
+    parts = _split_shipped(text)
+    if parts:
+        text = parts[0] + section + parts[2]
     else:
         title, _, rest = text.partition("\n")
         text = f"{title}\n\n{section}\n{rest}"
@@ -439,12 +448,19 @@ Goals are issue 26's.
         tmp.write_text(text)
 
 
+def _split_shipped(text: str) -> tuple[str, str, str] | None:
+    """(before, the shipped section with its markers, after), or None when the text has no such section."""
+    if SHIPPED_START not in text:
+        return None
+    before, rest = text.split(SHIPPED_START, 1)
+    inside, after = rest.split(SHIPPED_END, 1)
+    return before, SHIPPED_START + inside + SHIPPED_END, after
+
+
 def kept_shipped_section(path: Path) -> str:
     """The shipped bundle's section of an existing EVALUATION.md, with its blank line ('' when there is none)."""
-    text = path.read_text() if path.exists() else ""
-    if SHIPPED_START not in text:
-        return ""
-    return SHIPPED_START + text.split(SHIPPED_START, 1)[1].split(SHIPPED_END, 1)[0] + SHIPPED_END + "\n\n"
+    parts = _split_shipped(path.read_text()) if path.exists() else None
+    return parts[1] + "\n\n" if parts else ""
 
 
 def _model_step(results: dict) -> str:
