@@ -43,16 +43,22 @@ def main(argv=None) -> None:
     limit_malloc_arenas()
     from ui.app import LAUNCH, build_app
     from ui.explorer import FIRST_PAGE_GRACE, open_explorer
+    from ui.page_files import PageFiles, predraw
+    from ui.worker import ModelWorker, in_process
 
     try:
         explorer = open_explorer(args.bundle, defer_model=True)
     except ExplorerError as err:
         hint = " The demo bundle ships in checkpoints/; pass --bundle PATH otherwise." if args.bundle == DEFAULT_BUNDLE else ""
         sys.exit(f"Cannot open bundle: {err}{hint}")
-    demo = build_app(explorer).queue(default_concurrency_limit=1)
+    pages = PageFiles.of(explorer.bundle)
+    worker = None if in_process() else ModelWorker(explorer, args.model, args.device)  # loads the model in its own process
+    demo = build_app(explorer, pages, worker).queue(default_concurrency_limit=1)
     demo.launch(server_port=args.port, share=args.share, prevent_thread_lock=True, **LAUNCH)
-    explorer.load_model(args.model, args.device, grace=FIRST_PAGE_GRACE)  # generation requests wait for it; browsing does not
-    logging.getLogger(__name__).info("model %s", explorer.model_state)
+    predraw(explorer, pages)  # the latent pages not drawn yet, in a low-priority child process
+    if worker is None:
+        explorer.load_model(args.model, args.device, grace=FIRST_PAGE_GRACE)  # generation requests wait for it; browsing does not
+        logging.getLogger(__name__).info("model %s", explorer.model_state)
     demo.block_thread()
 
 

@@ -25,6 +25,8 @@ from bench.common import device_name, free_port, percentile, time_calls
 from ui import browse
 from ui.app import LAUNCH, build_app
 from ui.explorer import open_explorer
+from ui.image_files import temporary_folder
+from ui.page_files import PageFiles
 
 BROWSER_CONNECTIONS = 6  # what browsers open per host
 
@@ -80,7 +82,7 @@ def main(argv=None) -> None:
     latents = [int(j) for j in ex.table.frequency.argsort()[::-1][1: args.latents + 1]]  # not the default latent: pre-drawn
     rows = {}
     with httpx.Client() as http, ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
-        for name, demo in (("app", serve(build_app(ex))), ("baseline", serve(baseline_app(ex)))):
+        for name, demo in (("app", serve(build_app(ex, PageFiles(temporary_folder("pages"))))), ("baseline", serve(baseline_app(ex)))):
             try:
                 client = Client(demo.local_url, verbose=False, download_files=False)
                 page = browser_fetch(client, http, pool, "/latent_page")

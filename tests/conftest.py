@@ -1,5 +1,10 @@
 """Fixtures shared by test modules."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from backend.build import Build, BuildConfig
@@ -7,6 +12,10 @@ from backend.serving.bundle import Bundle
 from tests.tiny_models import tiny_model
 
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "square")]
+
+# latent pages drawn by tests (and by apps they start) go to a folder of this session, not the user's cache
+os.environ["SAE_PAGE_CACHE"] = tempfile.mkdtemp(prefix="sae-pages-")
+atexit.register(shutil.rmtree, os.environ["SAE_PAGE_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

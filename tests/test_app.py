@@ -2,12 +2,12 @@ import gradio as gr
 import pytest
 
 from app import DEFAULT_BUNDLE, main, parse_args
-from tests.test_ui_handlers import tiny_explorer
+from tests.test_ui_handlers import explorer_and_pages
 from ui.app import TITLE, build_app
 
 
 def test_app_builds_a_gradio_page():
-    demo = build_app(tiny_explorer())
+    demo = build_app(*explorer_and_pages())
     assert isinstance(demo, gr.Blocks)
     assert demo.title == TITLE
 

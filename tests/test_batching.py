@@ -3,6 +3,7 @@
 import os
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from backend.diffusion.sampler import SamplingRun, sample, step_together
 from backend.diffusion.steering import Steer
 from backend.serving.batching import NICENESS, BatchedSampler
 from backend.serving.bundle import Bundle
+from backend.serving.progress import reporting
 from backend.serving.generation import Generator
 from tests.tiny_models import tiny_model
 
@@ -181,3 +183,36 @@ def test_prompts_encode_consistently_from_many_threads_at_once(model):
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_a_queued_run_hears_its_place_and_a_running_one_its_step(model):
+    """Runs that do not fit the batch wait in line: each hears where it stands after every UNet call (progress.py)."""
+    lock = threading.RLock()
+    sampler = BatchedSampler(model, lock, max_rows=2)  # one guided run at a time
+    heard: dict[str, list] = {"first": [], "second": []}
+
+    def generate(name: str, steps: int) -> None:
+        with reporting(heard[name].append):
+            sampler.run(SamplingRun(model, "a star", num_steps=steps, guidance_scale=4.0))
+
+    with lock:  # the sampler admits the first run, then waits for the model: the second queues behind it
+        first = threading.Thread(target=generate, args=("first", 4))
+        first.start()
+        wait_until(lambda: sampler._worker is not None and not sampler._queue)
+        second = threading.Thread(target=generate, args=("second", 3))
+        second.start()
+        wait_until(lambda: len(sampler._queue) == 1)
+    for thread in (first, second):
+        thread.join(timeout=60)
+    running, queued = heard["first"][0], heard["second"][0]
+    assert (running.ahead, running.step, running.steps, running.sharing) == (0, 1, 4, 0)
+    assert (queued.ahead, queued.step, queued.steps) == (1, 0, 3)
+    assert queued.seconds_left == pytest.approx(running.seconds_left * (3 + 3) / 3)  # its 3 steps after the first's last 3
+    assert [s.step for s in heard["first"]] == [1, 2, 3] and [s.ahead for s in heard["second"]][-1] == 0  # then it steps itself
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

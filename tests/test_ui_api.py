@@ -5,14 +5,14 @@ import pytest
 from gradio_client import Client
 
 from tests.ports import free_port
-from tests.test_ui_handlers import one_thread, tiny_explorer
+from tests.test_ui_handlers import explorer_and_pages, one_thread
 from ui.app import LAUNCH, build_app
 
 
 @functools.cache
 def app_url() -> str:
     """The app on the tiny bundle, served once per test session on a free localhost port."""
-    demo = build_app(tiny_explorer()).queue(default_concurrency_limit=1)
+    demo = build_app(*explorer_and_pages()).queue(default_concurrency_limit=1)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **LAUNCH)
     atexit.register(demo.close)
     return demo.local_url

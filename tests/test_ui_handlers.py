@@ -13,21 +13,19 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 import pytest
 import torch
-from gradio.utils import is_static_file
 from PIL import Image
 
 from backend.build import Build, BuildConfig
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
 from backend.serving.edits import LADDER, EditInfo
-from backend.serving.icons import MAX_ICON_STRENGTHS, IconSettings
-from backend.serving.recent import Recent
+from backend.serving.icons import IconSettings
 from tests.tiny_models import tiny_model
 from ui import browse, edit, find, inspect, status, steer, timeline, views, your_image
 from ui.explorer import Explorer, open_explorer
 from ui.icons import IconCells
-from ui import explorer, image_files
 from ui.image_files import ImageFiles
+from ui.page_files import PageFiles
 from ui.images import overlay, tint, upscale
 from ui.latents import HEADERS, effect_columns
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
@@ -68,6 +66,12 @@ def tiny_explorer() -> Explorer:
     bundle = Bundle.load(ui_bundle_dir())
     bundle.attach_model(tiny_model())
     return Explorer(bundle)
+
+
+def explorer_and_pages() -> tuple[Explorer, PageFiles]:
+    """`tiny_explorer()` and the folder its latent pages are served from (under this test session's SAE_PAGE_CACHE)."""
+    ex = tiny_explorer()
+    return ex, PageFiles.of(ex.bundle)
 
 
 @pytest.fixture(scope="module")
@@ -608,36 +612,6 @@ def test_a_reopened_latent_page_reuses_its_map_over_time(ex, monkeypatch):
     monkeypatch.setattr(ex.bundle.generator, "base", lambda *a, **k: pytest.fail("the model was called again"))
     again = browse.timeline_view(ex, 2)
     assert again[0] is first[0] and again[2] is first[2]
-
-
-def test_a_served_page_is_drawn_once_and_its_pictures_are_files_with_the_same_pixels(ex, monkeypatch, tmp_path):
-    files = ImageFiles(tmp_path / "pictures")
-    drawn = browse.latent_page(ex, 3)
-    served = browse.served_page(ex, 3, files)
-    for pictures, paths in ((drawn.top_images, served.top_images), (drawn.quantile_images, served.quantile_images)):
-        assert [caption for _, caption in pictures] == [caption for _, caption in paths]
-        for (image, _), (path, _) in zip(pictures, paths):
-            assert Path(path).parent == files.root and is_static_file(path)
-            assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), np.asarray(image))
-    monkeypatch.setattr(browse, "latent_page", lambda *a: pytest.fail("the page was drawn again"))
-    again = browse.served_page(ex, "3", files)
-    assert again.top_patches == served.top_patches and again.header == served.header
-
-
-def test_the_kept_pages_pictures_outlive_them_in_the_file_store(ex, tmp_path):
-    """Serving touches a page's files: with room for PAGES pages' pictures, no kept page points at a deleted file."""
-    per_page = len(browse.latent_page(ex, 0).pictures())
-    most_icons = 1 + MAX_ICON_STRENGTHS  # the unsteered image and the latent at each strength
-    assert explorer.PAGES * (2 * browse.TOP_N + browse.QUANTILE_BINS * browse.PER_BIN + most_icons) <= image_files.MAX_FILES
-    files, pages = ImageFiles(tmp_path, max_files=2 * per_page), ex.pages
-    ex.pages = Recent(2)
-    try:
-        for j in (0, 1, 0, 2, 0, 3, 4, 0):  # latent 0 stays kept while the others come and go
-            browse.served_page(ex, j, files)
-            for key in ex.pages.keys():
-                assert all(Path(p).exists() for p in browse.served_page(ex, key, files).pictures())
-    finally:
-        ex.pages = pages
 
 
 def test_picture_files_are_shared_by_identical_pictures_and_the_oldest_are_deleted(tmp_path):

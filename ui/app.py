@@ -1,16 +1,21 @@
 """The Gradio app: lays out the three tabs and wires their events to the handlers in `ui/` (no logic here)."""
 
+import contextvars
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import gradio as gr
 
 from backend.errors import ExplorerError
+from backend.serving.progress import Status
 from ui import browse, edit, export, find, inspect, status, steer, timeline, views, your_image
 from ui.explorer import Explorer
 from ui.icons import IconCells
-from ui.image_files import ImageFiles, temporary_folder
+from ui.image_files import temporary_folder
+from ui.page_files import PageFiles, served_page
+from ui.worker import local_calls
 from ui.latents import DEFAULT_SORT, SORTS
 from backend.serving.edits import MAX_EDIT_STRENGTH
 from ui.state import STEER_MODES, alpha_from_position
@@ -87,6 +92,18 @@ def on_gpu(fn):
     except ImportError:
         return fn
     return spaces.GPU(fn)
+
+
+def progressed(call: Callable) -> Callable:
+    """`call(*args, on_progress=…)` with what its sampling runs report (their place in the queue, step and time left) shown
+    in the event's progress bar. The reports come from another thread, so they are sent in this event's context."""
+    def run(*args):
+        context, bar = contextvars.copy_context(), gr.Progress()
+
+        def show(status: Status) -> None:
+            context.run(bar, (status.step, status.steps), desc=status.text())
+        return call(*args, on_progress=show)
+    return run
 
 
 def strength_text(position) -> str:
@@ -188,12 +205,19 @@ def edit_panel(ex: Explorer, intro: str, button: str, base_label: str = "Base", 
                      positions, caption, gr.State(None))
 
 
-def build_app(ex: Explorer) -> gr.Blocks:
-    """Lay out the app for one explorer; every event calls a handler from `ui/`."""
+def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> gr.Blocks:
+    """Lay out the app for one explorer whose latent pages are served from `pages`; every event calls a handler from `ui/`.
+
+    `model(handler)` runs a handler that needs the model: in a worker process (ui/worker.ModelWorker) or, by default, here.
+    """
+    model = model or local_calls(ex)
+
+    def on_model(handler: Callable) -> Callable:
+        return progressed(model(handler))
     steps = len(ex.recorded_steps)
-    files, exports = ImageFiles.temporary(), temporary_folder("exports")
+    exports = temporary_folder("exports")
     icon_cells = IconCells(ex, temporary_folder("icons"))
-    first = browse.served_page(ex, views.default_latent(ex), files)  # drawn into the page itself: on screen before any event runs
+    first = served_page(ex, views.default_latent(ex), pages)  # drawn into the page itself: on screen before any event runs
     rows, listed = browse.table(ex, icon_cells)
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
@@ -341,14 +365,14 @@ def build_app(ex: Explorer) -> gr.Blocks:
         timeline_outputs = [timeline_state, step, x0_image, final_image, step_caption]
 
         def open_page(value):
-            outputs = browse.served_page(ex, value, files).outputs()
+            outputs = served_page(ex, value, pages).outputs()
             ex.page_served.set()
             return outputs
 
-        timeline_fn = shown(on_gpu(functools.partial(browse.timeline_view, ex)))
+        timeline_fn = shown(on_gpu(on_model(browse.timeline_view)))
 
-        def with_timeline(page_event):
-            return page_event.success(timeline_fn, latent_box, timeline_outputs, api_name=False, **MODEL)
+        def with_timeline(page_event, api_name=False):
+            return page_event.success(timeline_fn, latent_box, timeline_outputs, api_name=api_name, **MODEL)
 
         def with_page(event):
             return with_timeline(event.then(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE))
@@ -359,13 +383,13 @@ def build_app(ex: Explorer) -> gr.Blocks:
         def row_latent_to_browse(evt: gr.SelectData):
             return int(evt.row_value[0]), gr.Tabs(selected="browse"), "browse"
 
-        with_timeline(open_btn.click(shown(open_page), latent_box, page_outputs, api_name="latent_page", **BROWSE))
+        with_timeline(open_btn.click(shown(open_page), latent_box, page_outputs, api_name="latent_page", **BROWSE), "map_over_time")
         with_timeline(latent_box.submit(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE))
         with_page(table.select(row_latent, None, latent_box, api_name=False))
         with_page(similar.select(row_latent, None, latent_box, api_name=False))
         table_csv.click(shown(lambda: export.export_table(ex, "csv", exports)), None, exported, api_name="export_table_csv", **BROWSE)
         table_json.click(shown(lambda: export.export_table(ex, "json", exports)), None, exported, api_name="export_table_json", **BROWSE)
-        find_btn.click(shown(on_gpu(functools.partial(find.find_latents, ex))), [find_with, find_without, find_seeds],
+        find_btn.click(shown(on_gpu(on_model(find.find_latents))), [find_with, find_without, find_seeds],
                        [find_table, find_summary, found_state], api_name="find_latents", **MODEL)
         with_page(find_table.select(row_latent, None, latent_box, api_name=False))
         latent_json.click(shown(lambda j: export.export_latent(ex, j, exports)), latent_box, exported, api_name="export_latent", **BROWSE)
@@ -379,20 +403,23 @@ def build_app(ex: Explorer) -> gr.Blocks:
         def wire_steer(button, fn, inputs, outputs, slot_controls, live, api_name):
             """The button steers; each slot's controls and every `live` event steer again, the last request winning."""
             steer_fn = shown(on_gpu(fn))
-            button.click(steer_fn, inputs, outputs, api_name=api_name, **MODEL)
+            shown_on = dict(show_progress_on=outputs[1])  # the steered image carries the progress bar, not every output
+            button.click(steer_fn, inputs, outputs, api_name=api_name, **MODEL, **shown_on)
             triggers = list(live)
             for latent, position, mode, alpha in slot_controls:
                 position.input(shown(strength_text), position, alpha, api_name=False, **BROWSE)
                 triggers += [position.input, latent.submit, mode.input]
             for control in triggers:
-                control(steer_fn, inputs, outputs, trigger_mode="always_last", api_name=False, **MODEL)
+                control(steer_fn, inputs, outputs, trigger_mode="always_last", api_name=False, **MODEL, **shown_on)
             return steer_fn
 
         steer_inputs = [prompt, seed, guidance, start, end, mask, cells, history_state] + [c for s in slots for c in s[:3]]
         steer_outputs = [base_image, steered_image, diff_image, history_state, history, applied]
 
+        steer_on_model = on_model(steer.steer)
+
         def run_steer(*args):
-            base, steered, diff, past, text = steer.steer(ex, *args)
+            base, steered, diff, past, text = steer_on_model(*args)
             return base, steered, diff, past, past, text
 
         steer_fn = wire_steer(generate, run_steer, steer_inputs, steer_outputs, slots,
@@ -418,7 +445,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
              .then(edit_if_made, [panel.made, *inputs], outputs, api_name=False, **MODEL))
             return edit_if_made, inputs
 
-        edit_if_made, edit_inputs = wire_edit(steer_edit, functools.partial(edit.edit, ex), [prompt, seed, guidance, start, end],
+        edit_if_made, edit_inputs = wire_edit(steer_edit, on_model(edit.edit), [prompt, seed, guidance, start, end],
                                               (prompt.submit, seed.submit, guidance.release, start.release, end.release), "edit")
 
         def go_steer(value):
@@ -427,7 +454,7 @@ def build_app(ex: Explorer) -> gr.Blocks:
 
         first = slots[0]
         (to_steer.click(shown(go_steer), latent_box, [tabs, current_tab, first[0], first[1], first[2], first[3], prompt, seed], api_name=False)
-         .success(steer_fn, steer_inputs, steer_outputs, api_name=False, **MODEL))
+         .success(steer_fn, steer_inputs, steer_outputs, api_name=False, show_progress_on=steered_image, **MODEL))
 
         # --- your image: its reconstruction and latents, click through to their pages; edit and steer it --------------
         inspect_outputs = [inspected, inspect_table, inspect_maps, inspection]
@@ -435,15 +462,16 @@ def build_app(ex: Explorer) -> gr.Blocks:
         def with_upload(event):  # the upload and its note from the kept inspection: the API's outputs stay as they were
             return event.success(shown(lambda kept: kept.upload_outputs()), inspection, [uploaded, upload_note], api_name=False, **BROWSE)
 
-        with_upload(analyse.click(shown(on_gpu(lambda image, text: inspect.inspect_upload(ex, image, text).outputs())),
+        inspect_upload, inspect_prompt_run = on_model(inspect.inspect_upload), on_model(inspect.inspect_prompt)
+        with_upload(analyse.click(shown(on_gpu(lambda image, text: inspect_upload(image, text).outputs())),
                                   [upload, upload_prompt], inspect_outputs, api_name="inspect_upload", **MODEL))
-        with_upload(inspect_generate.click(shown(on_gpu(lambda text, s: inspect.inspect_prompt(ex, text, s).outputs())),
+        with_upload(inspect_generate.click(shown(on_gpu(lambda text, s: inspect_prompt_run(text, s).outputs())),
                                            [inspect_prompt, inspect_seed], inspect_outputs, api_name="inspect_prompt", **MODEL))
         inspect_step.change(shown(inspect.gallery), [inspection, inspect_step], inspect_maps, api_name=False, **BROWSE)
         with_page(inspect_table.select(row_latent_to_browse, None, [latent_box, tabs, current_tab], api_name=False))
-        wire_edit(upload_edit, functools.partial(your_image.edit_upload, ex), [upload, upload_prompt, *upload_edit.window],
+        wire_edit(upload_edit, on_model(your_image.edit_upload), [upload, upload_prompt, *upload_edit.window],
                   (upload_prompt.submit, *(slider.release for slider in upload_edit.window)), "edit_upload")
-        wire_steer(upload_steer, functools.partial(your_image.steer_upload, ex),
+        wire_steer(upload_steer, on_model(your_image.steer_upload),
                    [upload, upload_prompt, upload_start, upload_end, upload_mask, upload_cells, *upload_slot[:3]],
                    [upload_base, upload_steered, upload_diff, upload_applied], [upload_slot],
                    (upload_start.release, upload_end.release, upload_mask.input, upload_cells.input), "steer_upload")

@@ -1,8 +1,9 @@
 """The Browse tab's handlers: search the latent list and build a latent's page from the atlas (no model calls)."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
+from gradio.components.plot import PlotData
 from PIL import Image
 
 from backend.errors import ExplorerError
@@ -10,7 +11,6 @@ from backend.serving.bundle import label_text
 from ui.explorer import Explorer
 from ui.icons import HEADER as ICONS_HEADER
 from ui.icons import IconCells, icon_gallery
-from ui.image_files import ImageFiles
 from ui.images import mark_patch, overlay, upscale
 from ui.latents import DEFAULT_SORT, HEADERS, list_latents
 from ui.plots import histogram_figure, latent_map_figure, profile_figure
@@ -59,23 +59,14 @@ class LatentPage:
     top_images: list[tuple[Image.Image | str, str]]  # (picture or its file, caption)
     top_patches: list[tuple[Image.Image | str, str]]
     quantile_images: list[tuple[Image.Image | str, str]]  # weakest quarter first
-    histogram: go.Figure
-    profile: go.Figure
+    histogram: go.Figure | PlotData  # PlotData: the figure as written to a page file (ui/page_files.py)
+    profile: go.Figure | PlotData
     similar: list[list]  # rows of SIMILAR_HEADERS
 
     def outputs(self) -> tuple:
         """The page as the tuple of values the Gradio outputs take, in field order."""
         return (self.latent, self.header, self.icons, self.icon_note, self.top_images, self.top_patches, self.quantile_images,
                 self.histogram, self.profile, self.similar)
-
-    def pictures(self) -> list:
-        """Every picture on the page (images or their files), gallery by gallery."""
-        return [picture for items in (self.icons, self.top_images, self.top_patches, self.quantile_images) for picture, _ in items]
-
-    def with_files(self, files: ImageFiles) -> "LatentPage":
-        """The page with its pictures as files in `files` (Gradio serves them without encoding them again)."""
-        return replace(self, icons=files.gallery(self.icons), top_images=files.gallery(self.top_images),
-                       top_patches=files.gallery(self.top_patches), quantile_images=files.gallery(self.quantile_images))
 
 
 def header(ex: Explorer, j: int) -> str:
@@ -148,18 +139,6 @@ def latent_page(ex: Explorer, value, n: int = TOP_N) -> LatentPage:
                                float(bundle.typical_activation[j]), ex.recorded_steps),
         similar=similar,
     )
-
-
-def served_page(ex: Explorer, value, files: ImageFiles) -> LatentPage:
-    """Latent page as the app serves it: drawn once per latent, its pictures written once as files.
-
-    Serving touches the page's files, so the files of the pages kept are the ones used last and
-    outlive them (PAGES × pictures per page ≤ the store's `max_files`).
-    """
-    j = latent_id(ex, value)
-    page = ex.pages.get(j, lambda: latent_page(ex, j).with_files(files))
-    files.touch(page.pictures())
-    return page
 
 
 def latent_map(ex: Explorer):

@@ -12,7 +12,7 @@ from ui.latents import LatentTable
 
 MODEL_WAIT = 300.0  # seconds a generation request waits for a model still loading before it gives up
 FIRST_PAGE_GRACE = 5.0  # seconds a deferred model load waits for the first visitor's latent page to be served
-TIMELINES, PAGES = 16, 128  # how many maps over time and latent pages (their pictures as files) are kept
+TIMELINES, PAGES = 16, 128  # how many maps over time and latent pages are kept in memory
 LOADING = "The model is loading; browsing works now, and generation starts as soon as it is ready."
 
 
@@ -42,10 +42,13 @@ class Explorer:
         self.model_settled.set()
         self.page_served = threading.Event()
         self.timelines: Recent = Recent(TIMELINES)  # maps over time by (latent, prompt, seed): reopened pages run no model
-        self.pages: Recent = Recent(PAGES)  # served latent pages by latent id: reopened pages draw nothing
+        self.pages: Recent = Recent(PAGES)  # served latent pages by latent id: reopened pages read no file
+        self.generates_elsewhere: bool | None = None  # with the model in a worker process (ui/worker.py): whether it can generate
 
     @property
     def can_generate(self) -> bool:
+        if self.generates_elsewhere is not None:
+            return self.generates_elsewhere
         return getattr(self.bundle, "generator", None) is not None
 
     @property
@@ -71,6 +74,11 @@ class Explorer:
             self.notice = attach_model(self.bundle, model_source, device)
         finally:
             self.model_settled.set()
+
+    def model_loaded_elsewhere(self, notice: str, can_generate: bool) -> None:
+        """The model's state as the worker process that loaded it reports it (ui/worker.py)."""
+        self.notice, self.generates_elsewhere = notice, can_generate
+        self.model_settled.set()
 
     def generator(self, wait: float = MODEL_WAIT):
         """The bundle's generator (waiting for a model still loading), or an ExplorerError saying why there is none."""

@@ -13,9 +13,14 @@ from ui.state import MAX_SEED, ViewState, alpha_from_position, parse_int, parse_
 DEFAULT_ALPHA = 5.0
 
 
+def default_order(ex: Explorer) -> list[int]:
+    """Every latent in the table's default order (latents.DEFAULT_SORT)."""
+    return ex.table.sorted(np.arange(len(ex.table.labels)), DEFAULT_SORT).tolist()
+
+
 def default_latent(ex: Explorer) -> int:
-    """The latent shown before the user picks one: the first in the table's default order (latents.DEFAULT_SORT)."""
-    return int(ex.table.sorted(np.arange(len(ex.table.labels)), DEFAULT_SORT)[0])
+    """The latent shown before the user picks one: the first in the table's default order."""
+    return default_order(ex)[0]
 
 
 def restore(ex: Explorer, params: dict) -> tuple[str, int, str, float, str, str, int]:

@@ -4,14 +4,17 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 
 from backend.diffusion.inversion import InversionRun
 from backend.diffusion.models import DiffusionModel
 from backend.diffusion.sampler import SampleResult, SamplingRun, step_together
+from backend.serving.progress import Reporter, Status, current_reporter
 
 Run = SamplingRun | InversionRun  # anything that steps like a SamplingRun (step_together)
+Entry = tuple[Run, Future, Reporter | None]  # a run, its completion, and who hears how it goes (progress.py)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,12 @@ class BatchedSampler:
 
     def __init__(self, model: DiffusionModel, model_lock: threading.RLock, max_rows: int = MAX_ROWS):
         self.model, self.model_lock, self.max_rows = model, model_lock, max_rows
-        self._queue: deque[tuple[Run, Future]] = deque()
+        self._queue: deque[Entry] = deque()
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self.calls = 0  # UNet calls made; with `rows_stepped`, how full the batches were
         self.rows_stepped = 0
+        self.seconds_per_call: float | None = None  # moving average of the last UNet calls, for the time left
 
     def run(self, run: Run) -> SampleResult | list:
         """Step `run` to its end among whatever else is running, then take its result (decoded in the caller's thread).
@@ -60,7 +64,7 @@ class BatchedSampler:
         """
         done: Future = Future()
         with self._wake:
-            self._queue.append((run, done))
+            self._queue.append((run, done, current_reporter()))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name="batched-sampler", daemon=True)
                 self._worker.start()
@@ -68,40 +72,62 @@ class BatchedSampler:
         done.result()
         return run.result()
 
-    def _admit(self, active: list[tuple[Run, Future]]) -> None:
+    def _admit(self, active: list[Entry]) -> None:
         """Move queued runs into the batch while they fit (in arrival order) and share the batch's image shape."""
-        rows = sum(run.rows for run, _ in active)
+        rows = sum(run.rows for run, *_ in active)
         shape = active[0][0].x.shape[1:] if active else None
         while self._queue:
-            run, done = self._queue[0]
+            run = self._queue[0][0]
             fits = rows + run.rows <= self.max_rows or not active  # a run wider than max_rows still runs, alone
             if not fits or (shape is not None and run.x.shape[1:] != shape):
                 return
-            self._queue.popleft()
-            active.append((run, done))
+            active.append(self._queue.popleft())
             rows, shape = rows + run.rows, run.x.shape[1:]
 
     def _serve(self) -> None:
         yield_cpu_to_requests()
-        active: list[tuple[Run, Future]] = []
+        active: list[Entry] = []
         while True:
             with self._wake:
                 self._admit(active)
                 if not active:
                     self._worker = None
                     return
+            started = time.perf_counter()
             try:
                 with self.model_lock:
-                    step_together(self.model, [run for run, _ in active])
+                    step_together(self.model, [run for run, *_ in active])
             except Exception as err:  # a failed call fails the runs in it (their state is mid-step); the queue goes on
                 log.exception("batched UNet call failed for %d runs", len(active))
-                for _, done in active:
+                for _, done, _ in active:
                     done.set_exception(err)
                 active = []
                 continue
+            seconds = time.perf_counter() - started
+            self.seconds_per_call = seconds if self.seconds_per_call is None else 0.8 * self.seconds_per_call + 0.2 * seconds
             self.calls += 1
-            self.rows_stepped += sum(run.rows for run, _ in active)
-            for run, done in active:
+            self.rows_stepped += sum(run.rows for run, *_ in active)
+            for run, done, _ in active:
                 if run.done:
                     done.set_result(None)
-            active = [(run, done) for run, done in active if not run.done]
+            active = [entry for entry in active if not entry[0].done]
+            self._report(active)
+
+    def _report(self, active: list[Entry]) -> None:
+        """Tell each run with a reporter where it stands: its step in the batch, or its place in the queue and the time
+        until it is likely done (a queued run starts about when as many runs as are ahead of it have finished)."""
+        with self._wake:
+            queued = list(self._queue)
+        pace = self.seconds_per_call
+        finishing = sorted(run.num_steps - run.step for run, *_ in active)  # calls until each active run is done
+        statuses = [(reporter, Status(0, run.step, run.num_steps, len(active) - 1, pace and pace * (run.num_steps - run.step)))
+                    for run, _, reporter in active]
+        for place, (run, _, reporter) in enumerate(queued, start=1):
+            wait = finishing[min(place, len(finishing)) - 1] if finishing else 0
+            statuses.append((reporter, Status(place, run.step, run.num_steps, 0, pace and pace * (wait + run.num_steps - run.step))))
+        for reporter, status in statuses:
+            if reporter is not None:
+                try:
+                    reporter(status)
+                except Exception:  # a visitor's progress bar never stops the batch
+                    log.exception("a progress reporter failed")

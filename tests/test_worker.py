@@ -1,0 +1,121 @@
+"""Model work in a supervised worker process (ui/worker.py) and what generations report while they wait (progress.py)."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from backend.diffusion.models import save_model
+from backend.errors import ExplorerError
+from backend.serving.bundle import Bundle
+from backend.serving.progress import Status
+from tests.test_ui_handlers import NO_STEER, labelled_latent, one_thread, tiny_explorer, ui_bundle_dir
+from tests.tiny_models import tiny_model
+from ui import steer
+from ui.explorer import Explorer
+from ui.worker import STOPPED, ModelWorker, local_calls
+
+STEER_ARGS = ("a red circle", 3, 4.0, 0, 5, "everywhere", [], None)
+
+
+def exit_now(ex, code: int):
+    """Run in the worker: the process dies mid-request."""
+    os._exit(code)
+
+
+def wait_then_pid(ex, seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def refuse(ex, message: str):
+    raise ExplorerError(message)
+
+
+def break_down(ex):
+    raise KeyError("a bug")
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """A worker on the tiny bundle, its model loaded from a saved copy of the tiny model the bundle was built with."""
+    model_dir = tmp_path_factory.mktemp("tiny-model")
+    save_model(tiny_model(), model_dir)
+    server = Explorer(Bundle.load(ui_bundle_dir()))
+    with one_thread():  # the spawned worker starts with the parent's thread count in its environment
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            running = ModelWorker(server, str(model_dir), "cpu")
+        finally:
+            del os.environ["OMP_NUM_THREADS"]
+    assert server.model_settled.wait(120), "the worker did not load its model"
+    yield running
+    running.close()
+
+
+def test_a_steer_in_the_worker_equals_one_run_here(worker):
+    ex = tiny_explorer()
+    j = labelled_latent(ex)
+    controls = (str(j), 0.5, "add", *NO_STEER)
+    with one_thread():
+        here = local_calls(ex)(steer.steer)(*STEER_ARGS, *controls)
+    there = worker(steer.steer)(*STEER_ARGS, *controls)
+    assert worker.ex.model_state == "ready" and worker.ex.notice == ""
+    for mine, theirs in zip(here[:3], there[:3]):
+        assert np.abs(np.asarray(mine, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max() <= 1  # float rounding
+    assert here[4] == there[4]
+
+
+def test_a_refusal_in_the_worker_is_the_same_message_here_and_a_bug_is_not_shown(worker):
+    with pytest.raises(ExplorerError, match="^Latent 99 is not here.$"):
+        worker.call(refuse, "Latent 99 is not here.")
+    with pytest.raises(RuntimeError, match="unexpected error in break_down") as err:
+        worker.call(break_down)
+    assert "a bug" not in str(err.value)
+    with pytest.raises(Exception):
+        worker.call(wait_then_pid, lambda: None)  # cannot be sent: fails here, and nothing is held
+    assert worker.call(wait_then_pid, 0) == worker.process.pid and not worker._pending
+
+
+def test_a_worker_that_dies_fails_the_requests_it_held_and_the_next_one_works(worker):
+    first_pid, starts = worker.process.pid, worker.starts
+    held = []
+
+    def slow_request():
+        try:
+            worker.call(wait_then_pid, 30)
+        except ExplorerError as err:
+            held.append(str(err))
+
+    waiting = threading.Thread(target=slow_request)
+    waiting.start()
+    time.sleep(1)
+    with pytest.raises(ExplorerError, match="stopped \\(exit code 3\\)"):
+        worker.call(exit_now, 3)
+    waiting.join(timeout=60)
+    assert held == [STOPPED.format(code=3)]
+    assert worker.call(wait_then_pid, 0) not in (None, first_pid) and worker.starts == starts + 1
+    assert worker.ex.model_state == "ready"
+
+
+def test_a_generation_reports_its_steps(worker):
+    ex = tiny_explorer()
+    controls = (str(labelled_latent(ex)), -0.3, "add", *NO_STEER)
+    seen: list[Status] = []
+    with one_thread():
+        local_calls(ex)(steer.steer)(*STEER_ARGS, *controls, on_progress=seen.append)
+    there: list[Status] = []
+    worker.call(steer.steer, *STEER_ARGS, *controls, on_progress=there.append)
+    for statuses in (seen, there):
+        assert statuses and all(s.ahead == 0 and 0 < s.step <= s.steps for s in statuses)
+        assert statuses[-1].seconds_left is not None and "step" in statuses[-1].text()
+
+
+def test_a_status_reads_as_a_place_in_the_queue_or_a_step():
+    assert Status(3, 0, 20, 0, 12.4).text() == "in the queue: 3 generations ahead of yours · about 12 s left"
+    assert Status(1, 0, 20, 0, None).text() == "in the queue: 1 generation ahead of yours"
+    assert Status(0, 7, 20, 15, 6.2).text() == "step 7 of 20, sharing each model call with 15 other generations · about 6 s left"
+    assert Status(0, 7, 20, 0, None).text() == "step 7 of 20"
+    assert Status(0, 19, 20, 1, 0.3).text() == "step 19 of 20, sharing each model call with 1 other generation · under a second left"
