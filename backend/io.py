@@ -11,6 +11,15 @@ import torch
 from safetensors.torch import save_file
 
 
+def _process_umask() -> int:
+    umask = os.umask(0)  # the only way to read it sets it: done once, at import, before any thread creates files
+    os.umask(umask)
+    return umask
+
+
+UMASK = _process_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
@@ -18,11 +27,9 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # after the write: mkstemp makes 0600, and so does safetensors' own file creation
+        os.chmod(tmp, 0o666 & ~UMASK)  # after the write: mkstemp makes 0600, and so does safetensors' own file creation
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -205,10 +205,10 @@ def test_a_queued_run_hears_its_place_and_a_running_one_its_step(model):
     for thread in (first, second):
         thread.join(timeout=60)
     running, queued = heard["first"][0], heard["second"][0]
-    assert (running.ahead, running.step, running.steps, running.sharing) == (0, 1, 4, 0)
-    assert (queued.ahead, queued.step, queued.steps) == (1, 0, 3)
+    assert (running.place, running.step, running.steps, running.sharing) == (0, 1, 4, 0)
+    assert (queued.place, queued.step, queued.steps) == (1, 0, 3)
     assert queued.seconds_left == pytest.approx(running.seconds_left * (3 + 3) / 3)  # its 3 steps after the first's last 3
-    assert [s.step for s in heard["first"]] == [1, 2, 3] and [s.ahead for s in heard["second"]][-1] == 0  # then it steps itself
+    assert [s.step for s in heard["first"]] == [1, 2, 3] and [s.place for s in heard["second"]][-1] == 0  # then it steps itself
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:

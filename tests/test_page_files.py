@@ -80,10 +80,23 @@ def test_a_page_without_its_file_is_missing_and_drawn_again(ex, tmp_path):
     assert json.loads(files.page_path(4).read_text())["latent"] == 4
 
 
-def test_the_folder_changes_with_the_bundle_files():
+def test_the_folder_changes_with_the_bundle_files_and_the_code(tmp_path):
     files = {"sae/sae.safetensors": "a" * 64, "atlas/tables.safetensors": "b" * 64}
     assert pages_key(files) == pages_key(dict(reversed(files.items())))
     assert pages_key(files) != pages_key(files | {"atlas/tables.safetensors": "c" * 64})
+    source = tmp_path / "backend" / "method" / "encodings.py"  # drawn into the profile figure, two folders down
+    source.parent.mkdir(parents=True)
+    source.write_text("SCALE = 1\n")
+    before = pages_key(files, tmp_path)
+    source.write_text("SCALE = 2\n")
+    assert pages_key(files, tmp_path) != before
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_a_temporary_folder(ex, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    files = PageFiles.of(ex.bundle, blocked)
+    assert not files.root.is_relative_to(blocked) and files.images.root.is_dir()
 
 
 def test_the_app_draws_the_pages_in_a_child_process(ex, tmp_path, monkeypatch):

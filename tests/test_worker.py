@@ -1,6 +1,9 @@
 """Model work in a supervised worker process (ui/worker.py) and what generations report while they wait (progress.py)."""
 
+import contextvars
 import os
+import pickle
+import shutil
 import threading
 import time
 
@@ -13,9 +16,9 @@ from backend.serving.bundle import Bundle
 from backend.serving.progress import Status
 from tests.test_ui_handlers import NO_STEER, labelled_latent, one_thread, tiny_explorer, ui_bundle_dir
 from tests.tiny_models import tiny_model
-from ui import steer
+from ui import find, status, steer
 from ui.explorer import Explorer
-from ui.worker import STOPPED, ModelWorker, local_calls
+from ui.worker import EARLY_DEATHS, GAVE_UP, STOPPED, ModelWorker, local_calls
 
 STEER_ARGS = ("a red circle", 3, 4.0, 0, 5, "everywhere", [], None)
 
@@ -74,7 +77,7 @@ def test_a_refusal_in_the_worker_is_the_same_message_here_and_a_bug_is_not_shown
     with pytest.raises(RuntimeError, match="unexpected error in break_down") as err:
         worker.call(break_down)
     assert "a bug" not in str(err.value)
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):
         worker.call(wait_then_pid, lambda: None)  # cannot be sent: fails here, and nothing is held
     assert worker.call(wait_then_pid, 0) == worker.process.pid and not worker._pending
 
@@ -109,13 +112,60 @@ def test_a_generation_reports_its_steps(worker):
     there: list[Status] = []
     worker.call(steer.steer, *STEER_ARGS, *controls, on_progress=there.append)
     for statuses in (seen, there):
-        assert statuses and all(s.ahead == 0 and 0 < s.step <= s.steps for s in statuses)
+        assert statuses and all(s.place == 0 and 0 < s.step <= s.steps for s in statuses)
         assert statuses[-1].seconds_left is not None and "step" in statuses[-1].text()
 
 
 def test_a_status_reads_as_a_place_in_the_queue_or_a_step():
-    assert Status(3, 0, 20, 0, 12.4).text() == "in the queue: 3 generations ahead of yours · about 12 s left"
-    assert Status(1, 0, 20, 0, None).text() == "in the queue: 1 generation ahead of yours"
-    assert Status(0, 7, 20, 15, 6.2).text() == "step 7 of 20, sharing each model call with 15 other generations · about 6 s left"
+    assert Status(3, 0, 20, 0, 12.4).text() == "waiting for room in the model's batch: place 3 in line · about 12 s left"
+    assert Status(1, 0, 20, 0, None).text() == "waiting for room in the model's batch: place 1 in line"
+    assert Status(0, 7, 20, 15, 6.2).text() == "step 7 of 20, sharing each model call with 15 other runs · about 6 s left"
     assert Status(0, 7, 20, 0, None).text() == "step 7 of 20"
-    assert Status(0, 19, 20, 1, 0.3).text() == "step 19 of 20, sharing each model call with 1 other generation · under a second left"
+    assert Status(0, 19, 20, 1, 0.3).text() == "step 19 of 20, sharing each model call with 1 other run · under a second left"
+
+
+def test_a_find_reports_the_steps_of_its_runs_from_the_pool_that_samples_them():
+    ex = tiny_explorer()
+    seen: list[Status] = []
+    with one_thread():
+        local_calls(ex)(find.find_latents)("a red circle", "a blue circle", 2, on_progress=seen.append)
+    assert seen and max(s.sharing for s in seen) >= 1  # its four runs (prompt × seed) shared calls, and reported
+
+
+def test_progress_from_another_thread_reaches_the_events_bar(monkeypatch):
+    """The sampler (or the worker's reply reader) reports from its own thread; the bar reads the event's context."""
+    event = contextvars.ContextVar("event", default=None)
+    shown = []
+
+    class Bar:
+        def __call__(self, progress, desc=None):
+            shown.append((event.get(), progress, desc))
+    monkeypatch.setattr(status.gr, "Progress", Bar)
+
+    def call(on_progress):
+        reporter = threading.Thread(target=on_progress, args=(Status(0, 3, 20, 1, 2.0),))
+        reporter.start()
+        reporter.join()
+        return "done"
+
+    event.set("event 7")
+    assert status.progressed(call)() == "done"
+    assert shown == [("event 7", (3, 20), Status(0, 3, 20, 1, 2.0).text())]
+
+
+def test_a_worker_that_keeps_dying_before_its_model_loads_is_given_up_on(tmp_path):
+    shutil.copytree(ui_bundle_dir(), tmp_path / "bundle")
+    server = Explorer(Bundle.load(tmp_path / "bundle"))
+    (tmp_path / "bundle" / "bundle.json").unlink()  # the worker cannot open it
+    worker = ModelWorker(server)
+    try:
+        deadline = time.monotonic() + 180
+        while worker.gave_up is None:
+            assert time.monotonic() < deadline, "the worker was not given up on"
+            time.sleep(0.2)
+        assert worker.starts == EARLY_DEATHS and worker.gave_up == GAVE_UP.format(deaths=EARLY_DEATHS)
+        assert server.model_state == "off" and server.notice == worker.gave_up
+        with pytest.raises(ExplorerError, match="Generation is off"):
+            worker.call(wait_then_pid, 0)
+    finally:
+        worker.close()

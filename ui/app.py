@@ -1,6 +1,5 @@
 """The Gradio app: lays out the three tabs and wires their events to the handlers in `ui/` (no logic here)."""
 
-import contextvars
 import functools
 import logging
 from dataclasses import dataclass
@@ -9,13 +8,12 @@ from typing import Callable
 import gradio as gr
 
 from backend.errors import ExplorerError
-from backend.serving.progress import Status
 from ui import browse, edit, export, find, inspect, status, steer, timeline, views, your_image
 from ui.explorer import Explorer
 from ui.icons import IconCells
 from ui.image_files import temporary_folder
 from ui.page_files import PageFiles, served_page
-from ui.worker import local_calls
+from ui.worker import MODEL_CONCURRENCY, local_calls, spaces_module
 from ui.latents import DEFAULT_SORT, SORTS
 from backend.serving.edits import MAX_EDIT_STRENGTH
 from ui.state import STEER_MODES, alpha_from_position
@@ -41,7 +39,7 @@ LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, show_error=True, state_session_cap
 STATE_LIFETIME = 900  # seconds a session keeps its image-holding state (timeline frames, history) after its last update
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete uploads and outputs older than an hour (and all of them at shutdown)
 # model events run side by side so their sampling runs share UNet calls (backend/serving/batching.py); more wait in the queue
-MODEL = dict(concurrency_limit=16, concurrency_id="model")
+MODEL = dict(concurrency_limit=MODEL_CONCURRENCY, concurrency_id="model")
 BROWSE = dict(concurrency_limit=None)  # atlas look-ups never wait on the model
 # a click on a point of the latent map opens that latent: plotly's click event is bound once the map is drawn
 MAP_CLICK_JS = """() => {
@@ -87,23 +85,8 @@ def shown(fn):
 
 def on_gpu(fn):
     """`fn` under `spaces.GPU` on a Hugging Face ZeroGPU Space, unchanged elsewhere."""
-    try:
-        import spaces
-    except ImportError:
-        return fn
-    return spaces.GPU(fn)
-
-
-def progressed(call: Callable) -> Callable:
-    """`call(*args, on_progress=…)` with what its sampling runs report (their place in the queue, step and time left) shown
-    in the event's progress bar. The reports come from another thread, so they are sent in this event's context."""
-    def run(*args):
-        context, bar = contextvars.copy_context(), gr.Progress()
-
-        def show(status: Status) -> None:
-            context.run(bar, (status.step, status.steps), desc=status.text())
-        return call(*args, on_progress=show)
-    return run
+    spaces = spaces_module()
+    return spaces.GPU(fn) if spaces is not None else fn
 
 
 def strength_text(position) -> str:
@@ -213,7 +196,7 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
     model = model or local_calls(ex)
 
     def on_model(handler: Callable) -> Callable:
-        return progressed(model(handler))
+        return status.progressed(model(handler))
     steps = len(ex.recorded_steps)
     exports = temporary_folder("exports")
     icon_cells = IconCells(ex, temporary_folder("icons"))

@@ -46,7 +46,7 @@ class ImageFiles:
         file = self.root / f"{digest}.webp"
         if self.max_files is None and file.exists():
             return str(file)
-        partial = file.with_suffix(f".{threading.get_ident()}.part")
+        partial = file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.part")  # other processes write here too (page_files)
         image.save(partial, format="WEBP", lossless=True, method=0)
         os.replace(partial, file)
         with self._lock:

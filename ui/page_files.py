@@ -7,13 +7,15 @@ pictures, lossless WebP files named by their pixels' hash (shared by identical p
 page then reads a file; a page not drawn yet is drawn on demand and written the same way, so a
 page served from the files is the page drawn on demand, byte for byte.
 
-The folder is keyed by what a page depends on, the bundle's files and the source of the code
-that draws pages (ui/ and backend/serving/): a changed bundle or app draws anew instead of
-serving stale pages.
+The folder is keyed by what a page depends on, the bundle's files, this app's code (ui/ and
+backend/) and the versions of the libraries that encode figures and pictures: a changed bundle
+or app draws anew instead of serving stale pages. Folders of other keys are left alone (another
+bundle's app may be using them).
 """
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import logging
 import multiprocessing
@@ -27,29 +29,33 @@ from backend.io import write_json
 from backend.serving.bundle import Bundle
 from ui.browse import LatentPage, latent_page, latent_id
 from ui.explorer import Explorer
-from ui.image_files import ImageFiles
+from ui.image_files import ImageFiles, temporary_folder
 from ui.views import default_order
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-DRAWING_CODE = ("ui", "backend/serving")  # the source that decides what a page shows
+DRAWING_CODE = ("ui", "backend")  # the source that decides what a page shows
+DRAWING_LIBRARIES = ("plotly", "gradio", "pillow")  # figures' JSON, PlotData, WebP files
 CACHE_ENV = "SAE_PAGE_CACHE"  # where page folders go (default ~/.cache/sae-explorer/pages)
 PREDRAW_ENV = "SAE_PAGE_PREDRAW"  # "0": draw pages only when asked (as before issue 27)
 GALLERIES = ("icons", "top_images", "top_patches", "quantile_images")
 FIGURES = ("histogram", "profile")
 
 
-def pages_key(manifest_files: dict[str, str]) -> str:
-    """A digest of what pages depend on: the bundle's file digests and the drawing code's source."""
+def pages_key(manifest_files: dict[str, str], code_root: Path = ROOT) -> str:
+    """A digest of what pages depend on: the bundle's file digests, the app's source and the drawing libraries' versions."""
     digest = hashlib.sha256(json.dumps(manifest_files, sort_keys=True).encode())
     for folder in DRAWING_CODE:
-        for source in sorted((ROOT / folder).glob("*.py")):
-            digest.update(source.name.encode() + source.read_bytes())
+        for source in sorted((code_root / folder).rglob("*.py")):
+            digest.update(source.relative_to(code_root).as_posix().encode() + source.read_bytes())
+    for library in DRAWING_LIBRARIES:
+        digest.update(f"{library} {importlib.metadata.version(library)}".encode())
     return digest.hexdigest()[:24]
 
 
 def cache_root() -> Path:
+    """Where page folders go: $SAE_PAGE_CACHE, else the user's cache."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sae-explorer" / "pages")
 
 
@@ -62,10 +68,17 @@ class PageFiles:
 
     @classmethod
     def of(cls, bundle: Bundle, parent: Path | None = None) -> "PageFiles":
-        """The page folder of this bundle and this app's code, under `parent` (default `cache_root()`)."""
-        return cls(Path(parent or cache_root()) / pages_key(bundle.manifest["files"]))
+        """The page folder of this bundle and this app's code, under `parent` (default `cache_root()`); a temporary one
+        when that cannot be written (pages are then drawn again on the next start)."""
+        key = pages_key(bundle.manifest["files"])
+        try:
+            return cls(Path(parent or cache_root()) / key)
+        except OSError as err:
+            log.warning("latent pages go to a temporary folder: %s", err)
+            return cls(temporary_folder("pages") / key)
 
     def page_path(self, j: int) -> Path:
+        """Page j's JSON file (its pictures are under `images/`)."""
         return self.root / f"{j}.json"
 
     def write(self, page: LatentPage) -> LatentPage:
@@ -116,6 +129,7 @@ def draw_all(ex: Explorer, files: PageFiles, progress: bool = True) -> int:
 
 def _predraw(bundle_root: str, root: str) -> None:
     """Child process: draw the pages at low priority, so visitors' requests come first."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [latent pages] %(message)s")
     os.nice(10)
     ex = Explorer(Bundle.load(bundle_root))
     drawn = draw_all(ex, PageFiles(Path(root)), progress=False)
@@ -141,6 +155,7 @@ def main(argv=None) -> None:
     files = PageFiles.of(ex.bundle, Path(args.cache) if args.cache else None)
     drawn = draw_all(ex, files)
     print(f"{drawn} pages drawn; {ex.bundle.n_latents - drawn} were already there · {files.root}")
+
 
 if __name__ == "__main__":
     main()

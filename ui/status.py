@@ -1,5 +1,11 @@
-"""What the page says about the model while it loads in the background: the notice and the generation buttons."""
+"""What the page says about the model: the notice and the generation buttons while it loads, and a generation's progress."""
 
+import contextvars
+from typing import Callable
+
+import gradio as gr
+
+from backend.serving.progress import Status
 from ui.explorer import Explorer
 
 LOADING_LABEL = "Model loading…"
@@ -16,3 +22,15 @@ def notice_text(ex: Explorer) -> str:
 def button_label(ex: Explorer, ready_label: str) -> str:
     """A generation button's label: `ready_label`, or that the model is still loading."""
     return LOADING_LABEL if ex.model_state == "loading" else ready_label
+
+
+def progressed(call: Callable) -> Callable:
+    """`call(*args, on_progress=…)` with what its sampling runs report (place in line, step, time left) shown in the
+    event's progress bar. The reports come from another thread, so they are sent in this event's context."""
+    def run(*args):
+        context, bar = contextvars.copy_context(), gr.Progress()
+
+        def show(status: Status) -> None:
+            context.run(bar, (status.step, status.steps), desc=status.text())
+        return call(*args, on_progress=show)
+    return run

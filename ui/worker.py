@@ -17,31 +17,40 @@ import multiprocessing
 import os
 import pickle
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from backend.errors import ExplorerError
 from backend.serving.progress import reporting
-from ui.explorer import MODEL_WAIT, Explorer, open_explorer
+from ui.explorer import Explorer, open_explorer
 
 log = logging.getLogger(__name__)
 
 WORKER_ENV = "SAE_MODEL_WORKER"  # "0": model work in the server's process (as before issue 27)
-THREADS = 16  # handlers running at once: as many as the app lets model events run (ui/app.MODEL), so their runs share UNet calls
+MODEL_CONCURRENCY = 16  # model events the app runs at once (ui/app.MODEL), and so the worker's threads: their runs share UNet calls
+EARLY_DEATHS = 3  # a worker that dies this many times in a row before its model loads is not started again
 STOPPED = ("The model worker stopped (exit code {code}) while it held this request; a new one is starting. "
            "Try again in a moment: browsing is unaffected.")
+CLOSED = "The model worker was stopped with the app."
+UNSENDABLE = "This request could not be sent to the model worker (it may be restarting); try again in a moment."
+GAVE_UP = ("Generation is off: the model worker stopped {deaths} times before its model loaded (the server's log says why). "
+           "Browsing works from the atlas.")
+
+
+def spaces_module():
+    """Hugging Face's `spaces` package on a ZeroGPU Space (where only the server's process, through `spaces.GPU`, gets
+    the GPU), else None."""
+    try:
+        import spaces
+    except ImportError:
+        return None
+    return spaces
 
 
 def in_process() -> bool:
-    """Whether model work stays in the server's process: asked for, or on a ZeroGPU Space, whose GPU only the
-    server's process (through `spaces.GPU`) gets."""
-    if os.environ.get(WORKER_ENV) == "0":
-        return True
-    try:
-        import spaces  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether model work stays in the server's process: asked for (WORKER_ENV=0), or on a ZeroGPU Space."""
+    return os.environ.get(WORKER_ENV) == "0" or spaces_module() is not None
 
 
 def local_calls(ex: Explorer) -> Callable:
@@ -59,7 +68,9 @@ class ModelWorker:
     """The worker process, restarted when it dies, and calls into it: `worker(fn)(*args)` runs fn(its explorer, *args) there.
 
     The server's explorer follows the worker's model: loading while a worker starts (generation
-    requests wait for it), then what the worker reports (its notice, whether it can generate).
+    requests wait for it in the worker, where their cheap checks are answered at once), then
+    what the worker reports (its notice, whether it can generate). A worker that keeps dying
+    before its model loads is given up on, with a notice, rather than restarted forever.
     """
 
     def __init__(self, ex: Explorer, model_source: str | None = None, device: str | None = None):
@@ -68,7 +79,8 @@ class ModelWorker:
         self._sending = threading.Lock()  # one message on the pipe at a time
         self._pending: dict[int, tuple[Future, Callable | None]] = {}
         self._ids = itertools.count()
-        self._closing = False
+        self._closing, self._loaded, self._early_deaths = False, False, 0
+        self.gave_up: str | None = None  # the notice, once the worker is not started again
         self.starts = 0
         self._start()
 
@@ -80,7 +92,7 @@ class ModelWorker:
         self.process = context.Process(target=serve, args=(theirs, *self.options), name="model-worker", daemon=True)
         self.process.start()
         theirs.close()
-        self._connection = ours
+        self._connection, self._loaded = ours, False
         self.starts += 1
         threading.Thread(target=self._read, args=(self.process, ours), name="model-worker-replies", daemon=True).start()
 
@@ -91,31 +103,61 @@ class ModelWorker:
                 kind, *message = connection.recv()
             except (EOFError, OSError):
                 break
+            except Exception:  # a reply that cannot be read: the pipe cannot be trusted, so the worker is replaced
+                if not self._closing:  # (closing the pipe under a read lands here too)
+                    log.exception("unreadable reply from the model worker; stopping it")
+                    process.kill()
+                break
             if kind == "ready":
+                self._loaded = True
                 self.ex.model_loaded_elsewhere(*message)
-                continue
-            call_id, value = message
-            with self._lock:
-                future, on_progress = self._pending.get(call_id, (None, None))
-                if kind != "progress":
-                    self._pending.pop(call_id, None)
-            if future is None:
-                continue
-            if kind == "progress":
-                if on_progress is not None:
-                    on_progress(value)
-            elif kind == "done":
-                future.set_result(value)
             else:
-                future.set_exception(ExplorerError(value) if kind == "refused" else RuntimeError(value))
+                self._deliver(kind, *message)
         process.join()
+        self._stopped(process.exitcode)
+
+    def _deliver(self, kind: str, call_id: int, value) -> None:
+        """A call's progress, result or error, to the caller waiting on it."""
+        with self._lock:
+            future, on_progress = self._pending.get(call_id, (None, None))
+            if kind != "progress":
+                self._pending.pop(call_id, None)
+        if future is None:
+            return
+        if kind == "progress":
+            if on_progress is not None:
+                try:
+                    on_progress(value)
+                except Exception:  # a visitor's progress bar never stops the replies of the others
+                    log.exception("a progress callback failed")
+        elif kind == "done":
+            future.set_result(value)
+        else:
+            future.set_exception(ExplorerError(value) if kind == "refused" else RuntimeError(value))
+
+    def _stopped(self, exitcode) -> None:
+        """Start another worker (at once after one that had loaded its model, else after a pause that grows with each
+        such death), then fail the calls the dead one held; after EARLY_DEATHS deaths before loading, give up instead."""
         with self._lock:
             held, self._pending = self._pending, {}
-            if not self._closing:
-                log.error("the model worker stopped (exit code %s) holding %d requests; starting a new one", process.exitcode, len(held))
+            self._early_deaths = 0 if self._loaded else self._early_deaths + 1
+            if not self._closing and self._early_deaths >= EARLY_DEATHS:
+                self.gave_up = GAVE_UP.format(deaths=self._early_deaths)
+            restart = not self._closing and not self.gave_up
+            if restart and not self._early_deaths:
+                self._start()  # under the lock that new calls take: none is sent to the dead worker
+        if restart:
+            log.error("the model worker stopped (exit code %s) holding %d requests; starting a new one", exitcode, len(held))
+        if restart and self._early_deaths:
+            time.sleep(self._early_deaths)
+            with self._lock:
                 self._start()
+        message = CLOSED if self._closing else self.gave_up or STOPPED.format(code=exitcode)
         for future, _ in held.values():
-            future.set_exception(ExplorerError(STOPPED.format(code=process.exitcode)))
+            future.set_exception(ExplorerError(message))
+        if self.gave_up and not self._closing:
+            log.error("the model worker stopped %d times before its model loaded; generation is off", self._early_deaths)
+            self.ex.model_loaded_elsewhere(self.gave_up, False)
 
     def __call__(self, fn: Callable) -> Callable:
         """fn, run in the worker with its explorer as the first argument."""
@@ -126,8 +168,8 @@ class ModelWorker:
 
         `on_progress` gets what the call reports while it waits and runs (backend/serving/progress.py).
         """
-        if not self.ex.model_settled.wait(MODEL_WAIT):
-            raise ExplorerError("The model is still loading; try again in a moment.")
+        if self.gave_up:
+            raise ExplorerError(self.gave_up)
         payload = pickle.dumps((fn, args))  # before the call is held: what cannot be sent fails here, alone
         future: Future = Future()
         with self._lock:
@@ -137,8 +179,12 @@ class ModelWorker:
         try:
             with self._sending:
                 connection.send((call_id, payload))
-        except (OSError, ValueError):  # the worker is gone: its reader fails this call with the others it held
-            pass
+        except (OSError, ValueError):  # a worker that died fails this call with the others it held; otherwise fail it here
+            log.exception("could not send a call to the model worker")
+            with self._lock:
+                unsent = self._pending.pop(call_id, None)
+            if unsent is not None:
+                raise ExplorerError(UNSENDABLE) from None
         return future.result()
 
     def close(self) -> None:
@@ -152,9 +198,10 @@ class ModelWorker:
 
 
 def serve(connection, bundle_root: str, model_source: str | None, device: str | None) -> None:
-    """The worker process: load the bundle and its model, report ready, then run each call on a thread of its own."""
+    """The worker process: load the bundle, answer calls at once (those that need the model wait for it, as in one
+    process), load the model and report it ready."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [model worker] %(message)s")
-    ex = open_explorer(bundle_root, model_source, device)
+    ex = open_explorer(bundle_root, defer_model=True)
     sending = threading.Lock()
 
     def reply(*message) -> None:
@@ -180,8 +227,12 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
             log.exception("could not send the result of %s", getattr(fn, "__name__", fn))
             reply("failed", call_id, "a result could not be sent back (the worker's log has it)")
 
-    reply("ready", ex.notice, ex.can_generate)
-    with ThreadPoolExecutor(THREADS, thread_name_prefix="model-call") as pool:
+    def load() -> None:
+        ex.load_model(model_source, device)
+        reply("ready", ex.notice, ex.can_generate)
+
+    threading.Thread(target=load, name="model-load", daemon=True).start()
+    with ThreadPoolExecutor(MODEL_CONCURRENCY, thread_name_prefix="model-call") as pool:
         while True:
             try:
                 call_id, payload = connection.recv()

@@ -114,8 +114,9 @@ class BatchedSampler:
             self._report(active)
 
     def _report(self, active: list[Entry]) -> None:
-        """Tell each run with a reporter where it stands: its step in the batch, or its place in the queue and the time
-        until it is likely done (a queued run starts about when as many runs as are ahead of it have finished)."""
+        """Tell each run with a reporter where it stands: its step in the batch, or its place in line and the time until
+        it is likely done. The p-th in line starts about when the p-th of the batch's runs to finish does (the first n in
+        line take the n places freed first, the next n the places those free, and so on; runs of one width)."""
         with self._wake:
             queued = list(self._queue)
         pace = self.seconds_per_call
@@ -123,7 +124,8 @@ class BatchedSampler:
         statuses = [(reporter, Status(0, run.step, run.num_steps, len(active) - 1, pace and pace * (run.num_steps - run.step)))
                     for run, _, reporter in active]
         for place, (run, _, reporter) in enumerate(queued, start=1):
-            wait = finishing[min(place, len(finishing)) - 1] if finishing else 0
+            rounds, slot = divmod(place - 1, len(finishing)) if finishing else (0, 0)
+            wait = finishing[slot] + rounds * run.num_steps if finishing else 0
             statuses.append((reporter, Status(place, run.step, run.num_steps, 0, pace and pace * (wait + run.num_steps - run.step))))
         for reporter, status in statuses:
             if reporter is not None:

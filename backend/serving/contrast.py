@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from backend.errors import ExplorerError
+from backend.serving.progress import with_reporter
 
 MAX_PROMPTS = 32  # per set
 MAX_SEEDS = 8
@@ -88,7 +89,7 @@ def contrast(generator, with_prompts: list[str], without_prompts: list[str], see
     typical = generator.bundle.typical_activation
     jobs = [(prompt, seed) for prompts in (with_prompts, without_prompts) for prompt in prompts for seed in seeds]
     with ThreadPoolExecutor(max_workers=min(16, len(jobs))) as pool:
-        runs = list(pool.map(lambda job: generator.base(*job), jobs))
+        runs = list(pool.map(with_reporter(lambda job: generator.base(*job)), jobs))
     activations = torch.stack([image_activations(run.codes, typical) for run in runs])
     split = len(with_prompts) * len(seeds)
     return rank_latents(activations[:split], activations[split:], n)

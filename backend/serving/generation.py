@@ -30,6 +30,7 @@ from backend.serving.batching import BatchedSampler
 from backend.serving.concepts import Concept, rivals_of, taken_away
 from backend.serving.edits import (HALO_SPREAD, LADDER, PLACES, WHERE, EditInfo, add_amounts, check_edit_strength, code_mass, edit_deltas,
                                    object_positions, reads_target, swap_amounts)
+from backend.serving.progress import with_reporter
 from backend.serving.recent import Recent
 
 MASKS = ("all", "fired")
@@ -318,7 +319,7 @@ class Generator:
             return self._steered(run, deltas(strength), window, edit=EditInfo(strength=strength, automatic=False, reached=None, **info))
         rivals = rivals_of(target, source, bundle.labels)
         with ThreadPoolExecutor(len(LADDER)) as pool:  # concurrent runs share the batched sampler's UNet calls
-            tries = list(pool.map(lambda alpha: self._recorded(run, deltas(alpha), window), LADDER))
+            tries = list(pool.map(with_reporter(lambda alpha: self._recorded(run, deltas(alpha), window)), LADDER))
         reading = [reads_target(codes, run.codes, target, rivals, edited, typical) for _, codes in tries]
         chosen = reading.index(True) if any(reading) else len(LADDER) - 1
         generation = tries[chosen][0]
