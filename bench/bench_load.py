@@ -51,13 +51,13 @@ PROMPTS = ["a large red circle in the center on a black background", "a small bl
            "a green triangle on the right on a gray background"]
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children (the model worker), from /proc."""
+def rss_mib(pid: int, children: bool = True) -> float:
+    """Resident memory of a process and (with `children`) its children, such as the model worker, from /proc."""
     total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             total += int(line.split()[1]) / 1024
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in Path(f"/proc/{pid}/task").iterdir() if children else ():
         for child in (task / "children").read_text().split():
             total += rss_mib(int(child))
     return total
@@ -226,10 +226,11 @@ def measure(args, setting: str, kinds: tuple[str, ...]) -> dict[str, dict[str, l
             measured, first = {"alone": alone}, None
             for r in range(args.rounds):
                 latencies, per_client, errors = run_clients(url, args.clients, args.requests, seed=r, kinds=kinds, client_kind=args.client)
-                rss = rss_mib(server.pid)
+                rss, own = rss_mib(server.pid), rss_mib(server.pid, children=False)
                 first = first or rss
                 report(f"round {r + 1}", latencies, errors)
-                print(f"  fairness (Jain) {jain(per_client):.3f} · server RSS {rss:.0f} MiB ({rss / first - 1:+.1%} vs round 1)")
+                print(f"  fairness (Jain) {jain(per_client):.3f} · RSS {rss:.0f} MiB ({rss / first - 1:+.1%} vs round 1): "
+                      f"server {own:.0f} MiB, its children {rss - own:.0f} MiB")
                 measured[f"round {r + 1}"] = latencies
             for kind in ("map", "steer"):
                 if alone.get(kind) and latencies.get(kind):
