@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     limit_malloc_arenas()
     from ui.app import LAUNCH, build_app
     from ui.explorer import FIRST_PAGE_GRACE, open_explorer
+    from ui.map_files import MapFiles
     from ui.page_files import PageFiles, predraw
     from ui.worker import ModelWorker, in_process
 
@@ -52,6 +53,7 @@ def main(argv=None) -> None:
         hint = " The demo bundle ships in checkpoints/; pass --bundle PATH otherwise." if args.bundle == DEFAULT_BUNDLE else ""
         sys.exit(f"Cannot open bundle: {err}{hint}")
     pages = PageFiles.of(explorer.bundle)
+    explorer.maps = MapFiles.of(pages.root, explorer.bundle, args.model)
     worker = None if in_process() else ModelWorker(explorer, args.model, args.device)  # loads the model in its own process
     demo = build_app(explorer, pages, worker).queue(default_concurrency_limit=1)
     demo.launch(server_port=args.port, share=args.share, prevent_thread_lock=True, **LAUNCH)

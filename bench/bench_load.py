@@ -16,11 +16,12 @@ the first: RSS grows until the caches are full (base runs for steering take up t
 machine's memory), then holds.
 The baseline in the same run is one client alone making the same mix of requests.
 
-Server settings: "before" is the app before issue 27: each latent page drawn when first asked (a
-fresh page folder, none drawn ahead) and the model in the server's process; "pages" serves the
-pages from page files drawn ahead by `python -m ui.page_files` (ui/page_files.py), the model still
-in the server's process; "pages+worker" (the app as it ships) also runs the model in a worker
-process (ui/worker.py).
+Server settings: "before" is the app before issue 27: each latent page and map over time drawn when
+first asked (a fresh folder, nothing drawn ahead or while idle) and the model in the server's
+process; "pages" serves pages and maps over time from files drawn ahead by `python -m
+ui.page_files --maps` (ui/page_files.py, ui/map_files.py: what the app has once its first start's
+drawing is done), the model still in the server's process; "pages+worker" (the app as it ships)
+also runs the model in a worker process (ui/worker.py). The two share one folder drawn ahead.
 """
 
 import argparse
@@ -190,14 +191,20 @@ def report(name: str, latencies: dict[str, list[float]], errors: int) -> None:
     print(f"{name}: " + " · ".join(cells) + f" · errors {errors}")
 
 
+def draw_ahead(bundle: str, pages: Path) -> float:
+    """Every latent page and map over time drawn into `pages`, as the app leaves them once its first start's drawing is
+    done (`python -m ui.page_files --maps`); the seconds it took."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ui.page_files", "--bundle", bundle, "--cache", str(pages), "--maps"], cwd=ROOT,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
 def start_server(bundle: str, setting: str, pages: Path) -> tuple[subprocess.Popen, str]:
-    """`python app.py` with this page setting, once it answers (page files drawn ahead first for "pages")."""
+    """`python app.py` with this setting, once it answers ("before": nothing drawn ahead, and nothing drawn while idle)."""
     env = os.environ | {"SAE_PAGE_CACHE": str(pages), "SAE_MODEL_WORKER": "1" if setting == "pages+worker" else "0"}
     if setting == "before":
-        env["SAE_PAGE_PREDRAW"] = "0"
-    else:
-        subprocess.run([sys.executable, "-m", "ui.page_files", "--bundle", bundle, "--cache", str(pages)], cwd=ROOT, env=env,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env |= {"SAE_PAGE_PREDRAW": "0", "SAE_MAP_PREDRAW": "0"}
     port = free_port()
     server = subprocess.Popen([sys.executable, "app.py", "--bundle", bundle, "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -214,10 +221,11 @@ def start_server(bundle: str, setting: str, pages: Path) -> tuple[subprocess.Pop
             time.sleep(0.5)
 
 
-def measure(args, setting: str, kinds: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
-    """One server setting: one client alone (no burst), then the rounds; latencies by kind of each."""
-    with tempfile.TemporaryDirectory(prefix="bench-load-pages-") as pages:
-        server, url = start_server(args.bundle, setting, Path(pages))
+def measure(args, setting: str, kinds: tuple[str, ...], drawn: Path) -> dict[str, dict[str, list[float]]]:
+    """One server setting (its pages and maps from `drawn`, unless "before"): one client alone (no burst), then the rounds;
+    latencies by kind of each."""
+    with tempfile.TemporaryDirectory(prefix="bench-load-pages-") as fresh:
+        server, url = start_server(args.bundle, setting, Path(fresh) if setting == "before" else drawn)
         try:
             request(Client(url, verbose=False, download_files=False), "steer", random.Random(0))  # waits for the model: time a warm server
             print(f"\nserver: {setting}")
@@ -261,7 +269,10 @@ def main(argv=None) -> None:
         parser.error(f"--servers takes some of {', '.join(SERVERS)}")
     print(f"device: {device_name()}; {args.clients} clients ({args.client}) × (a first page + {args.requests} requests) per round, "
           f"{args.rounds} rounds")
-    results = {setting: measure(args, setting, kinds) for setting in servers}
+    with tempfile.TemporaryDirectory(prefix="bench-load-drawn-") as drawn:
+        if set(servers) - {"before"}:
+            print(f"pages and maps over time drawn ahead in {draw_ahead(args.bundle, Path(drawn)):.0f} s")
+        results = {setting: measure(args, setting, kinds, Path(drawn)) for setting in servers}
     if len(results) > 1:
         print("\npage p95 in the rounds (first pages with the later ones), per server setting:")
         for setting, measured in results.items():

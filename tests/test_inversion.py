@@ -11,7 +11,6 @@ from PIL import Image
 
 from backend.diffusion.inversion import InversionRun
 from backend.diffusion.sampler import SamplingRun, encode_pixels, image_size, encode_prompts, make_scheduler, pixels, psnr, sample, step_together
-from backend.diffusion.steering import Steer
 from backend.errors import ExplorerError
 from backend.serving.generation import FAITHFUL_PSNR, Generator
 from tests.tiny_models import tiny_model

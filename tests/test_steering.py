@@ -1,4 +1,5 @@
 import math
+import threading
 
 import pytest
 import torch
@@ -55,6 +56,35 @@ def test_steps_before_the_window_are_not_recomputed(tiny_bundle):
     finally:
         handle.remove()
     assert len(calls) == 2  # steps 4 and 5 only
+
+
+@pytest.mark.parametrize("mask", ["all", [[1.0, 0.0], [0.0, 0.5]]])
+def test_a_steer_of_a_fresh_seed_samples_its_base_beside_it_and_matches_the_steer_from_the_finished_base(monkeypatch, tiny_bundle, mask):
+    generator, steers = tiny_bundle.generator, [Steer(strongest_latent(tiny_bundle), 6.0), Steer(1, -2.0)]
+    seed = 700 + len(str(mask))  # a (prompt, seed) no other test sampled
+    calls, rows, sampler = generator.sampler.calls, generator.sampler.rows_stepped, generator.sampler
+    submitted, run, result = threading.Semaphore(0), sampler.run, {}
+    monkeypatch.setattr(sampler, "run", lambda r: submitted.release() or run(r))
+    steer = threading.Thread(target=lambda: result.update(beside=tiny_bundle.generate("a green star", seed, steers, mask=mask)))
+    with sampler.model_lock:  # both runs are queued before the first UNet call
+        steer.start()
+        assert all(submitted.acquire(timeout=30) for _ in range(2))
+    steer.join()
+    beside = result["beside"]
+    assert generator.sampler.rows_stepped - rows == 2 * 2 * generator.num_steps  # two guided runs, each step once
+    assert generator.sampler.calls - calls <= generator.num_steps + 1  # in the same UNet calls (one joins at the next step)
+    after = generator._steer(generator.base("a green star", seed), steers, (0, generator.num_steps - 1), mask)  # from the kept base
+    assert torch.allclose(beside.steered_images, after.steered_images, atol=1e-5)
+    assert torch.equal(beside.base_run.result.images, generator.base("a green star", seed).result.images)
+    assert beside.base == after.base
+
+
+@pytest.mark.parametrize("steers, window, mask", [([Steer(2, 0.5, "scale")], (0, 5), "all"), ([Steer(2, 3.0)], (1, 5), "all"),
+                                                  ([Steer(2, 3.0)], (0, 5), "fired")])
+def test_a_steer_that_reads_its_base_waits_for_it(tiny_bundle, steers, window, mask):
+    generator, calls = tiny_bundle.generator, tiny_bundle.generator.sampler.calls
+    tiny_bundle.generate("a blue square", 800 + generator.sampler.calls, steers, window=window, mask=mask)
+    assert generator.sampler.calls - calls == generator.num_steps + (generator.num_steps - window[0])  # one run after the other
 
 
 def test_fired_mask_edits_only_where_the_latent_fired(tiny_bundle):

@@ -2,6 +2,7 @@ import atexit
 import functools
 import json
 import math
+import pickle
 import shutil
 import tempfile
 import threading
@@ -240,7 +241,7 @@ def test_latent_ids_from_text_and_float_boxes_are_accepted(ex):
 def test_maps_over_time_have_one_frame_per_recorded_step(ex):
     line, last, x0, final, caption = browse.timeline_view(ex, labelled_latent(ex))
     assert len(line.frames) == len(ex.recorded_steps) and last == len(line.frames) - 1
-    assert x0.size == final.size and "sampler step 5" in caption
+    assert Image.open(x0).size == Image.open(final).size and "sampler step 5" in caption
     assert timeline.frame(line, 0)[2].startswith(line.title)
     assert timeline.next_index(line, last) == 0 and timeline.next_index(line, 0) == 1
     with pytest.raises(ExplorerError):
@@ -252,7 +253,9 @@ def steer_call(ex, prompt="a red circle", seed=0, guidance=4.0, start=0, end=5, 
 
 
 def test_steering_shows_base_steered_difference_and_history(ex):
-    base, steered, diff, history, text = steer_call(ex)
+    *pictures, history, text = steer_call(ex)
+    base, steered, diff = map(Image.open, pictures)  # files in the folder of results' pictures: a session keeps their paths
+    assert all(Path(p).parent == ex.pictures.root for p in pictures)
     assert base.size == steered.size == diff.size
     assert np.abs(np.asarray(base, float) - np.asarray(steered, float)).sum() > 0
     assert len(history) == 1 and "latent 3: add" in text
@@ -260,12 +263,28 @@ def test_steering_shows_base_steered_difference_and_history(ex):
     assert len(history) == 2 and "ablated" in text
 
 
+def test_a_session_keeps_paths_and_a_picture_dropped_to_make_room_is_a_clear_message(ex):
+    line = browse.timeline_view(ex, labelled_latent(ex))[0]
+    assert all(isinstance(p, str) and Path(p).is_file() for frame in line.frames for p in frame)
+    assert len(pickle.dumps(line)) < 20_000  # paths, not 2 × steps pictures
+    _, steered, _, history, _ = steer_call(ex)
+    Path(line.frames[0][0]).unlink()
+    Path(steered).unlink()
+    with pytest.raises(ExplorerError, match="no longer kept"):
+        timeline.frame(line, 0)
+    with pytest.raises(ExplorerError, match="no longer kept"):
+        steer.pin(history)
+    assert timeline.frame(line, 1)[0] == line.frames[1][0]  # the others are still there
+    ex.timelines = type(ex.timelines)(ex.timelines.budget)  # the next map over time writes its pictures again
+    assert Path(browse.timeline_view(ex, labelled_latent(ex))[0].frames[0][0]).is_file()
+
+
 def test_a_pinned_result_is_the_last_steered_image_with_what_made_it(ex):
     with pytest.raises(ExplorerError, match="Nothing to pin"):
         steer.pin([])
     _, steered, _, history, _ = steer_call(ex, start=2, end=4, mask="region", cells=["center", "top left"])
     image, caption = steer.pin(history)
-    assert image is history[0][0] and np.array_equal(np.asarray(image), np.asarray(steered))
+    assert image == history[0][0] == steered and Path(image).parent == ex.pictures.root
     alpha = alpha_from_position(0.5)
     assert caption == f"**Pinned**: a red circle · seed 0 · guidance 4 · latent 3: add α = {alpha:+.2f} × s · steps 2–4 · region (top left, center)"
     _, _, _, history, _ = steer_call(ex, history=history, slot=(5, 0.5, "add"))  # the next result leaves the pin as it was
@@ -274,7 +293,7 @@ def test_a_pinned_result_is_the_last_steered_image_with_what_made_it(ex):
 
 def test_scale_by_one_leaves_the_image_unchanged(ex):
     base, steered, diff, _, _ = steer_call(ex, slot=(3, position_from_alpha(1.0), "scale"))
-    assert np.asarray(diff).max() <= 4 * 1  # rounding of α only
+    assert np.asarray(Image.open(diff)).max() <= 4 * 1  # rounding of α only
 
 
 @pytest.mark.parametrize("bad", [
@@ -611,7 +630,7 @@ def test_a_reopened_latent_page_reuses_its_map_over_time(ex, monkeypatch):
     first = browse.timeline_view(ex, 2)
     monkeypatch.setattr(ex.bundle.generator, "base", lambda *a, **k: pytest.fail("the model was called again"))
     again = browse.timeline_view(ex, 2)
-    assert again[0] is first[0] and again[2] is first[2]
+    assert again[0] == first[0] and again[2] == first[2]
 
 
 def test_picture_files_are_shared_by_identical_pictures_and_the_oldest_are_deleted(tmp_path):

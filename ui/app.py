@@ -352,7 +352,12 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
             ex.page_served.set()
             return outputs
 
-        timeline_fn = shown(on_gpu(on_model(browse.timeline_view)))
+        drawn_map_or_model = browse.drawn_timeline_view, on_gpu(on_model(browse.timeline_view))
+
+        def timeline_view(value):  # a map drawn before is read here; the model draws the others
+            drawn, on_the_model = drawn_map_or_model
+            return drawn(ex, value) or on_the_model(value)
+        timeline_fn = shown(timeline_view)
 
         def with_timeline(page_event, api_name=False):
             return page_event.success(timeline_fn, latent_box, timeline_outputs, api_name=api_name, **MODEL)

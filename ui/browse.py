@@ -173,6 +173,22 @@ def latent_timeline(ex: Explorer, value) -> Timeline:
     return ex.timelines.get((j, prompt, seed), compute)
 
 
+def timeline_files(ex: Explorer, j: int) -> Timeline:
+    """Latent j's map over time as picture files: read when it was drawn before, else drawn now (and written, when the
+    maps of this bundle's model are kept: ui/map_files.py)."""
+    line = ex.maps.read(j) if ex.maps else None
+    if line is None:
+        line = latent_timeline(ex, j)
+        line = ex.maps.write(line) if ex.maps else line.as_files(ex.pictures)
+    return line
+
+
+def timeline_outputs(line: Timeline) -> tuple:
+    """Timeline state, slider position (the last step), the two frame images and a caption."""
+    last = len(line.frames) - 1
+    return (line, last, *frame(line, last))
+
+
 def timeline_view(ex: Explorer, value) -> tuple:
     """Timeline state, slider position (the last step), the two frame images and a caption; a notice without a model."""
     if ex.model_state == "off":
@@ -180,6 +196,10 @@ def timeline_view(ex: Explorer, value) -> tuple:
     j = latent_id(ex, value)
     if ex.table.kinds[j] == "global":
         return None, 0, None, None, f"Latent {j} is global: one code per image, the same at every position, so it has no map over time."
-    line = latent_timeline(ex, j)
-    last = len(line.frames) - 1
-    return (line, last, *frame(line, last))
+    return timeline_outputs(timeline_files(ex, j))
+
+
+def drawn_timeline_view(ex: Explorer, value) -> tuple | None:
+    """`timeline_view` from the map's file, without the model; None when the map has not been drawn yet."""
+    line = ex.maps.read(latent_id(ex, value)) if ex.maps else None
+    return None if line is None else timeline_outputs(line)

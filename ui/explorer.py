@@ -2,12 +2,15 @@
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from backend.errors import ExplorerError
 from backend.serving.bundle import Bundle
 from backend.serving.icons import FeatureIcons
 from backend.serving.opener import attach_model
 from backend.serving.recent import Recent
+from ui.image_files import RESULTS_KEPT, ImageFiles, temporary_folder
+from ui.map_files import MapFiles
 from ui.latents import LatentTable
 
 MODEL_WAIT = 300.0  # seconds a generation request waits for a model still loading before it gives up
@@ -22,11 +25,14 @@ class Explorer:
 
     bundle: Bundle
     notice: str = ""
+    pictures_root: Path | None = None  # where pictures of model results go (the server's folder, in its model worker); None: a new one
     table: LatentTable = field(init=False)
     model_settled: threading.Event = field(init=False)  # clear while the model loads: generation waits on it
     page_served: threading.Event = field(init=False)  # set once a latent page has been answered
     icons: FeatureIcons | None = field(init=False)  # None: the bundle has none, or they cannot be used (`icon_note` says why)
     icon_note: str = field(init=False)
+    pictures: ImageFiles = field(init=False)  # maps over time and steered images as files: a session keeps their paths
+    maps: MapFiles | None = field(init=False, default=None)  # maps over time kept as files (ui/map_files.py); None: not kept
 
     def __post_init__(self):
         if not self.bundle.has_atlas:
@@ -41,6 +47,7 @@ class Explorer:
         self.model_settled = threading.Event()
         self.model_settled.set()
         self.page_served = threading.Event()
+        self.pictures = ImageFiles(self.pictures_root or temporary_folder("results"), max_files=RESULTS_KEPT)
         self.timelines: Recent = Recent(TIMELINES)  # maps over time by (latent, prompt, seed): reopened pages run no model
         self.pages: Recent = Recent(PAGES)  # served latent pages by latent id: reopened pages read no file
         self.generates_elsewhere: bool | None = None  # with the model in a worker process (ui/worker.py): whether it can generate
@@ -98,13 +105,13 @@ class Explorer:
 
 
 def open_explorer(bundle_source: str, model_source: str | None = None, device: str | None = None,
-                  defer_model: bool = False) -> Explorer:
+                  defer_model: bool = False, pictures_root: Path | None = None) -> Explorer:
     """The bundle ready to browse, with its model when one could be loaded (see `attach_model`).
 
     With `defer_model` the model is not loaded here: the caller starts serving, then calls
     `Explorer.load_model`, and generation requests wait for it meanwhile.
     """
-    explorer = Explorer(Bundle.load(bundle_source))
+    explorer = Explorer(Bundle.load(bundle_source), pictures_root=pictures_root)
     if defer_model:
         explorer.defer_model()
     else:

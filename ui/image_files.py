@@ -18,6 +18,12 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from backend.errors import ExplorerError
+
+RESULTS_KEPT = 8192  # pictures of model results kept on disk (a map over time is 40, a steer 3); the least recently used go first
+DROPPED = "This picture is no longer kept on the server (newer results took its place); run it again to see it."
+
+
 def temporary_folder(purpose: str) -> Path:
     """A fresh folder for files the app serves, removed when the process exits."""
     root = Path(tempfile.mkdtemp(prefix=f"sae-explorer-{purpose}-"))
@@ -34,13 +40,16 @@ class ImageFiles:
         self.root.mkdir(parents=True, exist_ok=True)
         gr.set_static_paths([self.root])
         self._files: OrderedDict[str, Path] = OrderedDict()  # most recently used last
+        if max_files is not None:  # files an earlier process left here (a model worker that was restarted) count too
+            for file in sorted(self.root.glob("*.webp"), key=lambda f: f.stat().st_mtime):
+                self._files[file.stem] = file
         self._lock = threading.Lock()
 
     def path(self, image: Image.Image) -> str:
         """The file holding `image`, written now (atomically) unless an identical picture already was."""
         digest = hashlib.blake2b(f"{image.mode} {image.size}".encode() + image.tobytes(), digest_size=16).hexdigest()
         with self._lock:
-            if digest in self._files:
+            if digest in self._files and self._files[digest].is_file():  # (a file removed behind our back is written again)
                 self._files.move_to_end(digest)
                 return str(self._files[digest])
         file = self.root / f"{digest}.webp"
@@ -63,3 +72,10 @@ class ImageFiles:
     def __len__(self) -> int:
         with self._lock:
             return len(self._files)
+
+
+def kept(path):
+    """A picture a session kept (a file path, or an image), or a clear error once its file was dropped to make room."""
+    if isinstance(path, str) and not Path(path).is_file():
+        raise ExplorerError(DROPPED)
+    return path

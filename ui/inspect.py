@@ -6,6 +6,7 @@ from PIL import Image
 
 from backend.errors import ExplorerError
 from ui.explorer import Explorer
+from ui.image_files import kept
 from ui.images import upscale
 from ui.state import MAX_SEED, parse_int
 from ui.steer import check_prompt
@@ -66,7 +67,7 @@ def inspect_run(ex: Explorer, run, n: int = TOP_LATENTS) -> Inspection:
     rows = [[j, label, round(float(total[j]), 3), round(float(peak[j]), 3)] for j, label in zip(latents, labels)]
     titles = [f"latent {j} {label}".strip() for j, label in zip(latents, labels)]
     lines = timelines(ex.generator(), run, latents, titles) if latents else []
-    return Inspection(image=run.image, rows=rows, timelines=lines)
+    return Inspection(image=run.image, rows=rows, timelines=[line.as_files(ex.pictures) for line in lines])
 
 
 def inspect_upload(ex: Explorer, path, prompt: str = "") -> Inspection:
@@ -82,9 +83,9 @@ def inspect_prompt(ex: Explorer, prompt, seed) -> Inspection:
     return inspect_run(ex, ex.generator().base(prompt, seed))
 
 
-def gallery(inspection: Inspection | None, index) -> list[tuple[Image.Image, str]]:
+def gallery(inspection: Inspection | None, index) -> list[tuple[str, str]]:
     """Each top latent's map over the image at recorded step `index`."""
     if inspection is None:
         return []
     t = parse_int(index, "Step index", 0, max(len(inspection.timelines[0].frames) - 1, 0) if inspection.timelines else 0)
-    return [(line.frames[t][1], line.title) for line in inspection.timelines]
+    return [(kept(line.frames[t][1]), line.title) for line in inspection.timelines]

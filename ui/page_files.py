@@ -2,7 +2,7 @@
 
 A page reads only the atlas, so it can be drawn before anyone asks: `predraw` draws every page in
 a low-priority child process when the app starts, and `python -m ui.page_files --bundle …` ahead
-of time. A page is one JSON file (its text, tables and figures as plotly JSON) beside its
+of time (with `--maps`, each latent's map over time too: ui/map_files.py). A page is one JSON file (its text, tables and figures as plotly JSON) beside its
 pictures, lossless WebP files named by their pixels' hash (shared by identical pictures). Opening a
 page then reads a file; a page not drawn yet is drawn on demand and written the same way, so a
 page served from the files is the page drawn on demand, byte for byte.
@@ -14,6 +14,7 @@ bundle's app may be using them).
 """
 
 import argparse
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -27,9 +28,11 @@ from tqdm import tqdm
 
 from backend.io import write_json
 from backend.serving.bundle import Bundle
-from ui.browse import LatentPage, latent_page, latent_id
+from ui import map_files
+from ui.browse import LatentPage, latent_id, latent_page, timeline_view
 from ui.explorer import Explorer
 from ui.image_files import ImageFiles, temporary_folder
+from ui.map_files import MapFiles
 from ui.views import default_order
 
 log = logging.getLogger(__name__)
@@ -150,11 +153,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Draw a bundle's latent pages ahead of time, into the folder the app serves them from.")
     parser.add_argument("--bundle", default="checkpoints/shapes-bundle", help="bundle directory or hub repo id")
     parser.add_argument("--cache", default=None, help=f"parent folder of page folders (default: ${CACHE_ENV}, else {cache_root()})")
+    parser.add_argument("--maps", action="store_true", help="also each latent's map over time, with the bundle's own model "
+                                                             "(what the app's model worker draws while idle)")
     args = parser.parse_args(argv)
     ex = Explorer(Bundle.load(args.bundle))
     files = PageFiles.of(ex.bundle, Path(args.cache) if args.cache else None)
     drawn = draw_all(ex, files)
     print(f"{drawn} pages drawn; {ex.bundle.n_latents - drawn} were already there · {files.root}")
+    if args.maps:
+        ex.load_model()
+        ex.maps = MapFiles.of(files.root, ex.bundle, None)
+        drawn = map_files.draw_all(ex.maps, functools.partial(timeline_view, ex), ex.maps.missing(default_order(ex)), progress=True)
+        print(f"{drawn} maps over time drawn · {ex.maps.root}" + (f" ({ex.notice})" if ex.notice else ""))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from backend.errors import ExplorerError
 from backend.serving.bundle import Steer
 from ui.explorer import Explorer
+from ui.image_files import kept
 from ui.images import difference, upscale
 from ui.state import MAX_SEED, STEER_MODES, alpha_from_position, parse_int
 
@@ -105,20 +105,21 @@ def steering_of(ex: Explorer, start, end, mask, cells, controls) -> Steering:
     return Steering(steers, window, where, summary)
 
 
-def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history, *controls
-          ) -> tuple[Image.Image, Image.Image, Image.Image, list, str]:
-    """Base, steered and difference images, the history with this result first, and what was applied."""
+def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history, *controls) -> tuple[str, str, str, list, str]:
+    """Base, steered and difference images (as files), the history with this result first, and what was applied."""
     prompt, seed, guidance = check_prompt(prompt), parse_int(seed, "Seed", 0, MAX_SEED), check_guidance(guidance)
     asked = steering_of(ex, start, end, mask, cells, controls)
     result = ex.generator().generate(prompt, seed, asked.steers, window=asked.window, mask=asked.mask, guidance_scale=guidance)
     caption = f"{prompt} · seed {seed} · guidance {guidance:g} · {asked.summary}"
-    history = [(upscale(result.steered), caption)] + list(history or [])[: HISTORY - 1]
-    return upscale(result.base), upscale(result.steered), difference(result.base, result.steered), history, asked.summary
+    base, steered, diff = (ex.pictures.path(image) for image in
+                           (upscale(result.base), upscale(result.steered), difference(result.base, result.steered)))
+    history = [(steered, caption)] + list(history or [])[: HISTORY - 1]
+    return base, steered, diff, history, asked.summary
 
 
-def pin(history) -> tuple[Image.Image, str]:
+def pin(history) -> tuple[str, str]:
     """The latest steered result and what made it (the first history entry), to keep beside the next ones."""
     if not history:
         raise ExplorerError("Nothing to pin yet: generate a steered image first.")
     image, caption = history[0]
-    return image, f"**Pinned**: {caption}"
+    return kept(image), f"**Pinned**: {caption}"

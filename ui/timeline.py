@@ -1,10 +1,11 @@
 """Maps over denoising time: a latent's prefix-encoded map at each recorded step, over x0_t and the final image."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
 from backend.errors import ExplorerError
+from ui.image_files import ImageFiles, kept
 from ui.images import overlay
 
 
@@ -14,8 +15,12 @@ class Timeline:
 
     latent: int
     steps: list[int]  # sampler step of each frame
-    frames: list[tuple[Image.Image, Image.Image]]
+    frames: list[tuple[Image.Image | str, Image.Image | str]]  # pictures, or their files (`as_files`)
     title: str
+
+    def as_files(self, files: ImageFiles) -> "Timeline":
+        """This timeline with its frames as picture files: what a visitor's session keeps (paths, not 40 pictures)."""
+        return replace(self, frames=[(files.path(x0), files.path(final)) for x0, final in self.frames])
 
 
 def timelines(generator, run, latents: list[int], titles: list[str]) -> list[Timeline]:
@@ -37,7 +42,7 @@ def frame(line: Timeline | None, index) -> tuple[Image.Image | None, Image.Image
         raise ExplorerError(f"Step index must be between 0 and {len(line.frames) - 1}, got {index!r}.")
     t = int(index)
     x0, final = line.frames[t]
-    return x0, final, f"{line.title} · recorded step {t + 1}/{len(line.frames)} (sampler step {line.steps[t]})"
+    return kept(x0), kept(final), f"{line.title} · recorded step {t + 1}/{len(line.frames)} (sampler step {line.steps[t]})"
 
 
 def next_index(line: Timeline | None, index) -> int:

@@ -16,14 +16,20 @@ import logging
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from backend.errors import ExplorerError
+from backend.serving.batching import NICENESS
 from backend.serving.progress import reporting
+from ui import browse
 from ui.explorer import Explorer, open_explorer
+from ui.map_files import Activity, MapFiles, draw_when_idle
+from ui.views import default_order
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,7 @@ class ModelWorker:
     """
 
     def __init__(self, ex: Explorer, model_source: str | None = None, device: str | None = None):
-        self.ex, self.options = ex, (str(ex.bundle.root), model_source, device)
+        self.ex, self.options = ex, (str(ex.bundle.root), model_source, device, str(ex.pictures.root), ex.maps and str(ex.maps.root))
         self._lock = threading.Lock()  # guards the process, its connection and the calls it holds
         self._sending = threading.Lock()  # one message on the pipe at a time
         self._pending: dict[int, tuple[Future, Callable | None]] = {}
@@ -197,11 +203,20 @@ class ModelWorker:
             self.process.kill()
 
 
-def serve(connection, bundle_root: str, model_source: str | None, device: str | None) -> None:
+def serve(connection, bundle_root: str, model_source: str | None, device: str | None, pictures_root: str,
+          maps_root: str | None) -> None:
     """The worker process: load the bundle, answer calls at once (those that need the model wait for it, as in one
-    process), load the model and report it ready."""
+    process), load the model and report it ready, then draw the maps over time not drawn yet whenever no call runs.
+
+    Pictures of results go to the server's folders, which serve them. The whole process runs at the sampler's lower
+    priority (its threads inherit it): the server's page, search and export requests come first on a busy CPU.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [model worker] %(message)s")
-    ex = open_explorer(bundle_root, defer_model=True)
+    if sys.platform == "linux":
+        os.nice(NICENESS)
+    ex = open_explorer(bundle_root, defer_model=True, pictures_root=Path(pictures_root))
+    ex.maps = MapFiles(Path(maps_root)) if maps_root else None
+    activity = Activity()
     sending = threading.Lock()
 
     def reply(*message) -> None:
@@ -212,7 +227,7 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
         fn = "a call"
         try:
             fn, args = pickle.loads(payload)
-            with reporting(lambda status: reply("progress", call_id, status)):
+            with activity, reporting(lambda status: reply("progress", call_id, status)):
                 result = fn(ex, *args)
         except ExplorerError as err:
             reply("refused", call_id, str(err))
@@ -230,6 +245,8 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
     def load() -> None:
         ex.load_model(model_source, device)
         reply("ready", ex.notice, ex.can_generate)
+        if ex.maps is not None and ex.can_generate:
+            draw_when_idle(ex.maps, functools.partial(browse.timeline_view, ex), default_order(ex), activity)
 
     threading.Thread(target=load, name="model-load", daemon=True).start()
     with ThreadPoolExecutor(MODEL_CONCURRENCY, thread_name_prefix="model-call") as pool:

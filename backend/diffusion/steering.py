@@ -80,7 +80,7 @@ def steering_deltas(
     steers: list[Steer],
     feature_trajectories: Tensor,  # [n_latents, T, C]
     typical: Tensor,  # [n_latents]   s_j
-    base_codes: Tensor,  # [P, n_latents] the base image's codes
+    base_codes: Tensor | None,  # [P, n_latents] the base image's codes (only a scale reads them: None when all add)
     mask: Tensor,  # [P] bool or float weights
     image_wide: Tensor | None = None,  # [n_latents] bool: global latents, which edit every position whatever the mask
 ) -> Tensor:

@@ -1,0 +1,91 @@
+"""Maps over time as files (ui/map_files.py): drawn once by the model, read back without it, drawn ahead while idle."""
+
+import functools
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.errors import ExplorerError
+from backend.serving.recent import Recent
+from tests.test_ui_handlers import labelled_latent, one_thread, tiny_explorer
+from ui import browse, map_files, timeline, views
+from ui.map_files import Activity, MapFiles, draw_all, draw_when_idle
+
+
+@pytest.fixture()
+def ex(tmp_path):
+    with one_thread():
+        explorer = tiny_explorer()
+        explorer.maps = MapFiles(tmp_path / "maps")
+        yield explorer
+
+
+def pixels(picture) -> np.ndarray:
+    return np.asarray(Image.open(picture).convert("RGB") if isinstance(picture, str) else picture.convert("RGB"))
+
+
+def test_a_map_is_written_once_and_read_back_without_the_model(ex, monkeypatch):
+    j = labelled_latent(ex)
+    drawn = browse.latent_timeline(ex, j)  # the frames as pictures, in memory
+    line, last, x0, final, caption = browse.timeline_view(ex, j)
+    assert ex.maps.path(j).is_file() and line == ex.maps.read(j)
+    for (x0_picture, final_picture), (x0_file, final_file) in zip(drawn.frames, line.frames):
+        assert Path(x0_file).parent == ex.maps.images.root
+        assert np.array_equal(pixels(x0_file), pixels(x0_picture)) and np.array_equal(pixels(final_file), pixels(final_picture))
+    monkeypatch.setattr(ex.bundle.generator, "base", lambda *a, **k: pytest.fail("the model was called again"))
+    ex.timelines = Recent(4)  # nothing in memory either
+    assert browse.drawn_timeline_view(ex, str(j)) == (line, last, x0, final, caption) == browse.timeline_view(ex, j)
+    assert timeline.frame(line, 0)[0] == line.frames[0][0]
+
+
+def test_a_map_not_drawn_yet_is_none_here_and_a_bad_id_a_message(ex):
+    j = labelled_latent(ex)
+    assert browse.drawn_timeline_view(ex, j) is None and not ex.maps.path(j).exists()
+    for bad in (-1, ex.bundle.n_latents, "x"):
+        with pytest.raises(ExplorerError):
+            browse.drawn_timeline_view(ex, bad)
+    ex.maps = None  # maps not kept (another model): nothing is read or written, the map is still drawn
+    assert browse.drawn_timeline_view(ex, j) is None
+    line = browse.timeline_view(ex, j)[0]
+    assert Path(line.frames[0][0]).parent == ex.pictures.root
+
+
+def test_maps_are_kept_for_the_bundles_own_model_only(ex, tmp_path):
+    own = MapFiles.of(tmp_path, ex.bundle, None)
+    assert own.root.parent == tmp_path and own.root.name.startswith("maps-")
+    assert MapFiles.of(tmp_path, ex.bundle, "some/other-model") is None
+    recorded = ex.bundle.manifest["model"]
+    ex.bundle.manifest["model"] = dict(recorded, files={"unet.safetensors": "0" * 64})  # the bundle records other weights
+    try:
+        assert MapFiles.of(tmp_path, ex.bundle, None).root != own.root
+    finally:
+        ex.bundle.manifest["model"] = recorded
+
+
+def test_drawing_ahead_writes_every_missing_map_and_resumes(ex):
+    order = views.default_order(ex)
+    draw = functools.partial(browse.timeline_view, ex)
+    fired = [j for j in order if ex.table.max_activation[j] > 0 and ex.table.kinds[j] != "global"]
+    assert draw_all(ex.maps, draw, order[:6]) == len([j for j in order[:6] if j in fired])
+    ex.maps.path(order[0]).unlink()
+    assert ex.maps.missing(order[:6]) == [order[0]] + [j for j in order[:6] if j not in fired]
+    assert draw_all(ex.maps, draw, [order[0]]) == 1
+
+
+def test_drawing_ahead_waits_while_visitors_are_served(ex, monkeypatch):
+    monkeypatch.setattr(map_files, "IDLE_SECONDS", 0.2)
+    activity, started = Activity(), threading.Event()
+    drawn = []
+    monkeypatch.setenv(map_files.PREDRAW_ENV, "0")
+    assert draw_when_idle(ex.maps, drawn.append, [1, 2], activity) is None
+    monkeypatch.delenv(map_files.PREDRAW_ENV)
+    with activity:  # a visitor's request is running
+        thread = draw_when_idle(ex.maps, lambda j: started.set() or drawn.append(j), [1, 2], activity)
+        assert not started.wait(0.6) and not activity.idle()
+    assert not activity.idle()  # a request just ended
+    thread.join(timeout=10)
+    assert sorted(drawn) == [1, 2] and activity.idle()
