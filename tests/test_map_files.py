@@ -1,7 +1,6 @@
 """Maps over time as files (ui/map_files.py): drawn once by the model, read back without it, drawn ahead while idle."""
 
 import functools
-import json
 import threading
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from backend.errors import ExplorerError
 from backend.serving.recent import Recent
 from tests.test_ui_handlers import labelled_latent, one_thread, tiny_explorer
 from ui import browse, map_files, timeline, views
-from ui.map_files import Activity, MapFiles, draw_all, draw_when_idle
+from ui.map_files import Activity, MapFiles, draw_maps, draw_when_idle
 
 
 @pytest.fixture()
@@ -55,37 +54,58 @@ def test_a_map_not_drawn_yet_is_none_here_and_a_bad_id_a_message(ex):
 
 
 def test_maps_are_kept_for_the_bundles_own_model_only(ex, tmp_path):
-    own = MapFiles.of(tmp_path, ex.bundle, None)
-    assert own.root.parent == tmp_path and own.root.name.startswith("maps-")
-    assert MapFiles.of(tmp_path, ex.bundle, "some/other-model") is None
     recorded = ex.bundle.manifest["model"]
-    ex.bundle.manifest["model"] = dict(recorded, files={"unet.safetensors": "0" * 64})  # the bundle records other weights
     try:
+        ex.bundle.manifest["model"] = dict(recorded, files={"unet.safetensors": "1" * 64})
+        own = MapFiles.of(tmp_path, ex.bundle, None)
+        assert own.root.parent == tmp_path and own.root.name.startswith("maps-")
+        assert MapFiles.of(tmp_path, ex.bundle, "some/other-model") is None
+        ex.bundle.manifest["model"] = dict(recorded, files={"unet.safetensors": "0" * 64})  # the bundle records other weights
         assert MapFiles.of(tmp_path, ex.bundle, None).root != own.root
+        ex.bundle.manifest["model"] = dict(recorded, files={})  # no digests: the weights loaded could be any
+        assert MapFiles.of(tmp_path, ex.bundle, None) is None
     finally:
         ex.bundle.manifest["model"] = recorded
 
 
-def test_drawing_ahead_writes_every_missing_map_and_resumes(ex):
+def test_a_map_that_lost_a_frame_file_is_drawn_again(ex):
+    j = labelled_latent(ex)
+    line = browse.timeline_view(ex, j)[0]
+    Path(line.frames[1][1]).unlink()
+    assert ex.maps.read(j) is None and browse.drawn_timeline_view(ex, j) is None
+    assert ex.maps.missing([j]) == []  # its JSON is there: drawing ahead leaves it, a visitor's request draws it again
+    again = browse.timeline_view(ex, j)[0]
+    assert again == line and Path(line.frames[1][1]).is_file()
+
+
+def test_drawing_ahead_writes_every_missing_map_keeps_no_base_run_and_resumes(ex):
     order = views.default_order(ex)
-    draw = functools.partial(browse.timeline_view, ex)
-    fired = [j for j in order if ex.table.max_activation[j] > 0 and ex.table.kinds[j] != "global"]
-    assert draw_all(ex.maps, draw, order[:6]) == len([j for j in order[:6] if j in fired])
-    ex.maps.path(order[0]).unlink()
-    assert ex.maps.missing(order[:6]) == [order[0]] + [j for j in order[:6] if j not in fired]
-    assert draw_all(ex.maps, draw, [order[0]]) == 1
+    draw = functools.partial(browse.draw_map, ex)
+    local = [j for j in order[:6] if ex.table.kinds[j] != "global"]
+    kept = len(ex.bundle.generator.base_runs)
+    assert draw_maps(ex.maps, draw, order[:6]) == len(local) and ex.maps.missing(order[:6]) == [j for j in order[:6] if j not in local]
+    assert len(ex.bundle.generator.base_runs) == kept  # visitors' base runs are not pushed out
+    drawn = ex.maps.read(local[0])
+    ex.maps.path(local[0]).unlink()
+    assert draw_maps(ex.maps, draw, [local[0]]) == 1 and ex.maps.read(local[0]) == drawn  # the same frames, the same files
+    assert browse.drawn_timeline_view(ex, local[0])[0] == drawn
 
 
-def test_drawing_ahead_waits_while_visitors_are_served(ex, monkeypatch):
+def test_drawing_ahead_waits_while_visitors_are_served_and_stops_when_asked(ex, monkeypatch):
     monkeypatch.setattr(map_files, "IDLE_SECONDS", 0.2)
-    activity, started = Activity(), threading.Event()
+    activity, started, stop = Activity(), threading.Event(), threading.Event()
     drawn = []
     monkeypatch.setenv(map_files.PREDRAW_ENV, "0")
-    assert draw_when_idle(ex.maps, drawn.append, [1, 2], activity) is None
+    assert draw_when_idle(ex.maps, drawn.append, [1, 2], activity, stop) is None
     monkeypatch.delenv(map_files.PREDRAW_ENV)
     with activity:  # a visitor's request is running
-        thread = draw_when_idle(ex.maps, lambda j: started.set() or drawn.append(j), [1, 2], activity)
+        thread = draw_when_idle(ex.maps, lambda j: started.set() or drawn.append(j), [1, 2], activity, stop)
         assert not started.wait(0.6) and not activity.idle()
     assert not activity.idle()  # a request just ended
     thread.join(timeout=10)
     assert sorted(drawn) == [1, 2] and activity.idle()
+    with activity:  # busy, then the server goes away: nothing more is drawn, and the drawing ends at once
+        thread = draw_when_idle(ex.maps, drawn.append, [3, 4], activity, stop)
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive() and sorted(drawn) == [1, 2]

@@ -352,11 +352,10 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
             ex.page_served.set()
             return outputs
 
-        drawn_map_or_model = browse.drawn_timeline_view, on_gpu(on_model(browse.timeline_view))
+        timeline_on_model = on_gpu(on_model(browse.timeline_view))
 
         def timeline_view(value):  # a map drawn before is read here; the model draws the others
-            drawn, on_the_model = drawn_map_or_model
-            return drawn(ex, value) or on_the_model(value)
+            return browse.drawn_timeline_view(ex, value) or timeline_on_model(value)
         timeline_fn = shown(timeline_view)
 
         def with_timeline(page_event, api_name=False):

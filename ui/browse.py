@@ -168,9 +168,23 @@ def latent_timeline(ex: Explorer, value) -> Timeline:
 
     def compute() -> Timeline:
         generator = ex.generator()
-        return timelines(generator, generator.base(prompt, seed), [j], [f"Latent {j} on “{prompt}” (seed {seed})"])[0]
+        return timelines(generator, generator.base(prompt, seed), [j], [map_title(j, prompt, seed)])[0]
 
     return ex.timelines.get((j, prompt, seed), compute)
+
+
+def map_title(j: int, prompt: str, seed: int) -> str:
+    return f"Latent {j} on “{prompt}” (seed {seed})"
+
+
+def draw_map(ex: Explorer, j: int) -> None:
+    """Write latent j's map over time (none for a global latent), keeping neither its base run nor its frames in memory:
+    drawing ahead leaves the caches to visitors."""
+    if ex.table.kinds[j] == "global" or ex.maps.read(j) is not None:
+        return
+    prompt, seed = top_image_of(ex, j)
+    generator = ex.generator()
+    ex.maps.write(timelines(generator, generator.base(prompt, seed, keep=False), [j], [map_title(j, prompt, seed)])[0])
 
 
 def timeline_files(ex: Explorer, j: int) -> Timeline:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from backend.errors import ExplorerError
 
-RESULTS_KEPT = 8192  # pictures of model results kept on disk (a map over time is 40, a steer 3); the least recently used go first
+RESULTS_KEPT = 8192  # pictures of model results kept on disk (a map over time is 40, a steer 3); the least recently written go first
 DROPPED = "This picture is no longer kept on the server (newer results took its place); run it again to see it."
 
 

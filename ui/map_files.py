@@ -46,8 +46,9 @@ class MapFiles:
 
     @classmethod
     def of(cls, pages_root: Path, bundle, model_source: str | None) -> "MapFiles | None":
-        """The maps folder of this bundle's own model under its page folder; None with another model (`model_source`)."""
-        if model_source:
+        """The maps folder of this bundle's own model under its page folder; None with another model (`model_source`) or
+        when the bundle records no weight digests (the weights loaded would not be known to be its own)."""
+        if model_source or not bundle.manifest["model"].get("files"):  # unrecorded weights: any could be loaded
             return None
         model = hashlib.sha256(json.dumps(bundle.manifest["model"], sort_keys=True).encode()).hexdigest()[:16]
         return cls(Path(pages_root) / f"maps-{model}")
@@ -62,12 +63,14 @@ class MapFiles:
         return self.read(line.latent)
 
     def read(self, j: int) -> Timeline | None:
-        """Latent j's map as written, or None when it has not been drawn yet."""
+        """Latent j's map as written, or None when it has not been drawn yet (or lost a frame file: it is drawn again)."""
         try:
             record = json.loads(self.path(j).read_text())
         except FileNotFoundError:
             return None
         frames = [(str(self.images.root / x0), str(self.images.root / final)) for x0, final in record["frames"]]
+        if not all(Path(file).is_file() for frame in frames for file in frame):
+            return None
         return Timeline(latent=record["latent"], steps=record["steps"], frames=frames, title=record["title"])
 
     def missing(self, order: list[int]) -> list[int]:
@@ -75,13 +78,17 @@ class MapFiles:
         return [j for j in order if not self.path(j).exists()]
 
 
-def draw_all(maps: MapFiles, draw: Callable[[int], object], todo: list[int], idle: Callable[[], bool] = lambda: True,
-             progress: bool = False) -> int:
+def draw_maps(maps: MapFiles, draw: Callable[[int], object], todo: list[int], idle: Callable[[], bool] = lambda: True,
+              stop: threading.Event | None = None, progress: bool = False) -> int:
     """Draw the maps of `todo` into `maps` with `draw(j)`, AT_ONCE side by side, each only once `idle()` (waiting
-    otherwise); how many were written. A latent that has no map (a global one, one that never fired) is passed over."""
+    otherwise) and none once `stop` is set; how many were written. A global latent has no map and is passed over."""
+    stop = stop or threading.Event()
+
     def one(j: int) -> bool:
-        while not idle():
-            time.sleep(IDLE_SECONDS / 2)
+        while not idle() and not stop.is_set():
+            stop.wait(IDLE_SECONDS / 2)
+        if stop.is_set():
+            return False
         try:
             draw(j)
         except ExplorerError as err:
@@ -114,13 +121,14 @@ class Activity:
             return self._running == 0 and time.monotonic() - self._last >= IDLE_SECONDS
 
 
-def draw_when_idle(maps: MapFiles, draw: Callable[[int], object], order: list[int], activity: Activity) -> threading.Thread | None:
-    """Draw the maps of `order` not written yet in a background thread, whenever no visitor's request runs (None when
-    PREDRAW_ENV is '0' or none is left to draw)."""
+def draw_when_idle(maps: MapFiles, draw: Callable[[int], object], order: list[int], activity: Activity,
+                   stop: threading.Event) -> threading.Thread | None:
+    """Draw the maps of `order` not written yet in a background thread, whenever no visitor's request runs, until `stop`
+    (None when PREDRAW_ENV is '0' or none is left to draw)."""
     todo = maps.missing(order)
     if os.environ.get(PREDRAW_ENV) == "0" or not todo:
         return None
-    thread = threading.Thread(target=lambda: log.info("drew %d maps over time ahead", draw_all(maps, draw, todo, activity.idle)),
+    thread = threading.Thread(target=lambda: log.info("drew %d maps over time ahead", draw_maps(maps, draw, todo, activity.idle, stop)),
                               name="maps-ahead", daemon=True)
     thread.start()
     return thread

@@ -27,12 +27,12 @@ from gradio.components.plot import PlotData
 from tqdm import tqdm
 
 from backend.io import write_json
+from backend.serving.batching import NICENESS
 from backend.serving.bundle import Bundle
-from ui import map_files
-from ui.browse import LatentPage, latent_id, latent_page, timeline_view
+from ui.browse import LatentPage, draw_map, latent_id, latent_page
 from ui.explorer import Explorer
 from ui.image_files import ImageFiles, temporary_folder
-from ui.map_files import MapFiles
+from ui.map_files import MapFiles, draw_maps
 from ui.views import default_order
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def draw_all(ex: Explorer, files: PageFiles, progress: bool = True) -> int:
 def _predraw(bundle_root: str, root: str) -> None:
     """Child process: draw the pages at low priority, so visitors' requests come first."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [latent pages] %(message)s")
-    os.nice(10)
+    os.nice(NICENESS)
     ex = Explorer(Bundle.load(bundle_root))
     drawn = draw_all(ex, PageFiles(Path(root)), progress=False)
     log.info("drew %d latent pages into %s", drawn, root)
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     if args.maps:
         ex.load_model()
         ex.maps = MapFiles.of(files.root, ex.bundle, None)
-        drawn = map_files.draw_all(ex.maps, functools.partial(timeline_view, ex), ex.maps.missing(default_order(ex)), progress=True)
+        drawn = draw_maps(ex.maps, functools.partial(draw_map, ex), ex.maps.missing(default_order(ex)), progress=True)
         print(f"{drawn} maps over time drawn · {ex.maps.root}" + (f" ({ex.notice})" if ex.notice else ""))
 
 

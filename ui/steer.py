@@ -1,6 +1,7 @@
 """The Steer tab's handlers: up to three latents, a step window and a mask, applied to one prompt and seed; a pinned result."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -113,7 +114,7 @@ def steer(ex: Explorer, prompt, seed, guidance, start, end, mask, cells, history
     caption = f"{prompt} · seed {seed} · guidance {guidance:g} · {asked.summary}"
     base, steered, diff = (ex.pictures.path(image) for image in
                            (upscale(result.base), upscale(result.steered), difference(result.base, result.steered)))
-    history = [(steered, caption)] + list(history or [])[: HISTORY - 1]
+    history = [(steered, caption)] + [(picture, text) for picture, text in history or [] if Path(picture).is_file()][: HISTORY - 1]
     return base, steered, diff, history, asked.summary
 
 

@@ -216,7 +216,7 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
         os.nice(NICENESS)
     ex = open_explorer(bundle_root, defer_model=True, pictures_root=Path(pictures_root))
     ex.maps = MapFiles(Path(maps_root)) if maps_root else None
-    activity = Activity()
+    activity, closed = Activity(), threading.Event()  # closed: the server went away, so drawing ahead stops
     sending = threading.Lock()
 
     def reply(*message) -> None:
@@ -246,7 +246,7 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
         ex.load_model(model_source, device)
         reply("ready", ex.notice, ex.can_generate)
         if ex.maps is not None and ex.can_generate:
-            draw_when_idle(ex.maps, functools.partial(browse.timeline_view, ex), default_order(ex), activity)
+            draw_when_idle(ex.maps, functools.partial(browse.draw_map, ex), default_order(ex), activity, closed)
 
     threading.Thread(target=load, name="model-load", daemon=True).start()
     with ThreadPoolExecutor(MODEL_CONCURRENCY, thread_name_prefix="model-call") as pool:
@@ -254,5 +254,6 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
             try:
                 call_id, payload = connection.recv()
             except (EOFError, OSError):
+                closed.set()
                 return  # the server closed its end: stop
             pool.submit(run, call_id, payload)

@@ -133,13 +133,17 @@ class Generator:
         """Clear errors for prompts longer than the model reads, and for empty ones unless `allow_empty`."""
         check_prompts(self.model, prompts, allow_empty)
 
-    def base(self, prompt: str, seed: int, guidance_scale: float | None = None, allow_empty: bool = False) -> BaseRun:
+    def base(self, prompt: str, seed: int, guidance_scale: float | None = None, allow_empty: bool = False,
+             keep: bool = True) -> BaseRun:
         """The unsteered run for (prompt, seed, guidance), from the cache when possible; concurrent asks sample once.
 
-        `allow_empty`: the empty prompt is the unconditional image (feature icons), not a user's mistake.
+        `allow_empty`: the empty prompt is the unconditional image (feature icons), not a user's mistake. Without `keep`
+        a run not in the cache is sampled and not kept (work done ahead leaves visitors' runs in the cache).
         """
         self.check_prompts([prompt], allow_empty)
         key = (prompt, int(seed), self._guidance(guidance_scale))
+        if not keep and key not in self.base_runs:
+            return self._sample_base(*key)
         return self.base_runs.get(key, lambda: self._sample_base(*key))
 
     def _sample_base(self, prompt: str, seed: int, guidance: float) -> BaseRun:
@@ -229,7 +233,7 @@ class Generator:
                                  self._mask(mask, steers, None), self.bundle.is_global)
         hook = SteeringHook(self.site, deltas, self.recorded_steps, window)
         with ThreadPoolExecutor(1) as pool:
-            base = pool.submit(with_reporter(self.base), prompt, seed, guidance, allow_empty)
+            base = pool.submit(self.base, prompt, seed, guidance, allow_empty)  # the visitor's bar follows the steered run
             steered = self.sampler.run(SamplingRun(self.model, prompt, seed, num_steps=self.num_steps, guidance_scale=guidance,
                                                    hooks=[hook]))
             run = base.result()
