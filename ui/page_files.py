@@ -27,7 +27,6 @@ from gradio.components.plot import PlotData
 from tqdm import tqdm
 
 from backend.io import write_json
-from backend.serving.batching import NICENESS
 from backend.serving.bundle import Bundle
 from ui.browse import LatentPage, draw_map, latent_id, latent_page
 from ui.explorer import Explorer
@@ -133,6 +132,8 @@ def draw_all(ex: Explorer, files: PageFiles, progress: bool = True) -> int:
 def _predraw(bundle_root: str, root: str) -> None:
     """Child process: draw the pages at low priority, so visitors' requests come first."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [latent pages] %(message)s")
+    from backend.serving.batching import NICENESS  # here, not at the top: the server's process imports diffusers only with a model
+
     os.nice(NICENESS)
     ex = Explorer(Bundle.load(bundle_root))
     drawn = draw_all(ex, PageFiles(Path(root)), progress=False)

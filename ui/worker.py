@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 from backend.errors import ExplorerError
-from backend.serving.batching import NICENESS
 from backend.serving.progress import reporting
 from ui import browse
 from ui.explorer import Explorer, open_explorer
@@ -211,6 +210,8 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
     Pictures of results go to the server's folders, which serve them. The whole process runs at the sampler's lower
     priority (its threads inherit it): the server's page, search and export requests come first on a busy CPU.
     """
+    from backend.serving.batching import NICENESS  # here, not at the top: the server's process imports diffusers only with a model
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [model worker] %(message)s")
     if sys.platform == "linux":
         os.nice(NICENESS)
