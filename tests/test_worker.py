@@ -18,8 +18,9 @@ from backend.serving.bundle import Bundle
 from backend.serving.progress import Status
 from tests.test_ui_handlers import NO_STEER, labelled_latent, one_thread, tiny_explorer, ui_bundle_dir
 from tests.tiny_models import tiny_model
-from ui import find, status, steer
+from ui import browse, find, status, steer, views
 from ui.explorer import Explorer
+from ui.map_files import PREDRAW_ENV, MapFiles
 from ui.worker import EARLY_DEATHS, GAVE_UP, STOPPED, ModelWorker, local_calls
 
 STEER_ARGS = ("a red circle", 3, 4.0, 0, 5, "everywhere", [], None)
@@ -177,3 +178,32 @@ def test_a_worker_that_keeps_dying_before_its_model_loads_is_given_up_on(tmp_pat
             worker.call(wait_then_pid, 0)
     finally:
         worker.close()
+
+
+def test_an_idle_worker_draws_the_maps_into_the_folder_the_server_reads_and_stops_with_it(tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    save_model(tiny_model(), model_dir)
+    server = Explorer(Bundle.load(ui_bundle_dir()))
+    server.maps = MapFiles(tmp_path / "maps")
+    monkeypatch.delenv(PREDRAW_ENV, raising=False)
+    with one_thread():
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            running = ModelWorker(server, str(model_dir), "cpu")
+        finally:
+            del os.environ["OMP_NUM_THREADS"]
+    try:
+        order = views.default_order(server)
+        local = [j for j in order if server.table.kinds[j] != "global"]
+        deadline = time.time() + 240
+        while server.maps.missing(local) and time.time() < deadline:
+            time.sleep(1)
+        assert not server.maps.missing(local), "the idle worker did not draw every map"
+        line = browse.drawn_timeline_view(server, local[0])[0]  # read here, without the model
+        assert all(Path(file).parent == server.maps.images.root and Path(file).is_file() for frame in line.frames for file in frame)
+    finally:
+        started = time.time()
+        running.close()
+    assert time.time() - started < 20  # stopped at once, not killed after close's 30 s
+    with pytest.raises(ProcessLookupError):
+        os.kill(running.process.pid, 0)

@@ -196,6 +196,11 @@ class ModelWorker:
         """Stop the worker (and do not start another)."""
         with self._lock:
             self._closing = True
+            try:  # a stop message: closing our end alone does not end the read our reply thread has in progress
+                with self._sending:
+                    self._connection.send(None)
+            except (OSError, ValueError):
+                pass
             self._connection.close()
         self.process.join(timeout=30)
         if self.process.is_alive():
@@ -253,8 +258,10 @@ def serve(connection, bundle_root: str, model_source: str | None, device: str | 
     with ThreadPoolExecutor(MODEL_CONCURRENCY, thread_name_prefix="model-call") as pool:
         while True:
             try:
-                call_id, payload = connection.recv()
+                call = connection.recv()
             except (EOFError, OSError):
+                call = None
+            if call is None:  # the server stopped us or went away: stop, drawing ahead too
                 closed.set()
-                return  # the server closed its end: stop
-            pool.submit(run, call_id, payload)
+                return
+            pool.submit(run, *call)
