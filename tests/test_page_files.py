@@ -20,7 +20,7 @@ def page_bytes(files: PageFiles, j: int) -> tuple[bytes, list[bytes]]:
     """Page j's JSON file and its pictures' files, as bytes."""
     page = files.read(j)
     pictures = [Path(path).read_bytes() for name in page_files.GALLERIES for path, _ in getattr(page, name)]
-    return files.page_path(j).read_bytes(), pictures
+    return files.path(j).read_bytes(), pictures
 
 
 def fresh_pages(ex, files: PageFiles, j):
@@ -75,9 +75,9 @@ def test_a_page_without_its_file_is_missing_and_drawn_again(ex, tmp_path):
     """A page is complete once its JSON is there (written last): a killed drawing resumes from the pages without one."""
     files = PageFiles(tmp_path)
     draw_all(ex, files, progress=False)
-    files.page_path(4).unlink()
+    files.path(4).unlink()
     assert files.missing(views.default_order(ex)) == [4] and draw_all(ex, files, progress=False) == 1
-    assert json.loads(files.page_path(4).read_text())["latent"] == 4
+    assert json.loads(files.path(4).read_text())["latent"] == 4
 
 
 def test_the_folder_changes_with_the_bundle_files_and_the_code(tmp_path):

@@ -8,6 +8,7 @@ setting: 0.5 ms a picture and smaller than PNG, which takes 1.4 ms (192 px demo 
 
 import atexit
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -72,6 +73,30 @@ class ImageFiles:
     def __len__(self) -> int:
         with self._lock:
             return len(self._files)
+
+
+class LatentFiles:
+    """A folder of one record per latent, `<j>.json` (written last and atomically: a latent is done once it is there), beside
+    the records' pictures under `images/`, every file kept: latent pages (page_files.py) and maps over time (map_files.py)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.images = ImageFiles(self.root / "images", max_files=None)
+
+    def path(self, j: int) -> Path:
+        """Latent j's record (its pictures are under `images/`)."""
+        return self.root / f"{j}.json"
+
+    def record(self, j: int) -> dict | None:
+        """Latent j's record as written, or None when it has not been written yet."""
+        try:
+            return json.loads(self.path(j).read_text())
+        except FileNotFoundError:
+            return None
+
+    def missing(self, order: list[int]) -> list[int]:
+        """The latents of `order` with no record yet, in that order."""
+        return [j for j in order if not self.path(j).exists()]
 
 
 def kept(path):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from backend.errors import ExplorerError
 from backend.io import write_json
-from ui.image_files import ImageFiles
+from ui.image_files import LatentFiles
 from ui.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,8 @@ AT_ONCE = 8  # maps drawn side by side while idle: their runs share UNet calls
 IDLE_SECONDS = 2.0  # how long no visitor's request ran before drawing resumes
 
 
-class MapFiles:
+class MapFiles(LatentFiles):
     """One bundle's maps over time (for its own model) under `root`: `<j>.json` per latent, frames under `images/`."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.images = ImageFiles(self.root / "images", max_files=None)
 
     @classmethod
     def of(cls, pages_root: Path, bundle, model_source: str | None) -> "MapFiles | None":
@@ -53,9 +49,6 @@ class MapFiles:
         model = hashlib.sha256(json.dumps(bundle.manifest["model"], sort_keys=True).encode()).hexdigest()[:16]
         return cls(Path(pages_root) / f"maps-{model}")
 
-    def path(self, j: int) -> Path:
-        return self.root / f"{j}.json"
-
     def write(self, line: Timeline) -> Timeline:
         """Write a drawn map (frames first, its JSON last and atomically); the map as it is served from now on."""
         frames = [[Path(self.images.path(x0)).name, Path(self.images.path(final)).name] for x0, final in line.frames]
@@ -64,18 +57,13 @@ class MapFiles:
 
     def read(self, j: int) -> Timeline | None:
         """Latent j's map as written, or None when it has not been drawn yet (or lost a frame file: it is drawn again)."""
-        try:
-            record = json.loads(self.path(j).read_text())
-        except FileNotFoundError:
+        record = self.record(j)
+        if record is None:
             return None
         frames = [(str(self.images.root / x0), str(self.images.root / final)) for x0, final in record["frames"]]
         if not all(Path(file).is_file() for frame in frames for file in frame):
             return None
         return Timeline(latent=record["latent"], steps=record["steps"], frames=frames, title=record["title"])
-
-    def missing(self, order: list[int]) -> list[int]:
-        """The latents of `order` whose maps are not written yet, in that order."""
-        return [j for j in order if not self.path(j).exists()]
 
 
 def draw_maps(maps: MapFiles, draw: Callable[[int], object], todo: list[int], idle: Callable[[], bool] = lambda: True,

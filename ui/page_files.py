@@ -30,7 +30,7 @@ from backend.io import write_json
 from backend.serving.bundle import Bundle
 from ui.browse import LatentPage, draw_map, latent_id, latent_page
 from ui.explorer import Explorer
-from ui.image_files import ImageFiles, temporary_folder
+from ui.image_files import LatentFiles, temporary_folder
 from ui.map_files import MapFiles, draw_maps
 from ui.views import default_order
 
@@ -61,12 +61,8 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sae-explorer" / "pages")
 
 
-class PageFiles:
+class PageFiles(LatentFiles):
     """One bundle's latent pages as files under `root`: `<j>.json` per page, pictures under `images/`."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.images = ImageFiles(self.root / "images", max_files=None)
 
     @classmethod
     def of(cls, bundle: Bundle, parent: Path | None = None) -> "PageFiles":
@@ -79,10 +75,6 @@ class PageFiles:
             log.warning("latent pages go to a temporary folder: %s", err)
             return cls(temporary_folder("pages") / key)
 
-    def page_path(self, j: int) -> Path:
-        """Page j's JSON file (its pictures are under `images/`)."""
-        return self.root / f"{j}.json"
-
     def write(self, page: LatentPage) -> LatentPage:
         """Write a drawn page (pictures first, its JSON last and atomically, so a page file is never half there); the page
         as it is served from now on."""
@@ -91,14 +83,13 @@ class PageFiles:
             record[name] = [[Path(path).name, caption] for path, caption in self.images.gallery(getattr(page, name))]
         for name in FIGURES:
             record[name] = getattr(page, name).to_json()
-        write_json(self.page_path(page.latent), record)
+        write_json(self.path(page.latent), record)
         return self.read(page.latent)
 
     def read(self, j: int) -> LatentPage | None:
         """Page j as written, or None when it has not been drawn yet."""
-        try:
-            record = json.loads(self.page_path(j).read_text())
-        except FileNotFoundError:
+        record = self.record(j)
+        if record is None:
             return None
         galleries = {name: [(str(self.images.root / file), caption) for file, caption in record[name]] for name in GALLERIES}
         figures = {name: PlotData(type="plotly", plot=record[name]) for name in FIGURES}
@@ -108,10 +99,6 @@ class PageFiles:
     def page(self, ex: Explorer, j: int) -> LatentPage:
         """Page j from its file, drawn and written first if it has none."""
         return self.read(j) or self.write(latent_page(ex, j))
-
-    def missing(self, order: list[int]) -> list[int]:
-        """The latents of `order` whose pages are not written yet, in that order."""
-        return [j for j in order if not self.page_path(j).exists()]
 
 
 def served_page(ex: Explorer, value, files: PageFiles) -> LatentPage:

@@ -141,10 +141,14 @@ class Generator:
         a run not in the cache is sampled and not kept (work done ahead leaves visitors' runs in the cache).
         """
         self.check_prompts([prompt], allow_empty)
-        key = (prompt, int(seed), self._guidance(guidance_scale))
+        key = self._base_key(prompt, seed, guidance_scale)
         if not keep and key not in self.base_runs:
             return self._sample_base(*key)
         return self.base_runs.get(key, lambda: self._sample_base(*key))
+
+    def _base_key(self, prompt: str, seed: int, guidance_scale: float | None) -> tuple[str, int, float]:
+        """What a base run is kept by (and `_sample_base`'s arguments)."""
+        return prompt, int(seed), self._guidance(guidance_scale)
 
     def _sample_base(self, prompt: str, seed: int, guidance: float) -> BaseRun:
         recorder = TrajectoryRecorder(self.site, self.recorded_steps)
@@ -216,7 +220,7 @@ class Generator:
         than after it: see `_beside_base`.
         """
         steers, window = self._check_steering(steering, window, mask)
-        if steers and (prompt, int(seed), self._guidance(guidance_scale)) not in self.base_runs and needs_no_base(steers, window, mask):
+        if steers and self._base_key(prompt, seed, guidance_scale) not in self.base_runs and needs_no_base(steers, window, mask):
             return self._beside_base(prompt, seed, guidance_scale, allow_empty, steers, window, mask)
         return self._steer(self.base(prompt, seed, guidance_scale, allow_empty), steers, window, mask)
 
