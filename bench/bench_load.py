@@ -1,7 +1,8 @@
 """Many simulated users against the served demo: latency, errors and the server's memory over repeated rounds.
 
     python -m bench.bench_load [--clients 20] [--rounds 3] [--requests 6] [--kinds page,search,steer,bad id]
-                               [--servers on-demand,pages] [--client http|gradio_client] [--bundle …]
+                               [--servers before,pages,pages+worker] [--client http|gradio_client]
+                               [--drawn DIR] [--bundle …]
 
 For each server setting (`--servers`), starts `python app.py` as its own process on a free
 localhost port, waits for its model, then runs `--rounds` rounds. A round opens with a burst:
@@ -9,12 +10,14 @@ every one of `--clients` threads (one visitor each: Gradio's REST API over a kep
 connection, or gradio_client) opens a latent page at the same moment ("first page"). Then each
 makes `--requests` requests, taking in turn a latent page, a search, a steer with a fresh
 strength, and a bad latent id (which must come back as a message). After every page the visitor
-asks for the latent's map over time, as the browser chains it ("map"). Prints per kind the
-median and p95 latency and the errors, the fairness across clients (Jain's index of their mean
-latencies), and the resident memory of the server and its model worker after each round against
-the first: RSS grows until the caches are full (base runs for steering take up to 1/16 of the
-machine's memory), then holds.
-The baseline in the same run is one client alone making the same mix of requests.
+asks for the latent's map over time where the page did not bring it, as the browser does ("map":
+the wait after the page). Prints per kind the median and p95 latency and the errors, the fairness
+across clients (Jain's index of their mean latencies), and the resident memory of the server and
+its model worker after each round against the first: RSS grows until the caches are full (base
+runs for steering take up to 1/16 of the machine's memory), then holds.
+The baselines in the same run: one client alone making the same mix of requests, and the burst's
+floor: as many new visitors at once, each asking only a bad latent id (Gradio's per-session setup
+and one event, no pictures).
 
 Server settings: "before" is the app before issue 27: each latent page and map over time drawn when
 first asked (a fresh folder, nothing drawn ahead or while idle) and the model in the server's
@@ -100,13 +103,15 @@ def visitor(url: str, kind: str) -> Client | HttpVisitor:
 
 
 def open_page(client: Client | HttpVisitor, rng: random.Random, timed: dict[str, float], kind: str = "page") -> None:
-    """A latent page, then its map over time as the browser chains it; each timed under its own kind."""
+    """A latent page, then its map over time as the browser asks for it: only when the page did not bring it (its last
+    output, the map request, is set); each timed under its own kind, "map" as the wait after the page (0 when it came with it)."""
     latent = rng.randrange(1024)
     start = time.perf_counter()
-    client.predict(latent, api_name="/latent_page")
+    *_, map_request = client.predict(latent, api_name="/latent_page")
     timed[kind] = time.perf_counter() - start
     start = time.perf_counter()
-    client.predict(latent, api_name="/map_over_time")
+    if isinstance(map_request, str):
+        client.predict(latent, api_name="/map_over_time")
     timed["map"] = time.perf_counter() - start
 
 
@@ -181,6 +186,31 @@ def run_clients(url: str, clients: int, requests: int, seed: int, kinds=KINDS, c
     return latencies, per_client, errors[0]
 
 
+def session_floor(url: str, clients: int, client_kind: str) -> list[float]:
+    """The burst's floor: `clients` new visitors at once, each asking one bad latent id (a message, no pictures), so the
+    latency is mostly Gradio setting up each new session's state; seconds per visitor."""
+    start_line, seconds, lock = threading.Barrier(clients), [], threading.Lock()
+
+    def user() -> None:
+        client = visitor(url, client_kind)
+        start_line.wait()
+        start = time.perf_counter()
+        try:
+            client.predict("-1", api_name="/latent_page")
+        except AppError:
+            with lock:
+                seconds.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=user) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(seconds) < clients:
+        raise RuntimeError("a bad id in the floor's burst was not answered with a message")
+    return seconds
+
+
 def jain(values: list[float]) -> float:
     """Jain's fairness index: 1 when every client waited the same."""
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
@@ -240,6 +270,9 @@ def measure(args, setting: str, kinds: tuple[str, ...], drawn: Path) -> dict[str
                 print(f"  fairness (Jain) {jain(per_client):.3f} · RSS {rss:.0f} MiB ({rss / first - 1:+.1%} vs round 1): "
                       f"server {own:.0f} MiB, its children {rss - own:.0f} MiB")
                 measured[f"round {r + 1}"] = latencies
+            floor = [percentile(session_floor(url, args.clients, args.client), 95) for _ in range(3)]
+            print(f"floor: {args.clients} new visitors at once, one bad id each (session setup, no pictures): p95 "
+                  + " / ".join(f"{s * 1e3:.0f}" for s in floor) + " ms in 3 bursts")
             for kind in ("map", "steer"):
                 if alone.get(kind) and latencies.get(kind):
                     print(f"{kind}: median under load / alone = {statistics.median(latencies[kind]) / statistics.median(alone[kind]):.1f}x")
@@ -260,6 +293,8 @@ def main(argv=None) -> None:
     parser.add_argument("--client", choices=("http", "gradio_client"), default="http",
                         help="how visitors call the app: Gradio's REST API over kept-alive connections, or gradio_client "
                              "(the figures before issue 17's last step; it costs more CPU than the server's side)")
+    parser.add_argument("--drawn", type=Path, help="a folder of pages and maps over time drawn ahead by an earlier run (or by "
+                        "python -m ui.page_files --maps --cache DIR) to reuse; anything missing is drawn into it")
     args = parser.parse_args(argv)
     kinds = tuple(kind.strip() for kind in args.kinds.split(","))
     servers = tuple(setting.strip() for setting in args.servers.split(","))
@@ -269,7 +304,8 @@ def main(argv=None) -> None:
         parser.error(f"--servers takes some of {', '.join(SERVERS)}")
     print(f"device: {device_name()}; {args.clients} clients ({args.client}) × (a first page + {args.requests} requests) per round, "
           f"{args.rounds} rounds")
-    with tempfile.TemporaryDirectory(prefix="bench-load-drawn-") as drawn:
+    with tempfile.TemporaryDirectory(prefix="bench-load-drawn-") as temporary:
+        drawn = args.drawn or temporary
         if set(servers) - {"before"}:
             print(f"pages and maps over time drawn ahead in {draw_ahead(args.bundle, Path(drawn)):.0f} s")
         results = {setting: measure(args, setting, kinds, Path(drawn)) for setting in servers}

@@ -9,7 +9,7 @@ import re
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backend.errors import ExplorerError
@@ -40,6 +40,7 @@ def ex():
 
 @FAST
 @given(value=anything)
+@example(value="0000000" + "\x1f" * 8 + "\U000101fe\U00012544" + "\U00018cd6" * 3)  # its repr is 4 to 10 times longer
 def test_parse_int_answers_an_int_in_range_or_a_message(value):
     try:
         result = parse_int(value, "Seed", 0, MAX_SEED)

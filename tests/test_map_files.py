@@ -11,8 +11,13 @@ from PIL import Image
 from backend.errors import ExplorerError
 from backend.serving.recent import Recent
 from tests.test_ui_handlers import labelled_latent, one_thread, tiny_explorer
+from gradio_client import Client
+
+from tests.ports import free_port
 from ui import browse, map_files, timeline, views
+from ui.app import LAUNCH, build_app
 from ui.map_files import Activity, MapFiles, draw_maps, draw_when_idle
+from ui.page_files import PageFiles
 
 
 @pytest.fixture()
@@ -109,3 +114,24 @@ def test_drawing_ahead_waits_while_visitors_are_served_and_stops_when_asked(ex, 
         stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive() and sorted(drawn) == [1, 2]
+
+
+def test_a_page_brings_its_drawn_map_and_asks_the_model_only_for_a_map_not_drawn(ex):
+    """One event per page where its map over time was drawn before; a page without one sets a fresh map request, whose
+    change (the browser's) asks the model."""
+    demo = build_app(ex, PageFiles.of(ex.bundle)).queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **LAUNCH)
+    unchanged = {"__type__": "update"}
+    try:
+        client, j = Client(demo.local_url, verbose=False), labelled_latent(ex)
+        *_, step, x0, final, caption, request = client.predict(j, api_name="/latent_page")
+        assert [step, x0, final, caption] == [unchanged] * 4 and request.startswith(f"{j}@")
+        *_, again = client.predict(j, api_name="/latent_page")
+        assert again.startswith(f"{j}@") and again != request  # asked anew each time, so a failed drawing can be retried
+        drawn = client.predict(j, api_name="/map_over_time")
+        assert ex.maps.path(j).is_file() and "recorded step" in drawn[3]
+        *_, step, x0, final, caption, request = client.predict(j, api_name="/latent_page")
+        assert request == unchanged and (step, caption) == (drawn[0], drawn[3])
+        assert np.array_equal(pixels(x0), pixels(drawn[1])) and np.array_equal(pixels(final), pixels(drawn[2]))
+    finally:
+        demo.close()

@@ -36,7 +36,7 @@ def test_search_through_the_api(client):
 
 
 def test_a_latent_page_through_the_api(client):
-    latent, header, icons, icon_note, top_images, patches, quantiles, histogram, profile, similar = client.predict(5, api_name="/latent_page")
+    latent, header, icons, icon_note, top_images, patches, quantiles, histogram, profile, similar, *_map = client.predict(5, api_name="/latent_page")
     assert latent == 5 and header.startswith("## Latent 5")
     assert [item["caption"] for item in icons] == ["nothing added", "α = +1 × s", "α = +2 × s", "α = +4 × s"]
     assert "Feature icon" in icon_note

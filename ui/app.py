@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -260,6 +261,8 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
                             step = gr.Slider(0, steps - 1, value=steps - 1, step=1, label="Recorded step", scale=4)
                             play = gr.Button("▶ Play", scale=1)
                         step_caption = gr.Markdown()
+                        # a page whose map is not drawn yet sets this; its change asks the model for the map
+                        map_request = gr.Textbox(visible="hidden", elem_id="map-request")
                         similar = gr.Dataframe(first.similar, headers=browse.SIMILAR_HEADERS, interactive=False, label="Similar latents (feature trajectory)")
                         with gr.Row():
                             table_csv = gr.Button("Latent table as CSV", size="sm", elem_id="export-table-csv")
@@ -344,25 +347,27 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
         query.change(search, list_inputs, [table, summary], api_name="search", **BROWSE)
         for control in (sort, labelled, min_freq):
             control.change(search, list_inputs, [table, summary], api_name=False, **BROWSE)
-        page_outputs = [latent_box, header, icon_gallery, icon_note, top_gallery, patches, quantiles, histogram, profile, similar]
         timeline_outputs = [timeline_state, step, x0_image, final_image, step_caption]
+        page_outputs = [latent_box, header, icon_gallery, icon_note, top_gallery, patches, quantiles, histogram, profile, similar,
+                        *timeline_outputs, map_request]
 
         def open_page(value):
+            """The page with its map over time where it was drawn before; otherwise a fresh map request, for the model."""
             outputs = served_page(ex, value, pages).outputs()
             ex.page_served.set()
-            return outputs
+            drawn = browse.drawn_timeline_view(ex, value)
+            if drawn is None:
+                return *outputs, *(gr.skip() for _ in timeline_outputs), f"{outputs[0]}@{time.time_ns()}"
+            return *outputs, *drawn, gr.skip()
 
         timeline_on_model = on_gpu(on_model(browse.timeline_view))
 
         def timeline_view(value):  # a map drawn before is read here; the model draws the others
             return browse.drawn_timeline_view(ex, value) or timeline_on_model(value)
-        timeline_fn = shown(timeline_view)
-
-        def with_timeline(page_event, api_name=False):
-            return page_event.success(timeline_fn, latent_box, timeline_outputs, api_name=api_name, **MODEL)
+        map_request.change(shown(timeline_view), latent_box, timeline_outputs, api_name="map_over_time", **MODEL)
 
         def with_page(event):
-            return with_timeline(event.then(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE))
+            return event.then(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE)
 
         def row_latent(evt: gr.SelectData):
             return int(evt.row_value[0])
@@ -370,8 +375,8 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
         def row_latent_to_browse(evt: gr.SelectData):
             return int(evt.row_value[0]), gr.Tabs(selected="browse"), "browse"
 
-        with_timeline(open_btn.click(shown(open_page), latent_box, page_outputs, api_name="latent_page", **BROWSE), "map_over_time")
-        with_timeline(latent_box.submit(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE))
+        open_btn.click(shown(open_page), latent_box, page_outputs, api_name="latent_page", **BROWSE)
+        latent_box.submit(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE)
         with_page(table.select(row_latent, None, latent_box, api_name=False))
         with_page(similar.select(row_latent, None, latent_box, api_name=False))
         table_csv.click(shown(lambda: export.export_table(ex, "csv", exports)), None, exported, api_name="export_table_csv", **BROWSE)

@@ -40,8 +40,9 @@ def parse_int(value, what: str, low: int, high: int) -> int:
     if isinstance(value, str):
         text = value.strip()
         if not INTEGER.fullmatch(text):
-            shown = text if len(text) <= 40 else text[:40] + "…"
-            raise ExplorerError(f"{what} must be a whole number between {low} and {high}, got {shown!r}.")
+            shown = repr(text)  # escapes (\x1f, \U0002ebe1) can make the echo 10 times longer than the text
+            shown = shown if len(shown) <= 40 else shown[:40] + "…"
+            raise ExplorerError(f"{what} must be a whole number between {low} and {high}, got {shown}.")
         value = int(text)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
