@@ -87,6 +87,7 @@ class Result:
     fvu: float
     recovery: float | None
     dead: float
+    dead_train: float
     rows_per_s: float
 
 
@@ -146,21 +147,25 @@ def demo_dataset(args: argparse.Namespace) -> Dataset:
 
 @torch.no_grad()
 def evaluate(reconstruct: Callable[[Tensor], tuple[Tensor, Tensor]], directions: Tensor, data: Dataset,
-             device: torch.device, chunk: int = 4096) -> tuple[float, float | None, float]:
-    """(held-out FVU, atom recovery at cos >= 0.9 or None, dead share); `reconstruct(x)` gives (x̂, fired mask)."""
+             device: torch.device, chunk: int = 4096) -> tuple[float, float | None, float, float]:
+    """(held-out FVU, atom recovery at cos >= 0.9 or None, dead share on held-out rows, dead share on training rows);
+    `reconstruct(x)` gives (x̂, fired mask). A latent rare enough to miss the held-out rows may still fire on training ones."""
     x, parts = data.heldout, []
     fired = torch.zeros(directions.shape[0], dtype=torch.bool)
     for part in x.split(chunk):
         x_hat, fired_part = reconstruct(part.to(device))
         parts.append(x_hat.float().cpu())
         fired |= fired_part.cpu()
+    fired_train = torch.zeros_like(fired)
+    for part in data.train.split(chunk):
+        fired_train |= reconstruct(part.to(device))[1].cpu()
     fvu = float(fraction_of_variance_unexplained(x, torch.cat(parts)))
     recovery = None
     if data.atoms is not None:
         unit = directions.float().cpu()
         unit = unit / unit.norm(dim=1, keepdim=True).clamp_min(1e-12)
         recovery = float(((data.atoms @ unit.T).max(dim=1).values >= 0.9).float().mean())
-    return fvu, recovery, 1 - float(fired.float().mean())
+    return fvu, recovery, 1 - float(fired.float().mean()), 1 - float(fired_train.float().mean())
 
 
 # ---- our trainer ---------------------------------------------------------------------------
@@ -175,9 +180,9 @@ def width_rule_lr(constant: float, n_latents: int, d_in: int) -> float:
     return SAETrainConfig(n_latents=n_latents, lr_base=constant).learning_rate() / d_in**0.5
 
 
-def run_ours(data: Dataset, lr: float, decay_share: float, seed: int, batch: int, device: torch.device) -> Result:
-    config = SAETrainConfig(n_latents=data.n_latents, k=data.k, lr=lr, epochs=data.epochs,
-                            warmup_steps=100, decay_share=decay_share, seed=seed)
+def run_ours(data: Dataset, lr: float, decay_share: float, aux: "AuxSetting", seed: int, batch: int, device: torch.device) -> Result:
+    config = SAETrainConfig(n_latents=data.n_latents, k=data.k, lr=lr, epochs=data.epochs, warmup_steps=100,
+                            decay_share=decay_share, aux_coef=aux.coef, dead_after_tokens=aux.dead_after, seed=seed)
     batches = tensor_batches(data.train, batch, 1000 * seed)
     started = time.perf_counter()
     sae, _ = train_sae(batches, data.train.shape[1], config, data.train[:4096], progress=False, device=device,
@@ -263,23 +268,37 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def label(multiplier: float, decay_share: float) -> str:
-    return f"ours x{multiplier:g}, decay {decay_share:g}"
+@dataclass(frozen=True)
+class AuxSetting:
+    """AuxK's loss coefficient and the rows without firing after which a latent counts as dead (and AuxK revives it)."""
+
+    coef: float = SAETrainConfig.aux_coef
+    dead_after: int = SAETrainConfig.dead_after_tokens
+
+    def __str__(self) -> str:
+        default = AuxSetting()
+        return "".join([f", aux {self.coef:g}" * (self.coef != default.coef),
+                        f", dead after {self.dead_after // 1000}k rows" * (self.dead_after != default.dead_after)])
 
 
-def width_label(constant: float, decay_share: float) -> str:
-    return f"ours width rule c {constant:g}, decay {decay_share:g}"
+def label(multiplier: float, decay_share: float, aux: AuxSetting) -> str:
+    return f"ours x{multiplier:g}, decay {decay_share:g}{aux}"
+
+
+def width_label(constant: float, decay_share: float, aux: AuxSetting) -> str:
+    return f"ours width rule c {constant:g}, decay {decay_share:g}{aux}"
 
 
 def report(data: Dataset, results: dict[str, list[Result]], peak_lr: dict[str, float]) -> None:
     print(f"\n{data.name}: {len(data.train)} train rows, {len(data.heldout)} held-out rows, d_in {data.train.shape[1]}, "
           f"{data.n_latents} latents, k {data.k}, {data.epochs} epochs")
-    print("| config | peak lr | held-out FVU | recovery cos>=0.9 | dead | rows/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| config | peak lr | held-out FVU | recovery cos>=0.9 | dead (held out) | dead (train) | rows/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, runs in results.items():
         recovery = "-" if runs[0].recovery is None else mean_std([r.recovery for r in runs], 100, 1) + " %"
         print(f"| {name} | {peak_lr[name]:.2e} | {mean_std([r.fvu for r in runs])} | {recovery} | "
-              f"{mean_std([r.dead for r in runs], 100, 1)} % | {mean_std([r.rows_per_s for r in runs], 1, 0)} |")
+              f"{mean_std([r.dead for r in runs], 100, 1)} % | {mean_std([r.dead_train for r in runs], 100, 1)} % | "
+              f"{mean_std([r.rows_per_s for r in runs], 1, 0)} |")
     eligible = {name: runs for name, runs in results.items() if statistics.fmean(r.dead for r in runs) <= 0.01}
     if not eligible:
         print(f"{data.name}: no config has <= 1 % dead latents")
@@ -301,17 +320,19 @@ def report(data: Dataset, results: dict[str, list[Result]], peak_lr: dict[str, f
 
 def sweep(data: Dataset, args: argparse.Namespace, device: torch.device, with_sparsify: bool, started: float) -> None:
     base_lr = SAETrainConfig(n_latents=data.n_latents).learning_rate()
-    configs = [(label(m, s), m * base_lr, s) for m in data.multipliers for s in args.decay_shares]
-    configs += [(width_label(c, s), width_rule_lr(c, data.n_latents, data.train.shape[1]), s)
-                for c in args.width_constants for s in args.decay_shares]
-    peak_lr = {name: lr for name, lr, _ in configs}
+    auxes = [AuxSetting(coef, dead_after) for coef in args.aux_coefs for dead_after in args.dead_after]
+    configs = [(label(m, s, a), m * base_lr, s, a) for m in data.multipliers for s in args.decay_shares for a in auxes]
+    configs += [(width_label(c, s, a), width_rule_lr(c, data.n_latents, data.train.shape[1]), s, a)
+                for c in args.width_constants for s in args.decay_shares for a in auxes]
+    peak_lr = {name: lr for name, lr, _, _ in configs}
     if with_sparsify:
         peak_lr[SPARSIFY] = 5e-3 / (data.n_latents / 2**14) ** 0.5
     results: dict[str, list[Result]] = {name: [] for name in peak_lr}
     print(f"{data.name}: {len(configs)} configs{' + sparsify' if with_sparsify else ''} x {args.seeds} seeds, "
           f"{data.epochs * steps_per_epoch(data, args.batch)} steps each", flush=True)
     for seed in range(args.seeds):
-        runs = [(name, lambda lr=lr, s=s, seed=seed: run_ours(data, lr, s, seed, args.batch, device)) for name, lr, s in configs]
+        runs = [(name, lambda lr=lr, s=s, a=a, seed=seed: run_ours(data, lr, s, a, seed, args.batch, device))
+                for name, lr, s, a in configs]
         if with_sparsify:
             runs.append((SPARSIFY, lambda seed=seed: run_sparsify(data, seed, args.batch, device)))
         for name, run in runs:
@@ -319,20 +340,23 @@ def sweep(data: Dataset, args: argparse.Namespace, device: torch.device, with_sp
             results[name].append(result)
             recovery = "" if result.recovery is None else f", recovery {100 * result.recovery:.1f} %"
             print(f"[{time.perf_counter() - started:6.0f} s] {data.name} seed {seed} {name}: held-out FVU {result.fvu:.4f}"
-                  f"{recovery}, dead {100 * result.dead:.1f} %, {result.rows_per_s:.0f} rows/s", flush=True)
+                  f"{recovery}, dead {100 * result.dead:.1f} % (train {100 * result.dead_train:.1f} %), {result.rows_per_s:.0f} rows/s", flush=True)
     report(data, results, peak_lr)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="planted,demo", help="comma-separated: planted, demo")
-    parser.add_argument("--multipliers", type=float, nargs="+", default=[1, 4, 8, 16, 32],
+    parser.add_argument("--multipliers", type=float, nargs="*", default=[1, 4, 8, 16, 32],
                         help="peak lr as multiples of the current rule (lr_base 2e-4 at 16384 latents)")
-    parser.add_argument("--demo-multipliers", type=float, nargs="+", default=[1, 4, 16],
+    parser.add_argument("--demo-multipliers", type=float, nargs="*", default=[1, 4, 16],
                         help="the demo's grid (smaller: a demo step costs 6x a planted one)")
     parser.add_argument("--width-constants", type=float, nargs="*", default=[],
                         help="also the width rule: peak lr = c / sqrt(n_latents / 16384) / sqrt(d_in), for each c")
     parser.add_argument("--decay-shares", type=float, nargs="+", default=[0.0, 0.2])
+    parser.add_argument("--aux-coefs", type=float, nargs="+", default=[SAETrainConfig.aux_coef], help="AuxK loss coefficients")
+    parser.add_argument("--dead-after", type=int, nargs="+", default=[SAETrainConfig.dead_after_tokens],
+                        help="rows without firing after which a latent is dead and AuxK trains it")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--data-seed", type=int, default=0)

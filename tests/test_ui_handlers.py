@@ -28,7 +28,7 @@ from ui.icons import IconCells
 from ui.image_files import ImageFiles
 from ui.page_files import PageFiles
 from ui.images import overlay, tint, upscale
-from ui.latents import HEADERS, effect_columns
+from ui.latents import HEADERS, LatentTable, effect_columns
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
 
 COLOURS, SHAPES = ("red", "green", "blue"), ("circle", "square", "star")
@@ -123,6 +123,30 @@ def test_a_latent_page_says_how_widely_its_latent_fires_and_how_precise_its_labe
     j = next(j for j in range(1, 32) if table.kinds[j] == "local" and table.max_activation[j] > 0)
     assert f"{table.spread[j]:.0%} of each image it fires on, on {table.image_share[j]:.0%} of the atlas images" in browse.header(ex, j)
     assert planted.row(0)[HEADERS.index("kind")] == "image-wide" and browse.latent_page(ex, 0).top_images  # still mapped
+
+
+def test_an_image_wide_latent_that_is_one_side_of_a_signed_pair_says_so(ex, monkeypatch):
+    """A dense direction coded by two latents of opposite decoders (the shipped bundle's 217 and 279): found by the
+    decoder's cosines, checked against numpy's, and named in the table and on both pages."""
+    bundle = ex.bundle
+    decoder = bundle.sae.W_dec.detach().clone()
+    decoder[:, 5] = -1.5 * decoder[:, 3] + 0.01 * torch.randn(decoder.shape[0], generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(bundle.sae, "W_dec", torch.nn.Parameter(decoder))
+    monkeypatch.setattr(bundle, "image_spread", torch.full((bundle.n_latents,), 0.1).index_fill(0, torch.tensor([3]), 0.45))
+    unit = decoder.double().numpy() / np.linalg.norm(decoder.double().numpy(), axis=0)
+    cosines = unit.T @ unit
+    found = bundle.opposite_latents(list(range(bundle.n_latents)))
+    assert [other for other, _ in found] == cosines.argmin(1).tolist()
+    assert np.allclose([cosine for _, cosine in found], cosines.min(1), atol=1e-5) and found[3][1] < -0.99
+    with pytest.raises(ExplorerError, match="does not exist"):
+        bundle.opposite_latents([3, bundle.n_latents])
+    table = LatentTable.of(bundle)
+    assert set(table.signed_pairs) == {3, 5} and table.signed_pairs[3][0] == 5 and table.signed_pairs[5][0] == 3
+    assert table.row(3)[HEADERS.index("kind")] == "image-wide, ± pair with 5"
+    assert table.row(5)[HEADERS.index("kind")] == "local, ± pair with 3"
+    monkeypatch.setattr(ex, "table", table)
+    assert f"**One side of a signed pair** with latent 5: their decoder directions point opposite ways (cosine {found[3][1]:.2f})" in browse.header(ex, 3)
+    assert "with latent 3" in browse.header(ex, 5) and "signed pair" not in browse.header(ex, 4)
 
 
 @pytest.mark.parametrize("sort, column, reverse", [("max activation", "max", True), ("purity", "purity", True), ("peak step", "peak", False),

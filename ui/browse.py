@@ -82,6 +82,12 @@ def header(ex: Explorer, j: int) -> str:
              f"max {table.max_activation[j]:.3g} · typical activation s = {float(atlas['typical'][j]):.3g} · "
              f"peaks at step {table.peak_step[j]} (relative to the activation scale) · "
              f"{float(ex.bundle.temporal_profiles.residual_share[j]):.0%} of its trajectory injected as residual")
+    if j in table.signed_pairs:
+        other, cosine = table.signed_pairs[j]
+        stats += (f"\n\n**One side of a signed pair** with latent {other}: their decoder directions point opposite ways "
+                  f"(cosine {cosine:.2f}), so the two code one signed direction, each firing where it has its sign, and one of "
+                  "them fires on more than a quarter of each image: read them together, as a dense component of the "
+                  "activations, not as a feature of a place or a concept.")
     if table.max_activation[j] <= 0:
         stats = "never fired on the atlas images (a dead latent)"
     return f"## Latent {j}\n**{label}**{precision_line(ex, j)}{effect_line(ex, j)}\n\n{stats}"

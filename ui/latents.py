@@ -6,6 +6,7 @@ import numpy as np
 
 from backend.errors import ExplorerError
 from backend.serving.atlas import IMAGE_WIDE
+from backend.serving.bundle import SIGNED_PAIR
 from backend.serving.icons import agrees, effect_text
 
 DEFAULT_SORT = "localized, label precision"
@@ -24,7 +25,8 @@ class LatentTable:
     on, atlas.label_precision), spread (mean share of an image's positions where it fires), share of atlas images it fires
     on, peak step (sampler step, relative profile), label text, effect text (what adding it does, read from its icons; empty
     without effect labels), kind (local: per position; image-wide: local but over more than a quarter of each image it
-    fires on; global: per image, global_local bundles)."""
+    fires on; global: per image, global_local bundles), and for image-wide latents that are one side of a signed pair
+    (Bundle.opposite_latents) the other side and their cosine."""
 
     frequency: np.ndarray
     max_activation: np.ndarray
@@ -37,12 +39,14 @@ class LatentTable:
     effects: list[str]
     agreement: list[bool | None]  # per latent: whether its effect includes its label's value (None: no label or no effect)
     kinds: list[str]
+    signed_pairs: dict[int, tuple[int, float]]
 
     @classmethod
     def of(cls, bundle) -> "LatentTable":
         """The table of a bundle with an atlas."""
         atlas = bundle.atlas
         spread = bundle.image_spread.double().numpy()
+        kinds = [kind_of(image_level, float(s)) for image_level, s in zip(bundle.is_global.tolist(), spread)]
         steps = np.asarray(bundle.manifest["schedule"]["recorded_steps"])
         return cls(
             frequency=atlas["frequency"].float().numpy(),
@@ -54,7 +58,8 @@ class LatentTable:
             peak_step=steps[bundle.temporal_profiles.peak_index.numpy()],
             labels=[f"{label['factor']} {label['value']}" if label.get("factor") else "" for label in bundle.labels],
             **effect_columns(bundle),
-            kinds=[kind_of(image_level, float(s)) for image_level, s in zip(bundle.is_global.tolist(), spread)],
+            kinds=kinds,
+            signed_pairs=signed_pairs(bundle, [j for j, kind in enumerate(kinds) if kind == "image-wide"]),
         )
 
     def sorted(self, ids: np.ndarray, sort: str) -> np.ndarray:
@@ -79,13 +84,26 @@ class LatentTable:
     def row(self, j: int) -> list:
         """One table row: id, label, effect, frequency, max activation, purity, precision, peak step, kind."""
         effect = self.effects[j] + (" (not its label)" if self.agreement[j] is False else "")
+        kind = self.kinds[j] + (f", ± pair with {self.signed_pairs[j][0]}" if j in self.signed_pairs else "")
         return [j, self.labels[j], effect, round(float(self.frequency[j]), 4), round(float(self.max_activation[j]), 3),
-                round(float(self.purity[j]), 2), round(float(self.precision[j]), 2), int(self.peak_step[j]), self.kinds[j]]
+                round(float(self.purity[j]), 2), round(float(self.precision[j]), 2), int(self.peak_step[j]), kind]
 
 
 def kind_of(image_level: bool, spread: float) -> str:
     """"global" (one code per image), "image-wide" (local, over more than IMAGE_WIDE of each image it fires on) or "local"."""
     return "global" if image_level else "image-wide" if spread > IMAGE_WIDE else "local"
+
+
+def signed_pairs(bundle, ids: list[int]) -> dict[int, tuple[int, float]]:
+    """Of the latents `ids`, those that are one side of a signed pair (cosine ≤ SIGNED_PAIR), and their other sides:
+    {latent: (other side, cosine)}. Only image-wide latents are asked (a dense pair fires on about half of each image;
+    the search costs a pass over the decoder per latent asked), so a pair holds at least one."""
+    pairs = {}
+    for j, (other, cosine) in zip(ids, bundle.opposite_latents(ids)):
+        if cosine <= SIGNED_PAIR:
+            pairs[j] = (other, cosine)
+            pairs.setdefault(other, (j, cosine))
+    return pairs
 
 
 def effect_columns(bundle) -> dict[str, list]:
