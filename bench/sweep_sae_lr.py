@@ -15,7 +15,8 @@ keeps one seed's epoch orders out of the next seed's), so within a seed every co
 same batches. Reported per config: mean ± std over seeds of held-out FVU, atom recovery (planted
 data: share of the true atoms whose best decoder direction has cosine >= 0.9), dead share
 (latents that fire on no held-out row) and training rows/s; then the winner, the config with the
-lowest mean held-out FVU among those with <= 1 % dead latents.
+lowest mean held-out FVU among those with <= 1 % dead latents. Dead latents are also counted on the training rows,
+where a latent too rare for the held-out rows may still fire.
 
 Datasets:
 - planted: d 256, 2048 unit-norm Gaussian atoms; each row is sum_i c_i atom_i over a Bernoulli
@@ -35,6 +36,9 @@ training step up to 10x slower.
 Usage: python -m bench.sweep_sae_lr [--datasets planted,demo] [--planted-rows 250000] [--planted-epochs 3]
        [--demo-images 240] [--demo-heldout-images 40] [--demo-epochs 5] [--multipliers 1 4 8 16 32]
        [--demo-multipliers 1 4 16] [--width-constants 0.01 0.02] [--decay-shares 0 0.2] [--seeds 3] [--work-dir /tmp/sweep-sae-lr]
+       [--aux-coefs 0.03125 0.125] [--dead-after 200000 50000]
+Every config runs at every AuxK setting (coefficient x dead threshold; the trainer's defaults alone unless given);
+an empty --multipliers or --demo-multipliers runs only the width rule's constants.
 The defaults are sized for about 35 min on 2 shared CPU cores (the measured run: 31.5 min with
 the demo rows cached; docs/BENCHMARKS.md): planted 250k training rows x 3 epochs = 735 steps
 (the full size is --planted-rows 500000, 1467 steps), demo 200 + 40 images x 5 epochs = 250

@@ -166,6 +166,10 @@ def test_a_built_bundle_is_measured_as_it_ships_at_the_top_of_the_evaluation_and
     assert text.startswith("# Evaluation: SAE input variants\n\n<!-- The shipped bundle") and text.endswith("the variant comparison\n")
     image_wide = result["localization"]["image_wide_mass_share"]
     assert f"| image-wide mass | {image_wide:.3f} | ≤ 0.05: **{'met' if image_wide <= 0.05 else 'missed'}** |" in text
+    paired = result["localization"]["image_wide_paired_mass_share"]
+    assert 0 <= paired <= image_wide and f"| image-wide mass in ± pairs | {paired:.3f} |  |" in text
+    assert set(result["map_iou_daam_by_factor"]) == {"colour", "shape", "size"} and "| colour mass ×chance |" in text
+    assert set(result["label_map_iou_daam"]) == {"colour", "shape", "size"} and "| colour label map IoU, DAAM's rule |" in text
     monkeypatch.setattr(evaluate, "measure", lambda *a, **k: pytest.fail("a measured bundle was measured again"))
     assert evaluate.evaluate_shipped(shipped_config) == result
     again = (out / "EVALUATION.md").read_text()

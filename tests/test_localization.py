@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from backend.evaluation.localization import DAAM_THRESHOLD, localization, map_iou, object_masks, temporal_structure
+from backend.evaluation.localization import DAAM_THRESHOLD, label_map_iou, localization, map_iou, object_masks, temporal_structure
 
 
 def planted():
@@ -29,6 +29,41 @@ def test_object_mass_against_chance_per_label_group_and_image_wide_mass():
     assert result["groups"]["position"] == {"latents": 0, "median_ratio": None}
     assert result["image_wide_latents"] == 1  # latent 1; latent 0 fires on 1/8 and 2/8 of positions; latent 3 is global
     assert result["image_wide_mass_share"] == pytest.approx(16 / (6 + 16 + 5))
+    assert result["object_factors"] == {"colour": {"latents": 1, "median_ratio": pytest.approx(16 / 3)},
+                                        "shape": {"latents": 0, "median_ratio": None},  # latent 3 is global
+                                        "size": {"latents": 0, "median_ratio": None}}
+    assert "image_wide_paired_mass_share" not in result
+
+
+def test_the_image_wide_mass_of_signed_pairs_counts_only_paired_image_wide_latents():
+    codes, masks = planted()
+    codes = torch.cat([codes, codes[..., 1:2] * 3.0], dim=-1)  # latent 4: image-wide too, three times latent 1's mass
+    labels = [{}] * 5
+    paired = torch.tensor([True, False, False, True, True])  # latent 0 is paired but local, latent 3 global
+    result = localization(codes, masks, labels, torch.tensor([False, False, False, True, False]), paired)
+    total = 6 + 16 + 5 + 48
+    assert result["image_wide_mass_share"] == pytest.approx((16 + 48) / total)
+    assert result["image_wide_paired_mass_share"] == pytest.approx(48 / total)
+
+
+def test_a_label_map_sums_the_local_latents_of_the_images_own_value():
+    """3 images of 8 positions. Image 0 reads red: latents 0 and 1 (red) sum to 3 on the object and 1 elsewhere, so DAAM's
+    cut (0.4 × 3) keeps the object alone (IoU 1), code > 0 keeps both (IoU 1/2); the global red latent 3 (7 everywhere)
+    would flood it. Image 1 reads blue and its blue latent is silent (IoU 0). Image 2 reads green, which no latent carries."""
+    masks = torch.zeros(3, 8, dtype=torch.bool)
+    masks[0, 0] = masks[1, :2] = masks[2, 3] = True
+    codes = torch.zeros(3, 8, 4)
+    codes[0, 0, 0], codes[0, 0, 1], codes[0, 5, 1] = 2.0, 1.0, 1.0
+    codes[2, :, 2] = 1.0
+    codes[..., 3] = 7.0
+    labels = [{"factor": "colour", "value": "red"}, {"factor": "colour", "value": "red"}, {"factor": "colour", "value": "blue"},
+              {"factor": "colour", "value": "red"}]
+    readings = [{"colour": "red"}, {"colour": "blue"}, {"colour": "green"}]
+    is_global = torch.tensor([False, False, False, True])
+    assert label_map_iou(codes, masks, labels, is_global, readings, "colour") == pytest.approx((1 + 0) / 2)
+    assert label_map_iou(codes, masks, labels, is_global, readings, "colour", relative=0.0) == pytest.approx((0.5 + 0) / 2)
+    assert label_map_iou(codes, masks, labels, torch.zeros(4, dtype=torch.bool), readings, "colour") == pytest.approx((1 / 8 + 0) / 2)
+    assert label_map_iou(codes, masks, labels, is_global, [{"colour": "green"}] * 3, "colour") is None
 
 
 def test_map_iou_of_a_map_that_is_the_object_is_one():

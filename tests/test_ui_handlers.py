@@ -30,6 +30,7 @@ from ui.page_files import PageFiles
 from ui.images import overlay, tint, upscale
 from ui.latents import HEADERS, LatentTable, effect_columns
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
+from ui.timeline import timelines
 
 COLOURS, SHAPES = ("red", "green", "blue"), ("circle", "square", "star")
 PROMPTS = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
@@ -143,7 +144,7 @@ def test_an_image_wide_latent_that_is_one_side_of_a_signed_pair_says_so(ex, monk
     table = LatentTable.of(bundle)
     assert set(table.signed_pairs) == {3, 5} and table.signed_pairs[3][0] == 5 and table.signed_pairs[5][0] == 3
     assert table.row(3)[HEADERS.index("kind")] == "image-wide, ± pair with 5"
-    assert table.row(5)[HEADERS.index("kind")] == "local, ± pair with 3"
+    assert table.row(5)[HEADERS.index("kind")] == "local, ± pair with 3" == table.kind(5) and table.kind(4) == table.kinds[4]
     monkeypatch.setattr(ex, "table", table)
     assert f"**One side of a signed pair** with latent 5: their decoder directions point opposite ways (cosine {found[3][1]:.2f})" in browse.header(ex, 3)
     assert "with latent 3" in browse.header(ex, 5) and "signed pair" not in browse.header(ex, 4)
@@ -431,11 +432,34 @@ def test_an_edit_link_restores_the_panel_and_the_same_edit(ex):
         views.restore_edit(ex, {"tab": "steer", "edit_target": "colour=pink"})
 
 
-def test_inspecting_a_prompt_lists_its_most_active_latents(ex):
+def test_inspecting_a_prompt_lists_its_most_active_latents_then_maps_its_top_labels(ex):
     result = inspect.inspect_prompt(ex, "a blue star", 3)
     sums = [row[2] for row in result.rows]
-    assert result.rows and sums == sorted(sums, reverse=True)
-    assert len(result.timelines) == len(result.rows) and len(inspect.gallery(result, 0)) == len(result.rows)
+    assert result.rows and sums == sorted(sums, reverse=True) and [row[4] for row in result.rows] == [ex.table.kind(row[0]) for row in result.rows]
+    total = ex.generator().base("a blue star", 3).codes.float().numpy().sum(0)
+    by_label: dict[str, float] = {}
+    for j in np.flatnonzero(total > 0):
+        if ex.table.labels[j] and ex.table.kinds[j] != "global":
+            by_label[ex.table.labels[j]] = by_label.get(ex.table.labels[j], 0.0) + float(total[j])
+    groups = inspect.top_labels(ex, total)
+    assert [label for label, _ in groups] == sorted(by_label, key=lambda label: -by_label[label])[:inspect.TOP_LABELS]
+    assert all(ex.table.labels[j] == label and total[j] > 0 for label, members in groups for j in members)
+    label_lines = result.timelines[len(result.rows):]
+    assert groups and [line.title for line in label_lines] == [f"label {label}: {len(members)} latents summed" for label, members in groups]
+    assert all(line.latent is None for line in label_lines) and len(inspect.gallery(result, 0)) == len(result.timelines)
+
+
+def test_a_labels_map_over_time_is_its_latents_maps_summed(ex):
+    generator = ex.generator()
+    run = generator.base("a blue star", 3)
+    pair = [int(j) for j in run.codes.float().sum(0).argsort(descending=True)[:2]]
+    alone, group = timelines(generator, run, [pair[0]], ["alone", "group"], [pair])
+    single = timelines(generator, run, [], ["one"], [[pair[0]]])[0]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(single.frames[-1], alone.frames[-1]))
+    summed = generator.maps_over_time(run, pair).numpy().sum(0)
+    for t in (0, len(group.frames) - 1):
+        assert np.array_equal(np.asarray(group.frames[t][1]), np.asarray(overlay(run.image, summed[t], float(summed.max()))))
+    assert alone.latent == pair[0] and group.latent is None and group.title == "group"
 
 
 def test_inspecting_an_upload_finds_latents(ex, tmp_path):

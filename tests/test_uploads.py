@@ -115,7 +115,7 @@ def test_served_uploads_over_the_size_limit_are_refused_and_a_good_one_works_aft
         client.predict(handle_file(big), *UPLOAD_ENDPOINTS[endpoint], api_name=endpoint)
     image, *rest = client.predict(handle_file(write(tmp_path, "ok.png", png_bytes(16, 16))), *UPLOAD_ENDPOINTS[endpoint], api_name=endpoint)
     assert Path(image).is_file() and len(rest) == {"/inspect_upload": 2, "/edit_upload": 5, "/steer_upload": 3}[endpoint]
-    assert endpoint != "/inspect_upload" or rest[0]["headers"] == ["latent", "label", "sum", "max"]
+    assert endpoint != "/inspect_upload" or rest[0]["headers"] == ["latent", "label", "sum", "max", "kind"]
 
 
 def test_multi_picture_jpegs_from_phones_are_read(tmp_path):

@@ -309,7 +309,8 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
                         upload_note = gr.Markdown(elem_id="upload-note")
                         inspect_table = gr.Dataframe(headers=inspect.HEADERS, interactive=False, label="Most active latents (click to open)")
                         inspect_step = gr.Slider(0, steps - 1, value=steps - 1, step=1, label="Recorded step")
-                        inspect_maps = gr.Gallery(label="Their maps at this step", columns=4, height=300)
+                        inspect_maps = gr.Gallery(label="Their maps at this step, then the top labels' (each label's latents summed)",
+                                                  columns=4, height=300)
                 with gr.Accordion("Edit a concept in your image", open=True, elem_id="upload-edit-panel"):
                     upload_edit = edit_panel(ex, UPLOAD_EDIT_INTRO, status.BUTTONS[5], base_label="Reconstruction", prefix="upload-",
                                              own_window=True)

@@ -14,7 +14,8 @@ from ui.timeline import Timeline, timelines
 from ui.uploads import open_upload
 
 TOP_LATENTS = 8
-HEADERS = ["latent", "label", "sum", "max"]
+TOP_LABELS = 4  # label maps: each of the image's most active labels, its local latents' codes summed
+HEADERS = ["latent", "label", "sum", "max", "kind"]
 
 
 @dataclass
@@ -64,10 +65,23 @@ def inspect_run(ex: Explorer, run, n: int = TOP_LATENTS) -> Inspection:
     total, peak = codes.sum(0), codes.max(0)
     latents = [int(j) for j in total.argsort()[::-1][:n] if total[j] > 0]
     labels = [ex.table.labels[j] for j in latents]
-    rows = [[j, label, round(float(total[j]), 3), round(float(peak[j]), 3)] for j, label in zip(latents, labels)]
+    rows = [[j, label, round(float(total[j]), 3), round(float(peak[j]), 3), ex.table.kind(j)] for j, label in zip(latents, labels)]
     titles = [f"latent {j} {label}".strip() for j, label in zip(latents, labels)]
-    lines = timelines(ex.generator(), run, latents, titles) if latents else []
+    groups = top_labels(ex, total)
+    titles += [f"label {label}: {len(members)} latents summed" for label, members in groups]
+    lines = timelines(ex.generator(), run, latents, titles, [members for _, members in groups]) if latents else []
     return Inspection(image=run.image, rows=rows, timelines=[line.as_files(ex.pictures) for line in lines])
+
+
+def top_labels(ex: Explorer, total, n: int = TOP_LABELS) -> list[tuple[str, list[int]]]:
+    """The image's `n` most active labels, by their local latents' summed code (`total` per latent), each with the latents
+    that fired: one label's code is spread over several latents, so their sum maps the label (docs/LOCALIZATION.md)."""
+    groups: dict[str, list[int]] = {}
+    for j in map(int, total.nonzero()[0]):
+        if ex.table.labels[j] and ex.table.kinds[j] != "global":
+            groups.setdefault(ex.table.labels[j], []).append(j)
+    ranked = sorted(groups.items(), key=lambda item: -sum(float(total[j]) for j in item[1]))
+    return ranked[:n]
 
 
 def inspect_upload(ex: Explorer, path, prompt: str = "") -> Inspection:
@@ -84,7 +98,7 @@ def inspect_prompt(ex: Explorer, prompt, seed) -> Inspection:
 
 
 def gallery(inspection: Inspection | None, index) -> list[tuple[str, str]]:
-    """Each top latent's map over the image at recorded step `index`."""
+    """Each top latent's map over the image at recorded step `index`, then each top label's."""
     if inspection is None:
         return []
     t = parse_int(index, "Step index", 0, max(len(inspection.timelines[0].frames) - 1, 0) if inspection.timelines else 0)

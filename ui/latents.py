@@ -84,9 +84,12 @@ class LatentTable:
     def row(self, j: int) -> list:
         """One table row: id, label, effect, frequency, max activation, purity, precision, peak step, kind."""
         effect = self.effects[j] + (" (not its label)" if self.agreement[j] is False else "")
-        kind = self.kinds[j] + (f", ± pair with {self.signed_pairs[j][0]}" if j in self.signed_pairs else "")
         return [j, self.labels[j], effect, round(float(self.frequency[j]), 4), round(float(self.max_activation[j]), 3),
-                round(float(self.purity[j]), 2), round(float(self.precision[j]), 2), int(self.peak_step[j]), kind]
+                round(float(self.purity[j]), 2), round(float(self.precision[j]), 2), int(self.peak_step[j]), self.kind(j)]
+
+    def kind(self, j: int) -> str:
+        """Latent j's kind as the tables show it: with the other side of its signed pair, if it is one side of one."""
+        return self.kinds[j] + (f", ± pair with {self.signed_pairs[j][0]}" if j in self.signed_pairs else "")
 
 
 def kind_of(image_level: bool, spread: float) -> str:

@@ -11,9 +11,10 @@ from ui.images import overlay
 
 @dataclass
 class Timeline:
-    """Frames of one latent on one image: per recorded step, (map over x0_t, map over the final image)."""
+    """Frames of one latent (or of a label's latents, their codes summed: `latent` None) on one image: per recorded step,
+    (map over x0_t, map over the final image)."""
 
-    latent: int
+    latent: int | None
     steps: list[int]  # sampler step of each frame
     frames: list[tuple[Image.Image | str, Image.Image | str]]  # pictures, or their files (`as_files`)
     title: str
@@ -23,15 +24,19 @@ class Timeline:
         return replace(self, frames=[(files.path(x0), files.path(final)) for x0, final in self.frames])
 
 
-def timelines(generator, run, latents: list[int], titles: list[str]) -> list[Timeline]:
-    """Each latent's maps over time on `run`, each coloured on its own scale (its maximum over all steps)."""
-    maps = generator.maps_over_time(run, latents).numpy()  # [L, T, H, W]
+def timelines(generator, run, latents: list[int], titles: list[str], groups: list[list[int]] = ()) -> list[Timeline]:
+    """Each latent's maps over time on `run`, then each group's (its latents' codes summed: the map a label draws), each
+    coloured on its own scale (its maximum over all steps); `titles` name the latents, then the groups."""
+    members = sorted({*latents, *(j for group in groups for j in group)})
+    maps = generator.maps_over_time(run, members).numpy()  # [L, T, H, W]
+    row = {j: i for i, j in enumerate(members)}
+    lines = [maps[row[j]] for j in latents] + [maps[[row[j] for j in group]].sum(0) for group in groups]
     steps = list(generator.recorded_steps)
     x0 = generator.x0_images(run) if run.result.x0_predictions is not None else [run.image] * len(steps)
     final = run.image
     return [Timeline(latent=j, steps=steps, title=title,
                      frames=[(overlay(x0[t], m[t], float(m.max())), overlay(final, m[t], float(m.max()))) for t in range(len(steps))])
-            for j, m, title in zip(latents, maps, titles)]
+            for j, m, title in zip([*latents, *[None] * len(groups)], lines, titles)]
 
 
 def frame(line: Timeline | None, index) -> tuple[Image.Image | None, Image.Image | None, str]:

@@ -29,12 +29,13 @@ from backend.evaluation.controllability import steering_trials
 from backend.evaluation.edit_report import write_edit_report
 from backend.evaluation.edits import EDIT_FACTORS, MECHANISMS, edit_table, edit_trials
 from backend.evaluation.uploads import UPLOAD_FACTORS, UPLOAD_MECHANISMS, upload_table, upload_trials
-from backend.evaluation.localization import DAAM_THRESHOLD, label_group, localization, map_iou, object_masks, temporal_structure
+from backend.evaluation.localization import (DAAM_THRESHOLD, OBJECT_FACTORS, label_group, label_map_iou, localization, map_iou,
+                                              object_masks, temporal_structure)
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.evaluation.report import write_report, write_shipped_section
 from backend.io import write_json
 from backend.method.encodings import VARIANTS
-from backend.serving.bundle import Bundle
+from backend.serving.bundle import SIGNED_PAIR, Bundle
 from backend.serving.icons import EFFECTS_FILE, ICON_FILE
 from backend.serving.opener import attach_model
 from backend.shapes.classify import load_classifier
@@ -148,16 +149,25 @@ def purity(bundle: Bundle, count: int) -> dict:
     }
 
 
-def where_and_when(bundle: Bundle, test: dict[str, torch.Tensor]) -> dict:
-    """Localization against object masks on the test images, map IoU on the atlas, temporal structure (localization.py)."""
+def where_and_when(bundle: Bundle, test: dict[str, torch.Tensor], classifier) -> dict:
+    """Localization against object masks on the test images (and the maps of each image's own labels, as the classifier
+    reads its factors), map IoU on the atlas, temporal structure (localization.py)."""
     grid = tuple(bundle.manifest["shapes"]["grid"])
     with torch.no_grad():
         codes = bundle.codes(test["traj"]).reshape(len(test["thumbnails"]), grid[0] * grid[1], bundle.n_latents)
-    located = localization(codes, object_masks(test["thumbnails"], grid), bundle.labels, bundle.is_global)
+    paired = torch.tensor([cosine <= SIGNED_PAIR for _, cosine in bundle.opposite_latents(list(range(bundle.n_latents)))])
+    masks = object_masks(test["thumbnails"], grid)
+    located = localization(codes, masks, bundle.labels, bundle.is_global, paired)
+    readings = classifier.predict(test["thumbnails"].permute(0, 3, 1, 2).float() / 255)
+    label_maps = {factor: label_map_iou(codes, masks, bundle.labels, bundle.is_global, readings, factor) for factor in OBJECT_FACTORS}
     object_latents = [j for j, label in enumerate(bundle.labels) if label_group(label) == "object" and not bundle.is_global[j]]
     atlas = bundle.atlas
-    maps = (atlas["top_image_id"], atlas["top_image_map"], object_masks(bundle.thumbnails, grid), object_latents)
-    return {"localization": located, "map_iou_object": map_iou(*maps), "map_iou_object_daam": map_iou(*maps, relative=DAAM_THRESHOLD),
+    maps = (atlas["top_image_id"], atlas["top_image_map"], object_masks(bundle.thumbnails, grid))
+    by_factor = {factor: map_iou(*maps, [j for j in object_latents if bundle.labels[j]["factor"] == factor], relative=DAAM_THRESHOLD)
+                 for factor in OBJECT_FACTORS}
+    return {"localization": located, "map_iou_object": map_iou(*maps, object_latents),
+            "map_iou_object_daam": map_iou(*maps, object_latents, relative=DAAM_THRESHOLD), "map_iou_daam_by_factor": by_factor,
+            "label_map_iou_daam": label_maps,
             "temporal": temporal_structure(bundle.temporal_profiles.trajectory, atlas["frequency"] > 0)}
 
 
@@ -172,7 +182,7 @@ def measure(bundle: Bundle, test: dict[str, torch.Tensor], classifier, cfg: "Eva
     result = reconstruction(bundle.encoding, bundle.sae, test["traj"])
     result["dead_fraction_train"] = float((bundle.atlas["frequency"] == 0).float().mean())
     result |= purity(bundle, cfg.sigma_latents)
-    result |= where_and_when(bundle, test)
+    result |= where_and_when(bundle, test, classifier)
     result["trials"] = steering_trials(bundle, classifier, _list(cfg.steer_factors), _list(cfg.strengths, float),
                                        cfg.window_strength, cfg.targets_per_factor, cfg.images_per_target)
     result["concepts"] = concept_hits(bundle, _list(cfg.concept_factors), cfg.concept_captions, seeds=(0,), top=CONCEPT_TOP)

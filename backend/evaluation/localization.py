@@ -29,8 +29,9 @@ def label_group(label: dict) -> str:
     return "object" if factor in OBJECT_FACTORS else factor if factor in LABEL_GROUPS else "unlabelled"
 
 
-def localization(codes: Tensor, masks: Tensor, labels: list[dict], is_global: Tensor) -> dict:
-    """Code mass on object positions against chance, per label group, and the mass of image-wide latents.
+def localization(codes: Tensor, masks: Tensor, labels: list[dict], is_global: Tensor, paired: Tensor | None = None) -> dict:
+    """Code mass on object positions against chance, per label group and per object factor, and the mass of image-wide
+    latents (with `paired`, bool per latent: also the part of it carried by signed pairs, Bundle.opposite_latents).
 
     `codes` Tensor[B, P, n] of B whole images, `masks` Tensor[B, P]. A latent's object share is its
     code mass on object positions over all its mass; chance is the share of positions on the object.
@@ -40,17 +41,24 @@ def localization(codes: Tensor, masks: Tensor, labels: list[dict], is_global: Te
     on_object = (codes * masks[..., None]).sum((0, 1))
     chance = float(masks.float().mean())
     measured = (mass > 0) & ~is_global
-    groups = {}
-    for name in LABEL_GROUPS:
-        members = [j for j in measured.nonzero().flatten().tolist() if label_group(labels[j]) == name]
+
+    def median_ratio(belongs) -> dict:
+        members = [j for j in measured.nonzero().flatten().tolist() if belongs(labels[j])]
         shares = [float(on_object[j] / mass[j]) for j in members]
-        groups[name] = {"latents": len(members), "median_ratio": statistics.median(shares) / chance if shares else None}
+        return {"latents": len(members), "median_ratio": statistics.median(shares) / chance if shares else None}
+
+    groups = {name: median_ratio(lambda label, name=name: label_group(label) == name) for name in LABEL_GROUPS}
+    factors = {name: median_ratio(lambda label, name=name: label.get("factor") == name) for name in OBJECT_FACTORS}
     fired_share = (codes > 0).float().mean(1)  # [B, n]: share of each image's positions where the latent fired
     images_fired = (fired_share > 0).sum(0)
     mean_share = fired_share.sum(0) / images_fired.clamp_min(1)
     image_wide = measured & (mean_share > IMAGE_WIDE)
-    return {"object_share_chance": chance, "groups": groups, "image_wide_latents": int(image_wide.sum()),
-            "image_wide_mass_share": float(mass[image_wide].sum() / mass[measured].sum().clamp_min(1e-12))}
+    total = mass[measured].sum().clamp_min(1e-12)
+    result = {"object_share_chance": chance, "groups": groups, "object_factors": factors, "image_wide_latents": int(image_wide.sum()),
+              "image_wide_mass_share": float(mass[image_wide].sum() / total)}
+    if paired is not None:
+        result["image_wide_paired_mass_share"] = float(mass[image_wide & paired].sum() / total)
+    return result
 
 
 DAAM_THRESHOLD = 0.4  # DAAM (Tang et al. 2023) binarizes each attribution map at 0.4 of its maximum; its mIoU is 0.59-0.65
@@ -74,6 +82,24 @@ def map_iou(top_image_id: Tensor, top_image_map: Tensor, atlas_masks: Tensor, la
         if ious:
             per_latent.append(statistics.fmean(ious))
     return statistics.median(per_latent) if per_latent else None
+
+
+def label_map_iou(codes: Tensor, masks: Tensor, labels: list[dict], is_global: Tensor, readings: list[dict], factor: str,
+                  relative: float = DAAM_THRESHOLD) -> float | None:
+    """Mean over images of the IoU with the object of the map its own `factor` label draws: the codes of every local
+    latent labelled `factor = <the value read from that image>`, summed per position and binarized at `relative` × the
+    sum's maximum (an empty map counts 0). One label's code is spread over several latents, so this is a label's map, not
+    a latent's. Images whose value no latent carries, or with no object cell, are left out; None without any."""
+    ious = []
+    for z, mask, reading in zip(codes.float(), masks, readings):
+        members = [j for j, label in enumerate(labels)
+                   if label.get("factor") == factor and label.get("value") == reading[factor] and not is_global[j]]
+        if not members or not mask.any():
+            continue
+        summed = z[:, members].sum(1)
+        fired = summed > relative * summed.max() if summed.max() > 0 else torch.zeros_like(mask)
+        ious.append(float((fired & mask).sum() / (fired | mask).sum()))
+    return statistics.fmean(ious) if ious else None
 
 
 def temporal_structure(profile: Tensor, alive: Tensor) -> dict:

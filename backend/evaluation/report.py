@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only; no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from backend.evaluation.controllability import success_rates  # noqa: E402
+from backend.evaluation.localization import OBJECT_FACTORS  # noqa: E402
 from backend.io import atomic_path  # noqa: E402
 
 FACTORS = ("colour", "shape", "size", "position", "background")
@@ -73,6 +74,11 @@ def localization_metrics(runs: list[dict]) -> dict[str, list[float]]:
         metrics["object map IoU"].append(run.get("map_iou_object"))
         metrics["object map IoU, DAAM's rule"].append(run.get("map_iou_object_daam"))
         metrics["effective steps"].append(run.get("temporal", {}).get("effective_steps_median"))
+        metrics["image-wide mass in ± pairs"].append(located.get("image_wide_paired_mass_share"))
+        for factor in OBJECT_FACTORS:
+            metrics[f"{factor} mass ×chance"].append(located.get("object_factors", {}).get(factor, {}).get("median_ratio"))
+            metrics[f"{factor} map IoU, DAAM's rule"].append(run.get("map_iou_daam_by_factor", {}).get(factor))
+            metrics[f"{factor} label map IoU, DAAM's rule"].append(run.get("label_map_iou_daam", {}).get(factor))
     return {name: [float("nan") if v is None else v for v in values] for name, values in metrics.items()}
 
 
@@ -104,10 +110,10 @@ def insertion_curve(run: dict, strength: float) -> list[tuple[int, float]]:
     return [(start, rates[name]["reached"]) for start, name in starts if name in rates]
 
 
-LOCALIZATION_HEADERS = ["object ×chance", "background ×chance", "position ×chance", "unlabelled ×chance", "image-wide mass",
-                        "object map IoU", "object map IoU, DAAM's rule", "effective steps"]
 HIGHER_IS_BETTER = {"colour found", "shape found", "background found", "labelled share", "steering reached", "steering clean", "ablation success", "object mass ×chance",
-                    "position mass ×chance", "object map IoU", "object map IoU, DAAM's rule"}
+                    "position mass ×chance", "object map IoU", "object map IoU, DAAM's rule",
+                    *(f"{factor} mass ×chance" for factor in OBJECT_FACTORS), *(f"{factor} map IoU, DAAM's rule" for factor in OBJECT_FACTORS),
+                    *(f"{factor} label map IoU, DAAM's rule" for factor in OBJECT_FACTORS)}
 NEUTRAL = {"background mass ×chance", "unlabelled mass ×chance", "effective steps", "prompting reached", "prompting clean"}  # neither direction is better
 
 
@@ -291,7 +297,9 @@ def write_report(results: dict, out: Path) -> Path:
     for (site, variant), runs in groups.items():
         m = summary_metrics(runs, strength)
         rows.append([site, variant, str(len(runs))] + [fmt(m[k]) for k in m])
-    located_rows = [[site, variant] + [fmt(values, 2) for values in localization_metrics(runs).values()] for (site, variant), runs in groups.items()]
+    located = {key: localization_metrics(runs) for key, runs in groups.items()}
+    located_header = ["site", "variant", *(name.replace(" mass ×chance", " ×chance") for name in next(iter(located.values())))]
+    located_rows = [[site, variant] + [fmt(values, 2) for values in m.values()] for (site, variant), m in located.items()]
     inserted = {key: insertion_metrics(runs, strength) for key, runs in groups.items()}
     insertion_header = ["site", "variant", *next(iter(inserted.values()))]
     insertion_rows = [[site, variant] + [fmt(values, 2) for values in m.values()] for (site, variant), m in inserted.items()]
@@ -341,15 +349,21 @@ Concept edits on the shipped bundle, of generated images (`Bundle.edit`, every m
 Where and when latents fire (test images; object masks from the factor classifier, pooled to the site's grid, cells more
 than half covered; global latents excluded from the spatial measures):
 
-{_table(["site", "variant", *LOCALIZATION_HEADERS], located_rows)}
+{_table(located_header, located_rows)}
 
 - **mass ×chance**: per label group (object = colour, shape or size; background; position; unlabelled), the median over
-  latents of the share of the latent's code mass on object positions, divided by the share of positions on the object.
+  latents of the share of the latent's code mass on object positions, divided by the share of positions on the object;
+  **colour, shape, size ×chance** the same per object factor.
 - **image-wide mass**: share of all (local) code mass carried by latents that fire on more than a quarter of an image's
-  positions, on average over the images where they fire.
+  positions, on average over the images where they fire; **in ± pairs**: the part carried by image-wide latents that are
+  one side of a signed pair (decoder directions at cosine ≤ −0.9: one dense direction coded as two nonnegative latents).
 - **object map IoU**: per object-labelled latent, the IoU of its map (code > 0) with the object on its top atlas images,
   averaged; the median over those latents. *DAAM's rule*: the map binarized at 0.4 of its maximum instead, as DAAM
-  binarizes its attribution maps (it reports mIoU 0.59–0.65), so the number reads against the field.
+  binarizes its attribution maps (it reports mIoU 0.59–0.65), so the number reads against the field; **colour, shape,
+  size map IoU** the same by DAAM's rule over the latents labelled with that factor. **label map IoU**: on each test
+  image, the codes of all latents labelled with the image's own value of the factor (as the classifier reads it) summed
+  per position, binarized by DAAM's rule, IoU with the object (an empty map counts 0), averaged over images: the map a
+  label draws, since one label's code is spread over several latents.
 - **effective steps**: per latent, exp of the entropy of its feature trajectory's norm over steps (relative to the
   activation scale at each step), median over latents that fired; 1 = one step, {cfg['num_steps']} = spread evenly.
 
