@@ -282,7 +282,7 @@ class AuxSetting:
     def __str__(self) -> str:
         default = AuxSetting()
         return "".join([f", aux {self.coef:g}" * (self.coef != default.coef),
-                        f", dead after {self.dead_after // 1000}k rows" * (self.dead_after != default.dead_after)])
+                        f", dead after {self.dead_after} rows" * (self.dead_after != default.dead_after)])
 
 
 def label(multiplier: float, decay_share: float, aux: AuxSetting) -> str:

@@ -125,13 +125,27 @@ def test_a_page_brings_its_drawn_map_and_asks_the_model_only_for_a_map_not_drawn
     try:
         client, j = Client(demo.local_url, verbose=False), labelled_latent(ex)
         *_, step, x0, final, caption, request = client.predict(j, api_name="/latent_page")
-        assert [step, x0, final, caption] == [unchanged] * 4 and request.startswith(f"{j}@")
+        assert [step, x0, final] == [0, None, None] and caption == f"Drawing latent {j}'s map over time…"  # not the last page's
+        assert request.startswith(f"{j}@")
         *_, again = client.predict(j, api_name="/latent_page")
         assert again.startswith(f"{j}@") and again != request  # asked anew each time, so a failed drawing can be retried
-        drawn = client.predict(j, api_name="/map_over_time")
-        assert ex.maps.path(j).is_file() and "recorded step" in drawn[3]
+        drawn = client.predict(again, api_name="/map_over_time")  # what the browser sends: the request, naming the latent
+        assert ex.maps.path(j).is_file() and "recorded step" in drawn[3] and drawn[3].startswith(f"Latent {j} on")
         *_, step, x0, final, caption, request = client.predict(j, api_name="/latent_page")
         assert request == unchanged and (step, caption) == (drawn[0], drawn[3])
         assert np.array_equal(pixels(x0), pixels(drawn[1])) and np.array_equal(pixels(final), pixels(drawn[2]))
+        # The browser's side: the request box's change runs the map (from the request), and opening a page cancels a map
+        # still on its way, so a late one cannot land under the next page.
+        ids = {block._id: block for block in demo.blocks.values()}
+        request_box = next(block for block in ids.values() if getattr(block, "elem_id", None) == "map-request")
+        maps = [d for d in demo.config["dependencies"] if d.get("api_name") == "map_over_time"]
+        assert len(maps) == 1 and [tuple(t) for t in maps[0]["targets"]] == [(request_box._id, "change")] and maps[0]["inputs"] == [request_box._id]
+        dependencies = demo.config["dependencies"]
+        map_index = dependencies.index(maps[0])
+        cancels = {tuple(target) for d in dependencies if map_index in d["cancels"] for target in d["targets"]}
+        assert ("then", None) not in {(event, block) for block, event in cancels}  # Gradio never fires a cancel on a .then
+        for page in (d for d in dependencies if request_box._id in d["outputs"]):  # every page event but the first load's
+            trigger = dependencies[page["trigger_after"]] if page["trigger_after"] is not None else page
+            assert {tuple(t) for t in trigger["targets"]} <= cancels or trigger["targets"][0][1] == "load"
     finally:
         demo.close()

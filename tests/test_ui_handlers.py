@@ -28,7 +28,7 @@ from ui.icons import IconCells
 from ui.image_files import ImageFiles
 from ui.page_files import PageFiles
 from ui.images import overlay, tint, upscale
-from ui.latents import HEADERS, LatentTable, effect_columns
+from ui.latents import HEADERS, LatentTable, effect_columns, signed_pairs
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
 from ui.timeline import timelines
 
@@ -141,6 +141,7 @@ def test_an_image_wide_latent_that_is_one_side_of_a_signed_pair_says_so(ex, monk
     assert np.allclose([cosine for _, cosine in found], cosines.min(1), atol=1e-5) and found[3][1] < -0.99
     with pytest.raises(ExplorerError, match="does not exist"):
         bundle.opposite_latents([3, bundle.n_latents])
+    assert bundle.opposite_latents(list(range(bundle.n_latents)), chunk_size=5) == pytest.approx(found) and bundle.opposite_latents([]) == []
     table = LatentTable.of(bundle)
     assert set(table.signed_pairs) == {3, 5} and table.signed_pairs[3][0] == 5 and table.signed_pairs[5][0] == 3
     assert table.row(3)[HEADERS.index("kind")] == "image-wide, ± pair with 5"
@@ -148,6 +149,14 @@ def test_an_image_wide_latent_that_is_one_side_of_a_signed_pair_says_so(ex, monk
     monkeypatch.setattr(ex, "table", table)
     assert f"**One side of a signed pair** with latent 5: their decoder directions point opposite ways (cosine {found[3][1]:.2f})" in browse.header(ex, 3)
     assert "with latent 3" in browse.header(ex, 5) and "signed pair" not in browse.header(ex, 4)
+
+
+def test_a_signed_pair_is_mutual():
+    """Latent 0's most opposite is 1, but 1's is 2: no pair; 2 and 1 are each other's: a pair, though only 2 was asked."""
+    opposite = {0: (1, -0.95), 1: (2, -0.97), 2: (1, -0.97)}
+    bundle = SimpleNamespace(opposite_latents=lambda ids: [opposite[j] for j in ids])
+    assert signed_pairs(bundle, [0]) == {} and signed_pairs(bundle, [2]) == {2: (1, -0.97), 1: (2, -0.97)}
+    assert signed_pairs(SimpleNamespace(opposite_latents=lambda ids: [(1 - j, -0.5) for j in ids]), [0]) == {}  # not opposite enough
 
 
 @pytest.mark.parametrize("sort, column, reverse", [("max activation", "max", True), ("purity", "purity", True), ("peak step", "peak", False),

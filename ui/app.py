@@ -353,22 +353,31 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
                         *timeline_outputs, map_request]
 
         def open_page(value):
-            """The page with its map over time where it was drawn before; otherwise a fresh map request, for the model."""
+            """The page with its map over time where it was drawn before; otherwise a placeholder where the map goes and a
+            fresh request naming the latent, for the model (opening another page cancels a map still on its way)."""
             outputs = served_page(ex, value, pages).outputs()
             ex.page_served.set()
             drawn = browse.drawn_timeline_view(ex, value)
             if drawn is None:
-                return *outputs, *(gr.skip() for _ in timeline_outputs), f"{outputs[0]}@{time.time_ns()}"
+                j = outputs[0]
+                return *outputs, None, 0, None, None, f"Drawing latent {j}'s map over time…", f"{j}@{time.time_ns()}"
             return *outputs, *drawn, gr.skip()
 
         timeline_on_model = on_gpu(on_model(browse.timeline_view))
 
-        def timeline_view(value):  # a map drawn before is read here; the model draws the others
+        def timeline_view(request):  # "j@…" from a page (or a latent id, through the API): a map drawn before is read here
+            value = str(request).partition("@")[0]
             return browse.drawn_timeline_view(ex, value) or timeline_on_model(value)
-        map_request.change(shown(timeline_view), latent_box, timeline_outputs, api_name="map_over_time", **MODEL)
+        map_event = map_request.change(shown(timeline_view), map_request, timeline_outputs, api_name="map_over_time", **MODEL)
+        opens_page = dict(cancels=[map_event], **BROWSE)  # so a map on its way cannot land under the next page
 
         def with_page(event):
             return event.then(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE)
+
+        def page_from(select, fn, outputs):
+            """A row's latent into the box (`fn`), then its page; the select cancels a map on its way (a cancel on the page's
+            own `.then` would never fire: Gradio gives that cancel no event to follow)."""
+            return with_page(select(fn, None, outputs, api_name=False, cancels=[map_event]))
 
         def row_latent(evt: gr.SelectData):
             return int(evt.row_value[0])
@@ -376,15 +385,15 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
         def row_latent_to_browse(evt: gr.SelectData):
             return int(evt.row_value[0]), gr.Tabs(selected="browse"), "browse"
 
-        open_btn.click(shown(open_page), latent_box, page_outputs, api_name="latent_page", **BROWSE)
-        latent_box.submit(shown(open_page), latent_box, page_outputs, api_name=False, **BROWSE)
-        with_page(table.select(row_latent, None, latent_box, api_name=False))
-        with_page(similar.select(row_latent, None, latent_box, api_name=False))
+        open_btn.click(shown(open_page), latent_box, page_outputs, api_name="latent_page", **opens_page)
+        latent_box.submit(shown(open_page), latent_box, page_outputs, api_name=False, **opens_page)
+        page_from(table.select, row_latent, latent_box)
+        page_from(similar.select, row_latent, latent_box)
         table_csv.click(shown(lambda: export.export_table(ex, "csv", exports)), None, exported, api_name="export_table_csv", **BROWSE)
         table_json.click(shown(lambda: export.export_table(ex, "json", exports)), None, exported, api_name="export_table_json", **BROWSE)
         find_btn.click(shown(on_gpu(on_model(find.find_latents))), [find_with, find_without, find_seeds],
                        [find_table, find_summary, found_state], api_name="find_latents", **MODEL)
-        with_page(find_table.select(row_latent, None, latent_box, api_name=False))
+        page_from(find_table.select, row_latent, latent_box)
         latent_json.click(shown(lambda j: export.export_latent(ex, j, exports)), latent_box, exported, api_name="export_latent", **BROWSE)
         step.change(shown(timeline.frame), [timeline_state, step], [x0_image, final_image, step_caption], api_name=False, **BROWSE)
         playing = gr.State(False)
@@ -461,7 +470,7 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
         with_upload(inspect_generate.click(shown(on_gpu(lambda text, s: inspect_prompt_run(text, s).outputs())),
                                            [inspect_prompt, inspect_seed], inspect_outputs, api_name="inspect_prompt", **MODEL))
         inspect_step.change(shown(inspect.gallery), [inspection, inspect_step], inspect_maps, api_name=False, **BROWSE)
-        with_page(inspect_table.select(row_latent_to_browse, None, [latent_box, tabs, current_tab], api_name=False))
+        page_from(inspect_table.select, row_latent_to_browse, [latent_box, tabs, current_tab])
         wire_edit(upload_edit, on_model(your_image.edit_upload), [upload, upload_prompt, *upload_edit.window],
                   (upload_prompt.submit, *(slider.release for slider in upload_edit.window)), "edit_upload")
         wire_steer(upload_steer, on_model(your_image.steer_upload),

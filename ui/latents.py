@@ -25,7 +25,7 @@ class LatentTable:
     on, atlas.label_precision), spread (mean share of an image's positions where it fires), share of atlas images it fires
     on, peak step (sampler step, relative profile), label text, effect text (what adding it does, read from its icons; empty
     without effect labels), kind (local: per position; image-wide: local but over more than a quarter of each image it
-    fires on; global: per image, global_local bundles), and for image-wide latents that are one side of a signed pair
+    fires on; global: per image, global_local bundles), and for the latents of signed pairs that hold an image-wide one
     (Bundle.opposite_latents) the other side and their cosine."""
 
     frequency: np.ndarray
@@ -98,15 +98,15 @@ def kind_of(image_level: bool, spread: float) -> str:
 
 
 def signed_pairs(bundle, ids: list[int]) -> dict[int, tuple[int, float]]:
-    """Of the latents `ids`, those that are one side of a signed pair (cosine ≤ SIGNED_PAIR), and their other sides:
-    {latent: (other side, cosine)}. Only image-wide latents are asked (a dense pair fires on about half of each image;
-    the search costs a pass over the decoder per latent asked), so a pair holds at least one."""
-    pairs = {}
-    for j, (other, cosine) in zip(ids, bundle.opposite_latents(ids)):
-        if cosine <= SIGNED_PAIR:
-            pairs[j] = (other, cosine)
-            pairs.setdefault(other, (j, cosine))
-    return pairs
+    """Of the latents `ids`, those that are one side of a signed pair, with the other side: {latent: (other side, cosine)}
+    for both sides. A pair is mutual: each is the other's most opposite latent, at cosine ≤ SIGNED_PAIR. Only image-wide
+    latents are asked (a dense pair fires on about half of each image; the search costs a pass over the decoder per
+    latent asked), so a pair holds at least one; its other side may be local."""
+    opposite = dict(zip(ids, bundle.opposite_latents(ids)))
+    partners = sorted({other for other, cosine in opposite.values() if cosine <= SIGNED_PAIR} - set(ids))
+    opposite |= dict(zip(partners, bundle.opposite_latents(partners)))
+    return {j: (other, cosine) for j, (other, cosine) in opposite.items()
+            if cosine <= SIGNED_PAIR and opposite.get(other, (None,))[0] == j}
 
 
 def effect_columns(bundle) -> dict[str, list]:

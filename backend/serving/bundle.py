@@ -43,7 +43,7 @@ MANIFEST = "bundle.json"
 ATLAS_TABLES = ("frequency", "mean", "max", "typical", "histogram", "top_image_id", "top_image_score", "top_image_map",
                 "top_patch_image", "top_patch_position", "top_patch_score")  # one row per latent; image_profile has one per image
 MAP_FILE = "index/latent_map.safetensors"  # the index stage's 2-D map of all latents
-# Two latents whose feature trajectories meet at this cosine or below code one direction's two signs (TopK codes are ≥ 0)
+# Two latents whose decoder directions meet at this cosine or below code one direction's two signs (TopK codes are ≥ 0)
 SIGNED_PAIR = -0.9
 CORE_FILES = ("sae/sae.safetensors", "sae/config.json", "dynamics.safetensors")
 
@@ -424,19 +424,20 @@ class Bundle:
         scores, ids = self.latent_index.search(self.trajectory_vectors[j][None].numpy(), n + 1)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != j and i >= 0][:n]
 
-    def opposite_latents(self, ids: list[int]) -> list[tuple[int, float]]:
+    def opposite_latents(self, ids: list[int], chunk_size: int = 256) -> list[tuple[int, float]]:
         """For each latent in `ids`, the latent whose decoder direction points most nearly the opposite way, as (latent,
         cosine). A pair at cosine ≤ SIGNED_PAIR codes one signed direction of the SAE's input, each latent firing where it
         has its sign: dense ones (about half of every image's positions) are how a TopK SAE writes a dense component.
         Decoder directions, not feature trajectories: the dynamics amplify the small part in which the two differ."""
         ids = [self.check_latent(j) for j in ids]
-        if not ids:
-            return []
         decoder = self.sae.W_dec.detach()  # [d_in, n_latents]
         norms = decoder.norm(dim=0).float().clamp_min(1e-12)
-        cosines = (decoder[:, ids].float().T @ decoder.float()) / (norms[ids, None] * norms)
-        lowest, found = cosines.min(1)
-        return list(zip(found.tolist(), lowest.tolist()))
+        found = []
+        for chunk in (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)):  # memory: chunk × n_latents
+            cosines = (decoder[:, chunk].T @ decoder).float() / (norms[chunk, None] * norms)
+            lowest, other = cosines.min(1)
+            found += zip(other.tolist(), lowest.tolist())
+        return found
 
     def similar_images(self, image_id: int, n: int = 10) -> list[tuple[int, float]]:
         """Atlas images whose latent profiles are closest to image_id's, as (image_id, cosine)."""
