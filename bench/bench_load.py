@@ -190,9 +190,9 @@ def session_floor(url: str, clients: int, client_kind: str) -> list[float]:
     """The burst's floor: `clients` new visitors at once, each asking one bad latent id (a message, no pictures), so the
     latency is mostly Gradio setting up each new session's state; seconds per visitor."""
     start_line, seconds, lock = threading.Barrier(clients), [], threading.Lock()
+    visitors = [visitor(url, client_kind) for _ in range(clients)]  # a visitor that cannot connect fails here, not as a bad id
 
-    def user() -> None:
-        client = visitor(url, client_kind)
+    def user(client) -> None:
         start_line.wait()
         start = time.perf_counter()
         try:
@@ -201,7 +201,7 @@ def session_floor(url: str, clients: int, client_kind: str) -> list[float]:
             with lock:
                 seconds.append(time.perf_counter() - start)
 
-    threads = [threading.Thread(target=user) for _ in range(clients)]
+    threads = [threading.Thread(target=user, args=(client,)) for client in visitors]
     for t in threads:
         t.start()
     for t in threads:

@@ -174,6 +174,9 @@ def test_a_built_bundle_is_measured_as_it_ships_at_the_top_of_the_evaluation_and
     assert evaluate.evaluate_shipped(shipped_config) == result
     again = (out / "EVALUATION.md").read_text()
     assert again == text and again.count("## The shipped bundle, as it ships") == 1
+    monkeypatch.setattr(evaluate, "measures_digest", lambda: "a measure changed")
+    with pytest.raises(pytest.fail.Exception, match="measured again"):  # the kept result is not the new measures'
+        evaluate.evaluate_shipped(shipped_config)
     write_report(results, out)  # the variants measured again keep the shipped section at the top
     report = (out / "EVALUATION.md").read_text()
     assert report.count("## The shipped bundle, as it ships") == 1 and report.index("as it ships") < report.index("## What is measured")

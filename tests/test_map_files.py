@@ -131,6 +131,7 @@ def test_a_page_brings_its_drawn_map_and_asks_the_model_only_for_a_map_not_drawn
         assert again.startswith(f"{j}@") and again != request  # asked anew each time, so a failed drawing can be retried
         drawn = client.predict(again, api_name="/map_over_time")  # what the browser sends: the request, naming the latent
         assert ex.maps.path(j).is_file() and "recorded step" in drawn[3] and drawn[3].startswith(f"Latent {j} on")
+        assert client.predict(j, api_name="/map_over_time")[3] == drawn[3]  # an API caller's latent id works too
         *_, step, x0, final, caption, request = client.predict(j, api_name="/latent_page")
         assert request == unchanged and (step, caption) == (drawn[0], drawn[3])
         assert np.array_equal(pixels(x0), pixels(drawn[1])) and np.array_equal(pixels(final), pixels(drawn[2]))

@@ -8,6 +8,7 @@ to <out>/EVALUATION.md. Each finished run is kept, so an interrupted evaluation 
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -257,6 +258,14 @@ class Evaluation:
         return results
 
 
+def measures_digest() -> str:
+    """A digest of the evaluation's code: a kept result of the shipped bundle is measured again when a measure changes."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def evaluate_shipped(config: EvaluateConfig) -> dict:
     """Every measure of a built bundle as it ships (`measure`), on `shipped_images` fresh captions collected with its own
     model, site and schedule; written at the top of <out>/EVALUATION.md. The result file makes a rerun skip the work."""
@@ -267,7 +276,8 @@ def evaluate_shipped(config: EvaluateConfig) -> dict:
     work, schedule = Path(config.work_dir) / "shipped", bundle.manifest["schedule"]
     measured_by = ("shipped_images", "sigma_latents", "steer_factors", "strengths", "window_strength", "targets_per_factor",
                    "images_per_target", "concept_factors", "concept_captions")
-    settings = {"bundle": bundle.manifest["files"], "config": {name: getattr(config, name) for name in measured_by}}
+    settings = {"bundle": bundle.manifest["files"], "config": {name: getattr(config, name) for name in measured_by},
+                "measures": measures_digest()}
     path = work / "result.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     if done.get("settings") != settings:
