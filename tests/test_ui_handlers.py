@@ -28,7 +28,7 @@ from ui.icons import IconCells
 from ui.image_files import ImageFiles
 from ui.page_files import PageFiles
 from ui.images import overlay, tint, upscale
-from ui.latents import HEADERS, LatentTable, effect_columns, signed_pairs
+from ui.latents import HEADERS, LatentTable, effect_columns
 from ui.state import MAX_ALPHA, ViewState, alpha_from_position, parse_query, position_from_alpha
 from ui.timeline import timelines
 
@@ -155,8 +155,9 @@ def test_a_signed_pair_is_mutual():
     """Latent 0's most opposite is 1, but 1's is 2: no pair; 2 and 1 are each other's: a pair, though only 2 was asked."""
     opposite = {0: (1, -0.95), 1: (2, -0.97), 2: (1, -0.97)}
     bundle = SimpleNamespace(opposite_latents=lambda ids: [opposite[j] for j in ids])
-    assert signed_pairs(bundle, [0]) == {} and signed_pairs(bundle, [2]) == {2: (1, -0.97), 1: (2, -0.97)}
-    assert signed_pairs(SimpleNamespace(opposite_latents=lambda ids: [(1 - j, -0.5) for j in ids]), [0]) == {}  # not opposite enough
+    assert Bundle.signed_pairs(bundle, [0]) == {} and Bundle.signed_pairs(bundle, [2]) == {2: (1, -0.97), 1: (2, -0.97)}
+    not_opposite_enough = SimpleNamespace(opposite_latents=lambda ids: [(1 - j, -0.5) for j in ids])
+    assert Bundle.signed_pairs(not_opposite_enough, [0]) == {}
 
 
 @pytest.mark.parametrize("sort, column, reverse", [("max activation", "max", True), ("purity", "purity", True), ("peak step", "peak", False),

@@ -360,7 +360,7 @@ def build_app(ex: Explorer, pages: PageFiles, model: Callable | None = None) -> 
             drawn = browse.drawn_timeline_view(ex, value)
             if drawn is None:
                 j = outputs[0]
-                return *outputs, None, 0, None, None, f"Drawing latent {j}'s map over time…", f"{j}@{time.time_ns()}"
+                return *outputs, *browse.no_timeline(f"Drawing latent {j}'s map over time…"), f"{j}@{time.time_ns()}"
             return *outputs, *drawn, gr.skip()
 
         timeline_on_model = on_gpu(on_model(browse.timeline_view))

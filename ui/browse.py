@@ -212,11 +212,16 @@ def timeline_outputs(line: Timeline) -> tuple:
 def timeline_view(ex: Explorer, value) -> tuple:
     """Timeline state, slider position (the last step), the two frame images and a caption; a notice without a model."""
     if ex.model_state == "off":
-        return None, 0, None, None, ex.notice
+        return no_timeline(ex.notice)
     j = latent_id(ex, value)
     if ex.table.kinds[j] == "global":
-        return None, 0, None, None, f"Latent {j} is global: one code per image, the same at every position, so it has no map over time."
+        return no_timeline(f"Latent {j} is global: one code per image, the same at every position, so it has no map over time.")
     return timeline_outputs(timeline_files(ex, j))
+
+
+def no_timeline(caption: str) -> tuple:
+    """`timeline_view`'s outputs without a map: no state, the slider at 0, no frames, and `caption` saying why."""
+    return None, 0, None, None, caption
 
 
 def drawn_timeline_view(ex: Explorer, value) -> tuple | None:

@@ -6,7 +6,6 @@ import numpy as np
 
 from backend.errors import ExplorerError
 from backend.serving.atlas import IMAGE_WIDE
-from backend.serving.bundle import SIGNED_PAIR
 from backend.serving.icons import agrees, effect_text
 
 DEFAULT_SORT = "localized, label precision"
@@ -26,7 +25,7 @@ class LatentTable:
     on, peak step (sampler step, relative profile), label text, effect text (what adding it does, read from its icons; empty
     without effect labels), kind (local: per position; image-wide: local but over more than a quarter of each image it
     fires on; global: per image, global_local bundles), and for the latents of signed pairs that hold an image-wide one
-    (Bundle.opposite_latents) the other side and their cosine."""
+    (Bundle.signed_pairs) the other side and their cosine."""
 
     frequency: np.ndarray
     max_activation: np.ndarray
@@ -59,7 +58,9 @@ class LatentTable:
             labels=[f"{label['factor']} {label['value']}" if label.get("factor") else "" for label in bundle.labels],
             **effect_columns(bundle),
             kinds=kinds,
-            signed_pairs=signed_pairs(bundle, [j for j, kind in enumerate(kinds) if kind == "image-wide"]),
+            # only image-wide latents are asked (a dense pair fires on about half of each image; each latent asked costs a
+            # pass over the decoder), so a pair holds at least one; its other side may be local
+            signed_pairs=bundle.signed_pairs([j for j, kind in enumerate(kinds) if kind == "image-wide"]),
         )
 
     def sorted(self, ids: np.ndarray, sort: str) -> np.ndarray:
@@ -95,18 +96,6 @@ class LatentTable:
 def kind_of(image_level: bool, spread: float) -> str:
     """"global" (one code per image), "image-wide" (local, over more than IMAGE_WIDE of each image it fires on) or "local"."""
     return "global" if image_level else "image-wide" if spread > IMAGE_WIDE else "local"
-
-
-def signed_pairs(bundle, ids: list[int]) -> dict[int, tuple[int, float]]:
-    """Of the latents `ids`, those that are one side of a signed pair, with the other side: {latent: (other side, cosine)}
-    for both sides. A pair is mutual: each is the other's most opposite latent, at cosine ≤ SIGNED_PAIR. Only image-wide
-    latents are asked (a dense pair fires on about half of each image; the search costs a pass over the decoder per
-    latent asked), so a pair holds at least one; its other side may be local."""
-    opposite = dict(zip(ids, bundle.opposite_latents(ids)))
-    partners = sorted({other for other, cosine in opposite.values() if cosine <= SIGNED_PAIR} - set(ids))
-    opposite |= dict(zip(partners, bundle.opposite_latents(partners)))
-    return {j: (other, cosine) for j, (other, cosine) in opposite.items()
-            if cosine <= SIGNED_PAIR and opposite.get(other, (None,))[0] == j}
 
 
 def effect_columns(bundle) -> dict[str, list]:

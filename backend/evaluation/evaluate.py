@@ -36,7 +36,7 @@ from backend.evaluation.metrics import factor_codes, most_active_latents, random
 from backend.evaluation.report import write_report, write_shipped_section
 from backend.io import write_json
 from backend.method.encodings import VARIANTS
-from backend.serving.bundle import SIGNED_PAIR, Bundle
+from backend.serving.bundle import Bundle
 from backend.serving.icons import EFFECTS_FILE, ICON_FILE
 from backend.serving.opener import attach_model
 from backend.shapes.classify import load_classifier
@@ -156,7 +156,8 @@ def where_and_when(bundle: Bundle, test: dict[str, torch.Tensor], classifier) ->
     grid = tuple(bundle.manifest["shapes"]["grid"])
     with torch.no_grad():
         codes = bundle.codes(test["traj"]).reshape(len(test["thumbnails"]), grid[0] * grid[1], bundle.n_latents)
-    paired = torch.tensor([cosine <= SIGNED_PAIR for _, cosine in bundle.opposite_latents(list(range(bundle.n_latents)))])
+    paired = torch.zeros(bundle.n_latents, dtype=torch.bool)
+    paired[list(bundle.signed_pairs(range(bundle.n_latents)))] = True
     masks = object_masks(test["thumbnails"], grid)
     located = localization(codes, masks, bundle.labels, bundle.is_global, paired)
     readings = classifier.predict(test["thumbnails"].permute(0, 3, 1, 2).float() / 255)

@@ -31,7 +31,7 @@ def label_group(label: dict) -> str:
 
 def localization(codes: Tensor, masks: Tensor, labels: list[dict], is_global: Tensor, paired: Tensor | None = None) -> dict:
     """Code mass on object positions against chance, per label group and per object factor, and the mass of image-wide
-    latents (with `paired`, bool per latent: also the part of it carried by signed pairs, Bundle.opposite_latents).
+    latents (with `paired`, bool per latent: also the part of it carried by signed pairs, Bundle.signed_pairs).
 
     `codes` Tensor[B, P, n] of B whole images, `masks` Tensor[B, P]. A latent's object share is its
     code mass on object positions over all its mass; chance is the share of positions on the object.

@@ -356,7 +356,8 @@ than half covered; global latents excluded from the spatial measures):
   **colour, shape, size ×chance** the same per object factor.
 - **image-wide mass**: share of all (local) code mass carried by latents that fire on more than a quarter of an image's
   positions, on average over the images where they fire; **in ± pairs**: the part carried by image-wide latents that are
-  one side of a signed pair (decoder directions at cosine ≤ −0.9: one dense direction coded as two nonnegative latents).
+  one side of a signed pair (each the other's most opposite latent, decoder directions at cosine ≤ −0.9: one dense
+  direction coded as two nonnegative latents).
 - **object map IoU**: per object-labelled latent, the IoU of its map (code > 0) with the object on its top atlas images,
   averaged; the median over those latents. *DAAM's rule*: the map binarized at 0.4 of its maximum instead, as DAAM
   binarizes its attribution maps (it reports mIoU 0.59–0.65), so the number reads against the field; **colour, shape,

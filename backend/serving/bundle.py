@@ -439,6 +439,17 @@ class Bundle:
             found += zip(other.tolist(), lowest.tolist())
         return found
 
+    def signed_pairs(self, ids: list[int]) -> dict[int, tuple[int, float]]:
+        """Of the latents `ids`, those that are one side of a signed pair, with the other side: {latent: (other side,
+        cosine)} for both sides, the other side looked up too when it was not asked. A pair is mutual: each is the other's
+        most opposite latent (`opposite_latents`), at cosine ≤ SIGNED_PAIR."""
+        ids = list(ids)
+        opposite = dict(zip(ids, self.opposite_latents(ids)))
+        partners = sorted({other for other, cosine in opposite.values() if cosine <= SIGNED_PAIR} - set(ids))
+        opposite |= dict(zip(partners, self.opposite_latents(partners)))
+        return {j: (other, cosine) for j, (other, cosine) in opposite.items()
+                if cosine <= SIGNED_PAIR and opposite.get(other, (None,))[0] == j}
+
     def similar_images(self, image_id: int, n: int = 10) -> list[tuple[int, float]]:
         """Atlas images whose latent profiles are closest to image_id's, as (image_id, cosine)."""
         image_id, n = self.check_image(image_id), self._check_count(n)
