@@ -38,6 +38,7 @@ from backend.errors import ExplorerError
 from backend.io import atomic_path, write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
 from backend.method.encodings import VARIANTS, TrajectoryEncoding
+from backend.method.dense_part import fit_dense_basis, fold, project_out
 from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, tensor_batches, train_sae
 from backend.serving.atlas import AtlasAccumulator, label_latents
@@ -96,6 +97,8 @@ class BuildConfig:
     ridge: float = option(-1.0, "ridge strength of the dynamics (negative: chosen on held-out positions)")
     n_latents: int = option(1024, "SAE latents")
     k: int = option(32, "active latents per position")
+    dense_directions: int = option(0, "residualized variant: the rows' top principal directions, taken out of the SAE's input and "
+                                      "reconstructed exactly beside it (backend/method/dense_part.py; 0: none)")
     global_latents: int = option(64, "global_local variant: latents of the image-level SAE")
     global_k: int = option(4, "global_local variant: active image-level latents per image")
     global_steps: int = option(2000, "global_local variant: training steps of the image-level SAE (it has one row per image)")
@@ -149,6 +152,10 @@ def parse_command(argv=None) -> tuple[BuildConfig, bool]:
         parser.error("--recorded-steps must be 0 (all) or between 2 and --num-steps: the dynamics need two steps")
     if config.variant == "global_local" and config.positions_per_image:
         parser.error("--variant global_local needs every position of an image (its spatial mean): leave --positions-per-image at 0")
+    if config.dense_directions and config.variant != "residualized":
+        parser.error("--dense-directions applies to the residualized variant only")
+    if config.dense_directions < 0:
+        parser.error("--dense-directions must be 0 (none) or more")
     if not 0 < config.global_k <= config.global_latents:
         parser.error("--global-k must be between 1 and --global-latents")
     try:
@@ -282,13 +289,17 @@ class Build:
         cfg, encoding = self.config, self.encoding()
         train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.sae_seed)
         global_settings = ("global_latents", "global_k", "global_steps") if cfg.variant == "global_local" else ()
-        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "sae_batch_size", "sae_seed", *global_settings)}
+        dense_settings = ("dense_directions",) if cfg.dense_directions else ()
+        self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "sae_batch_size", "sae_seed",
+                                                                 *global_settings, *dense_settings)}
                          | {"lr": train_config.learning_rate(), "decay_share": train_config.decay_share})
         names = shard_names(self.train_dir)
         local_width = encoding.d_in() // encoding.parts  # global_local: the per-position SAE reads the deviations only
+        dense = self.dense_basis(encoding, names)
 
         def local_rows(traj: torch.Tensor) -> torch.Tensor:
-            return encoding.to_rows(traj)[:, :local_width]
+            rows = encoding.to_rows(traj)[:, :local_width]
+            return project_out(rows, *dense) if dense else rows
         batches_in = [-(-shard_info(self.train_dir, name)["rows"] // cfg.sae_batch_size) for name in names]
 
         def shard_order(epoch: int) -> list[int]:
@@ -313,15 +324,17 @@ class Build:
 
         traj = read_shard(self.train_dir, names[0])["traj"].float()  # also the sample the summary's FVU is measured on
         rows = encoding.to_rows(traj)
-        sae, history = train_sae(batches, local_width, train_config, rows[:4096, :local_width], checkpoint=self.work / "sae-train.safetensors",
+        sae, history = train_sae(batches, local_width, train_config, local_rows(traj)[:4096], checkpoint=self.work / "sae-train.safetensors",
                                  device=self.device, progress=self.rank == 0, total_steps=sum(map(steps_in, range(cfg.epochs))))
+        if dense:
+            sae = fold(sae, *dense)
         if cfg.variant == "global_local":
             sae = GlobalLocalSAE(sae, self.train_global(encoding, names))
         if self.rank != 0:
             self.barrier()
             return
         with torch.no_grad():
-            recon = sae.decode(sae.encode(rows))
+            recon, _ = sae.reconstruct(rows)
             fvu = fraction_of_variance_unexplained(encoding.combined(rows), encoding.combined(recon))  # global_local: parts summed
             self.summary["fvu_sae_input"] = round(float(fvu), 4)
             for name, traj_hat in (("rollout", encoding.from_rows(recon)), ("one_step", encoding.one_step_reconstruction(recon, traj))):
@@ -337,6 +350,25 @@ class Build:
             extra={"build": cfg.portable_record() | {"final_fvu": history[-1]["fvu"] if history else None}},
         )
         self.barrier()
+
+    def dense_basis(self, encoding: TrajectoryEncoding, names: list[str], sample_rows: int = 16384) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(basis, center) of the dense directions (`--dense-directions`), fitted by rank 0 on up to `sample_rows` rows
+        drawn evenly from every shard and kept in the work directory, so every rank and a resumed build use the same."""
+        if not self.config.dense_directions:
+            return None
+        path = self.work / "dense-basis.safetensors"
+        if not path.exists() and self.rank == 0:
+            per_shard = -(-sample_rows // len(names))
+            generator = torch.Generator().manual_seed(self.config.sae_seed)
+            sample = []
+            for name in tqdm(names, desc="dense directions", unit="shard"):
+                rows = encoding.to_rows(read_shard(self.train_dir, name)["traj"].float())
+                sample.append(rows[torch.randperm(len(rows), generator=generator)[:per_shard]])
+            basis, center = fit_dense_basis(torch.cat(sample), self.config.dense_directions, self.config.sae_seed)
+            write_safetensors(path, {"basis": basis, "center": center})
+        self.barrier()
+        state = load_file(path)
+        return state["basis"], state["center"]
 
     def train_global(self, encoding: TrajectoryEncoding, names: list[str]):
         """The image-level SAE of the global_local variant, on every image's mean row.

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,19 @@ def _list(text: str, kind=str) -> list:
     return [kind(x.strip()) for x in text.split(",") if x.strip()]
 
 
+DENSE_SUFFIX = "+dense"  # "residualized+dense16": the residualized variant with 16 dense directions (backend/method/dense_part.py)
+
+
+def variant_settings(name: str) -> dict:
+    """The build settings a variant name stands for: an encoding variant, or "residualized+dense<m>"."""
+    if name in VARIANTS:
+        return {"variant": name, "dense_directions": 0}
+    dense = re.fullmatch(rf"residualized{re.escape(DENSE_SUFFIX)}([1-9][0-9]*)", name)
+    if not dense:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}, or residualized{DENSE_SUFFIX}<m> (m ≥ 1)")
+    return {"variant": "residualized", "dense_directions": int(dense[1])}
+
+
 @dataclass
 class EvaluateConfig:
     """The evaluation's settings; each field is a command-line option of the same name."""
@@ -62,7 +76,8 @@ class EvaluateConfig:
     work_dir: str = option("eval.work", "trajectories, SAEs and per-run results; a rerun resumes from them")
     out: str = option("docs", "directory for EVALUATION.md and its plots")
     sites: str = option("up_ft1,up_ft3", "comma-separated UNet sites")
-    variants: str = option(",".join(VARIANTS), "comma-separated SAE input variants")
+    variants: str = option(",".join(VARIANTS), f"comma-separated SAE input variants; residualized{DENSE_SUFFIX}<m> also takes the rows' "
+                                               "top m principal directions out of the SAE's input")
     seeds: str = option("0,1,2", "comma-separated SAE seeds, one SAE per variant and seed")
     train_images: int = option(400, "shapes captions the SAEs train on; also the atlas that labels latents")
     test_images: int = option(64, "other captions, for reconstruction measured on unseen images")
@@ -117,8 +132,10 @@ def parse_config(argv=None) -> EvaluateConfig:
         if site not in SITE_MODULES:
             parser.error(f"unknown site {site!r}; choose from {', '.join(SITE_MODULES)}")
     for variant in _list(config.variants):
-        if variant not in VARIANTS:
-            parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        try:
+            variant_settings(variant)
+        except ValueError as err:
+            parser.error(str(err))
     if config.concept_captions < 2:
         parser.error("--concept-captions must be at least 2: each set needs two images for an interval")
     for factor in _list(config.concept_factors) + _list(config.edit_factors):
@@ -235,7 +252,7 @@ class Evaluation:
             return json.loads(result_path.read_text())
         started = time.time()
         link_shared(shared, run_work)
-        Build(cfg.build_config(site, run_work, variant=variant, sae_seed=seed, stages="train,atlas"), self.model).run()
+        Build(cfg.build_config(site, run_work, **variant_settings(variant), sae_seed=seed, stages="train,atlas"), self.model).run()
         bundle = Bundle.load(run_work / "bundle")
         bundle.attach_model(self.model)
         result = {"site": site, "variant": variant, "seed": seed} | measure(bundle, test, self.classifier, cfg)

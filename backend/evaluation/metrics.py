@@ -34,9 +34,9 @@ def reconstruction(encoding: TrajectoryEncoding, sae: TopKSAE | GlobalLocalSAE, 
     fired = torch.zeros(sae.n_latents, dtype=torch.bool)
     recon = []
     for part in rows.split(chunk):
-        codes = sae.encode(part)
+        part_hat, codes = sae.reconstruct(part)
         fired |= (codes > 0).any(0)
-        recon.append(sae.decode(codes))
+        recon.append(part_hat)
     rows_hat = torch.cat(recon)
     traj_hat = encoding.from_rows(rows_hat)
     dynamics = encoding.dynamics

@@ -38,6 +38,7 @@ class GlobalLocalSAE(nn.Module):
         self.n_local = local.n_latents
         self.n_latents = local.n_latents + image.n_latents
         self.k = local.k + image.k
+        self.dense_directions = 0  # dense directions are the residualized variant's (backend/method/dense_part.py)
 
     @property
     def W_enc(self) -> Tensor:
@@ -72,6 +73,11 @@ class GlobalLocalSAE(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         return torch.cat([self.local.decode(codes[..., : self.n_local]), self.image.decode(codes[..., self.n_local :])], dim=-1)
+
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂, codes), as TopKSAE.reconstruct."""
+        codes = self.encode(x)
+        return self.decode(codes), codes
 
     def is_global(self) -> Tensor:
         """Bool Tensor[n_latents]: which latents are image-level."""

@@ -376,8 +376,11 @@ class Generator:
         if where == "fired":
             fired = run.codes[:, list((source or target).latents)] > 0
             return where, fired.any(1).float()
+        sae = self.bundle.sae
         with torch.no_grad():
-            decoded = self.bundle.sae.decode(run.codes)
+            decoded = sae.decode(run.codes)
+            if sae.dense_directions:  # what the codes leave to the dense directions (backend/method/dense_part.py)
+                decoded = decoded + sae.dense_part(self.bundle.encoding.to_rows(run.traj))
         if where == "object":
             return where, object_positions(decoded).float()
         return where, (~object_positions(decoded, HALO_SPREAD)).float()

@@ -49,6 +49,7 @@ class SAEShape(Strict):
     d_in: Count
     n_latents: Count
     k: Count
+    dense_directions: Annotated[int, Field(ge=0)] = 0  # backend/method/dense_part.py
 
 
 class SAEInfo(SAEShape):
@@ -95,6 +96,8 @@ class Manifest(Strict):
         for name, sae in (("sae", self.sae), ("sae.global", self.sae.image_level)):
             if sae is not None and sae.k > sae.n_latents:
                 raise ValueError(f"{name}.k={sae.k} exceeds {name}.n_latents={sae.n_latents}")
+            if sae is not None and sae.dense_directions >= sae.d_in:
+                raise ValueError(f"{name}.dense_directions={sae.dense_directions} must be below {name}.d_in={sae.d_in}")
         if (self.variant == "global_local") != (self.sae.image_level is not None):
             raise ValueError("sae.global is there exactly when the variant is global_local")
         if self.sae.image_level is not None and (self.sae.image_level.d_in != self.sae.d_in or self.format_version < 2):
