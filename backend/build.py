@@ -364,7 +364,10 @@ class Build:
             for name in tqdm(names, desc="dense directions", unit="shard"):
                 rows = encoding.to_rows(read_shard(self.train_dir, name)["traj"].float())
                 sample.append(rows[torch.randperm(len(rows), generator=generator)[:per_shard]])
-            basis, center = fit_dense_basis(torch.cat(sample), self.config.dense_directions, self.config.sae_seed)
+            try:
+                basis, center = fit_dense_basis(torch.cat(sample), self.config.dense_directions, self.config.sae_seed)
+            except ValueError as err:
+                raise ExplorerError(f"--dense-directions {self.config.dense_directions}: {err}") from None
             write_safetensors(path, {"basis": basis, "center": center})
         self.barrier()
         state = load_file(path)

@@ -148,6 +148,12 @@ def test_a_build_with_dense_directions_ships_a_folded_sae(tmp_path):
         assert resolved == where and torch.equal(found, (inside if where == "object" else ~inside).float())
 
 
+def test_more_dense_directions_than_the_rows_are_wide_are_refused_before_training(tmp_path):
+    with pytest.raises(ExplorerError, match="--dense-directions 4000: dense directions must be in"):
+        Build(config(tmp_path, dense_directions=4000), model=tiny_model()).run()
+    assert not (tmp_path / "bundle.work" / "sae-train.safetensors").exists()
+
+
 def test_dense_directions_are_refused_for_other_variants_and_below_zero():
     base = ["--model", "m", "--out", "o"]
     with pytest.raises(SystemExit):
