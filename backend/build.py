@@ -290,6 +290,8 @@ class Build:
         train_config = SAETrainConfig(n_latents=cfg.n_latents, k=cfg.k, lr=cfg.lr or None, epochs=cfg.epochs, seed=cfg.sae_seed)
         global_settings = ("global_latents", "global_k", "global_steps") if cfg.variant == "global_local" else ()
         dense_settings = ("dense_directions",) if cfg.dense_directions else ()
+        if cfg.dense_directions >= encoding.d_in():
+            raise ExplorerError(f"--dense-directions {cfg.dense_directions} must be below the SAE input's width, {encoding.d_in()}.")
         self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "sae_batch_size", "sae_seed",
                                                                  *global_settings, *dense_settings)}
                          | {"lr": train_config.learning_rate(), "decay_share": train_config.decay_share})

@@ -15,6 +15,7 @@ from backend.errors import ExplorerError
 from backend.evaluation.evaluate import variant_settings
 from backend.method.dense_part import fit_dense_basis, fold, project_out
 from backend.method.sae import TopKSAE
+from backend.method.sae_train import SAETrainConfig, SAETrainer
 from backend.serving.bundle import Bundle
 from backend.serving.concepts import Concept
 from backend.serving.edits import HALO_SPREAD, OBJECT_SPREAD, object_positions
@@ -142,16 +143,29 @@ def test_a_build_with_dense_directions_ships_a_folded_sae(tmp_path):
     with torch.no_grad():
         whole, _ = sae.reconstruct(bundle.encoding.to_rows(run.traj))
     concept = Concept("typed", (0,), (1.0,))
+    sparse_only = sae.decode(run.codes)
     for where, spread in (("object", OBJECT_SPREAD), ("background", HALO_SPREAD)):
         inside = object_positions(whole, spread)
         resolved, found = bundle.generator._edit_positions(run, where, concept, None)
         assert resolved == where and torch.equal(found, (inside if where == "object" else ~inside).float())
+    assert not torch.equal(object_positions(sparse_only), object_positions(whole))  # the dense part changes where the object is read
+
+    latents = [0, 5, 31]  # the map's last frame codes the whole trajectory, as the folded encoder does
+    frames = bundle.maps_over_time(run.traj, latents)
+    assert torch.allclose(frames[:, -1].flatten(1), run.codes[:, latents].T, atol=1e-5)
+
+
+def test_the_trainer_refuses_an_sae_that_already_has_dense_directions():
+    with pytest.raises(ValueError, match="trained on projected rows, then folded"):
+        SAETrainer(TopKSAE(16, 32, 4, dense_directions=2), SAETrainConfig())
 
 
 def test_more_dense_directions_than_the_rows_are_wide_are_refused_before_training(tmp_path):
-    with pytest.raises(ExplorerError, match="--dense-directions 4000: dense directions must be in"):
+    with pytest.raises(ExplorerError, match="--dense-directions 4000 must be below the SAE input's width"):
         Build(config(tmp_path, dense_directions=4000), model=tiny_model()).run()
-    assert not (tmp_path / "bundle.work" / "sae-train.safetensors").exists()
+    assert not (tmp_path / "bundle.work" / "train.settings.json").exists()  # a corrected rerun in the same work directory goes ahead
+    Build(config(tmp_path, dense_directions=2, stages="train"), model=tiny_model()).run()
+    assert Bundle.load(tmp_path / "bundle").sae.dense_directions == 2
 
 
 def test_dense_directions_are_refused_for_other_variants_and_below_zero():

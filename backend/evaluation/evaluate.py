@@ -308,7 +308,10 @@ def evaluate_shipped(config: EvaluateConfig) -> dict:
         result = measure(bundle, test_trajectories(work / "test" / "collect"), load_classifier(), config)
         done = {"settings": settings, "result": result | {"seconds": round(time.time() - started, 1)}}
         write_json(path, done)
-    write_shipped_section(done["result"], config.bundle, config.shipped_images, SHIPPED_SEED, config.window_strength,
+    sae = bundle.manifest["sae"]
+    dense = f", {sae['dense_directions']} dense directions" if sae.get("dense_directions") else ""
+    write_shipped_section(done["result"], config.bundle, f"{sae['n_latents']} latents, k = {sae['k']}{dense}", config.shipped_images,
+                          SHIPPED_SEED, config.window_strength,
                           config.command(), cpu_device(), Path(config.out) / "EVALUATION.md")
     return done["result"]
 

@@ -435,8 +435,8 @@ def _goal_verdict(name: str, value: float) -> str:
     return f"{sign} {goal:g}: **{'met' if test(value, goal) else 'missed'}**"
 
 
-def write_shipped_section(result: dict, bundle: str, images: int, first_seed: int, strength: float, command: str, device: str,
-                          path: Path) -> None:
+def write_shipped_section(result: dict, bundle: str, sae: str, images: int, first_seed: int, strength: float, command: str,
+                          device: str, path: Path) -> None:
     """Put the shipped bundle's table at the top of EVALUATION.md (between SHIPPED_START and SHIPPED_END), keeping the rest;
     steering rows at α = `strength`, whole schedule."""
     rows = [[name, "—" if math.isnan(value) else f"{value:.3f}", _goal_verdict(name, value)]
@@ -445,7 +445,7 @@ def write_shipped_section(result: dict, bundle: str, images: int, first_seed: in
     section = f"""{SHIPPED_START}
 ## The shipped bundle, as it ships
 
-`{bundle}` measured by `{command}` on {device}: the same measures as the variant comparison below, on this bundle's SAE,
+`{bundle}` (its SAE: {sae}) measured by `{command}` on {device}: the same measures as the variant comparison below, on this bundle's SAE,
 atlas and labels, with reconstruction and localization on {images} fresh captions (seeds from {first_seed_text}, far from the
 atlas, training, test and edit seeds) and steering on the bundle's own atlas images. One bundle: no spread over seeds.
 Goals are issue 26's.

@@ -126,7 +126,9 @@ class TrajectoryEncoding:
         variant: "the rest follows the linear dynamics"). The encoder is linear, so step t only
         adds block t's contribution to a running sum: all steps together cost one full encoding.
         `weights` are the latents' encoder rows Tensor[L, d_in], `bias` is b_enc − W_enc·b_pre for
-        them. For the per_step variant each step's own pre-activation is given.
+        them. For the per_step variant each step's own pre-activation is given. With dense directions
+        (backend/method/dense_part.py) the encoder ignores them, so a frame codes the prefix with its
+        part along them removed.
         """
         if self.variant == "per_step":
             blocks, step_weights = self.to_rows(traj).reshape(-1, self.steps, self.dim), weights

@@ -82,6 +82,8 @@ class SAETrainer:
     """Owns the optimizer and the dead-latent bookkeeping for one TopKSAE."""
 
     def __init__(self, sae: TopKSAE, config: SAETrainConfig, total_steps: int | None = None):
+        if sae.dense_directions:
+            raise ValueError("an SAE with dense directions is trained on projected rows, then folded (backend/method/dense_part.py)")
         self.sae, self.config, self.total_steps = sae, config, total_steps
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), eps=6.25e-10, fused=True)  # one pass per tensor
         self.aux_k = config.aux_k or min(sae.d_in // 2, sae.n_latents // 2)

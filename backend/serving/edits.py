@@ -29,6 +29,7 @@ WHERE = ("auto", "object", "background", "all", "fired")
 PLACES = {"object": "on the object", "background": "on the background", "all": "everywhere", "fired": "where the concept fired"}
 
 
+# measured on the demo bundle shipped before dense directions (its decoded rows), not yet on the one shipped now
 OBJECT_SPREAD = 1.5  # an object edit's positions: distance above mean + 1.5 std (its core: 0.79 of its cells, precision 0.55)
 HALO_SPREAD = 1.0  # a background edit leaves out the object with its halo: mean + 1 std finds 0.94 of its cells
 
