@@ -69,11 +69,17 @@ def test_a_basis_as_wide_as_the_rows_or_empty_is_refused(directions):
         fit_dense_basis(rows_with_spectrum(), directions)
 
 
-def test_the_folded_sae_codes_raw_rows_as_the_trained_one_codes_projected_rows():
+@pytest.fixture
+def folded_case():
+    """(rows, basis, center, the SAE as trained, the same folded): a random SAE stands in for a trained one."""
     rows = rows_with_spectrum()
     basis, center = fit_dense_basis(rows, 4)
     trained = random_sae(rows.shape[1])
-    folded = fold(trained, basis, center)
+    return rows, basis, center, trained, fold(trained, basis, center)
+
+
+def test_the_folded_sae_codes_raw_rows_as_the_trained_one_codes_projected_rows(folded_case):
+    rows, basis, center, trained, folded = folded_case
     with torch.no_grad():
         expected = trained.encode(project_out(rows, basis, center))
         codes = folded.encode(rows)
@@ -82,11 +88,8 @@ def test_the_folded_sae_codes_raw_rows_as_the_trained_one_codes_projected_rows()
         assert (folded.W_enc @ basis.T).abs().max() < 1e-4 and (basis @ folded.W_dec).abs().max() < 1e-4
 
 
-def test_the_dense_part_is_reconstructed_exactly_and_the_sparse_part_within_its_subspace():
-    rows = rows_with_spectrum()
-    basis, center = fit_dense_basis(rows, 4)
-    trained = random_sae(rows.shape[1])
-    folded = fold(trained, basis, center)
+def test_the_dense_part_is_reconstructed_exactly_and_the_sparse_part_within_its_subspace(folded_case):
+    rows, basis, center, trained, folded = folded_case
     with torch.no_grad():
         x_hat, codes = folded.reconstruct(rows)
         projector = basis.T @ basis
