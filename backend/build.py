@@ -299,8 +299,9 @@ class Build:
         local_width = encoding.d_in() // encoding.parts  # global_local: the per-position SAE reads the deviations only
         dense = self.dense_basis(encoding, names)
 
-        def local_rows(traj: torch.Tensor) -> torch.Tensor:
-            rows = encoding.to_rows(traj)[:, :local_width]
+        def local(rows: torch.Tensor) -> torch.Tensor:
+            """What the per-position SAE trains on, from encoded rows."""
+            rows = rows[:, :local_width]
             return project_out(rows, *dense) if dense else rows
         batches_in = [-(-shard_info(self.train_dir, name)["rows"] // cfg.sae_batch_size) for name in names]
 
@@ -319,14 +320,14 @@ class Build:
 
             def rows():
                 for i in order[self.rank :: self.world_size]:
-                    shard_rows = local_rows(read_shard(self.train_dir, names[i])["traj"].float())
+                    shard_rows = local(encoding.to_rows(read_shard(self.train_dir, names[i])["traj"].float()))
                     yield from shard_rows[torch.randperm(len(shard_rows), generator=generator)].split(cfg.sae_batch_size)
 
             return itertools.islice(rows(), steps)
 
         traj = read_shard(self.train_dir, names[0])["traj"].float()  # also the sample the summary's FVU is measured on
         rows = encoding.to_rows(traj)
-        sae, history = train_sae(batches, local_width, train_config, local_rows(traj)[:4096], checkpoint=self.work / "sae-train.safetensors",
+        sae, history = train_sae(batches, local_width, train_config, local(rows[:4096]), checkpoint=self.work / "sae-train.safetensors",
                                  device=self.device, progress=self.rank == 0, total_steps=sum(map(steps_in, range(cfg.epochs))))
         if dense:
             sae = fold(sae, *dense)

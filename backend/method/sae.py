@@ -70,7 +70,8 @@ class TopKSAE(nn.Module):
         """(x̂, codes, pre-activations); the trainer needs all three."""
         pre = self.pre_activations(x)
         codes = topk_codes(pre, self.k)
-        return self.decode(codes) + self.dense_part(x), codes, pre
+        x_hat = self.decode(codes)
+        return (x_hat + self.dense_part(x) if self.dense_directions else x_hat), codes, pre
 
     def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(x̂, codes): the reconstruction of rows `x`, with the dense part, and their codes."""
