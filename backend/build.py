@@ -104,7 +104,7 @@ class BuildConfig:
     global_steps: int = option(2000, "global_local variant: training steps of the image-level SAE (it has one row per image)")
     epochs: int = option(2, "passes over the trajectories")
     sae_batch_size: int = option(1024, "rows per SAE step")
-    lr: float = option(0.0, "SAE learning rate (0: scaled from the number of latents)")
+    lr: float = option(0.0, "SAE peak learning rate (0: scaled from the number of latents and the row width)")
     sae_seed: int = option(0, "seed of the SAE's initialization and data order")
     top_n: int = option(16, "top images and patches kept per latent")
     icon_prompt: str = option("", "feature icons: the neutral prompt every latent is steered into (empty: the unconditional image)")
@@ -292,11 +292,11 @@ class Build:
         dense_settings = ("dense_directions",) if cfg.dense_directions else ()
         if cfg.dense_directions >= encoding.d_in():
             raise ExplorerError(f"--dense-directions {cfg.dense_directions} must be below the SAE input's width, {encoding.d_in()}.")
+        local_width = encoding.d_in() // encoding.parts  # global_local: the per-position SAE reads the deviations only
         self.check_stage("train", {k: getattr(cfg, k) for k in ("variant", "n_latents", "k", "sae_batch_size", "sae_seed",
                                                                  *global_settings, *dense_settings)}
-                         | {"lr": train_config.learning_rate(), "decay_share": train_config.decay_share})
+                         | {"lr": train_config.learning_rate(local_width), "decay_share": train_config.decay_share})
         names = shard_names(self.train_dir)
-        local_width = encoding.d_in() // encoding.parts  # global_local: the per-position SAE reads the deviations only
         dense = self.dense_basis(encoding, names)
 
         def local(rows: torch.Tensor) -> torch.Tensor:

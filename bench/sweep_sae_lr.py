@@ -1,10 +1,11 @@
 """SAE trainer: peak learning rate x schedule sweep, beside EleutherAI sparsify's SparseCoder at its defaults.
 
 One run trains, on the same batches, our trainer (backend/method/sae_train.py: Adam, 100 warm-up
-steps, AuxK) at multiples of the current rule's peak lr (lr_base 2e-4 at 16384 latents, scaled by
-1/sqrt(n_latents/16384)), and with --width-constants at a candidate rule scaled by 1/sqrt(d_in) as
-well (peak lr = c / sqrt(n_latents/16384) / sqrt(d_in): Adam moves each of a decoder column's
-d_in entries by about lr, so the column moves by about lr * sqrt(d_in) per step), with
+steps, AuxK) at multiples of the default peak lr (SAETrainConfig.learning_rate: lr_base 2e-4 at
+16384 latents and d_in 2560, scaled by 1/sqrt(n_latents/16384) and by 2560/d_in), and with
+--width-constants at a candidate rule with another power of d_in (peak lr = c / sqrt(n_latents/16384)
+/ d_in**p, --width-exponent p, 0.5 unless given: Adam moves each of a decoder column's d_in entries
+by about lr, so at p 0.5 the column moves alike at any width), with
 decay_share 0 (constant after warm-up) and 0.2 (the last 20 % of
 the steps decay linearly to 0), and sparsify's own training loop (SignSGD wrapped by
 schedule-free with momentum 0.95, lr 5e-3/sqrt(n_latents/16384), b_dec = mean of the first
@@ -179,9 +180,9 @@ def steps_per_epoch(data: Dataset, batch: int) -> int:
     return math.ceil(len(data.train) / batch)
 
 
-def width_rule_lr(constant: float, n_latents: int, d_in: int) -> float:
-    """The candidate rule: peak lr = constant / sqrt(n_latents / 16384) / sqrt(d_in), so a decoder column moves alike at any width."""
-    return SAETrainConfig(n_latents=n_latents, lr_base=constant).learning_rate() / d_in**0.5
+def width_rule_lr(constant: float, n_latents: int, d_in: int, exponent: float) -> float:
+    """A candidate rule: peak lr = constant / sqrt(n_latents / 16384) / d_in**exponent."""
+    return constant / (n_latents / 16384) ** 0.5 / d_in**exponent
 
 
 def run_ours(data: Dataset, lr: float, decay_share: float, aux: "AuxSetting", seed: int, batch: int, device: torch.device) -> Result:
@@ -289,8 +290,9 @@ def label(multiplier: float, decay_share: float, aux: AuxSetting) -> str:
     return f"ours x{multiplier:g}, decay {decay_share:g}{aux}"
 
 
-def width_label(constant: float, decay_share: float, aux: AuxSetting) -> str:
-    return f"ours width rule c {constant:g}, decay {decay_share:g}{aux}"
+def width_label(constant: float, exponent: float, decay_share: float, aux: AuxSetting) -> str:
+    power = "" if exponent == 0.5 else f" / d_in^{exponent:g}"
+    return f"ours width rule c {constant:g}{power}, decay {decay_share:g}{aux}"
 
 
 def report(data: Dataset, results: dict[str, list[Result]], peak_lr: dict[str, float]) -> None:
@@ -323,10 +325,10 @@ def report(data: Dataset, results: dict[str, list[Result]], peak_lr: dict[str, f
 
 
 def sweep(data: Dataset, args: argparse.Namespace, device: torch.device, with_sparsify: bool, started: float) -> None:
-    base_lr = SAETrainConfig(n_latents=data.n_latents).learning_rate()
+    base_lr = SAETrainConfig(n_latents=data.n_latents).learning_rate(data.train.shape[1])
     auxes = [AuxSetting(coef, dead_after) for coef in args.aux_coefs for dead_after in args.dead_after]
     configs = [(label(m, s, a), m * base_lr, s, a) for m in data.multipliers for s in args.decay_shares for a in auxes]
-    configs += [(width_label(c, s, a), width_rule_lr(c, data.n_latents, data.train.shape[1]), s, a)
+    configs += [(width_label(c, args.width_exponent, s, a), width_rule_lr(c, data.n_latents, data.train.shape[1], args.width_exponent), s, a)
                 for c in args.width_constants for s in args.decay_shares for a in auxes]
     peak_lr = {name: lr for name, lr, _, _ in configs}
     if with_sparsify:
@@ -352,11 +354,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="planted,demo", help="comma-separated: planted, demo")
     parser.add_argument("--multipliers", type=float, nargs="*", default=[1, 4, 8, 16, 32],
-                        help="peak lr as multiples of the current rule (lr_base 2e-4 at 16384 latents)")
+                        help="peak lr as multiples of the default (SAETrainConfig.learning_rate)")
     parser.add_argument("--demo-multipliers", type=float, nargs="*", default=[1, 4, 16],
                         help="the demo's grid (smaller: a demo step costs 6x a planted one)")
     parser.add_argument("--width-constants", type=float, nargs="*", default=[],
-                        help="also the width rule: peak lr = c / sqrt(n_latents / 16384) / sqrt(d_in), for each c")
+                        help="also the width rule: peak lr = c / sqrt(n_latents / 16384) / d_in**exponent, for each c")
+    parser.add_argument("--width-exponent", type=float, default=0.5, help="the width rule's power of d_in")
     parser.add_argument("--decay-shares", type=float, nargs="+", default=[0.0, 0.2])
     parser.add_argument("--aux-coefs", type=float, nargs="+", default=[SAETrainConfig.aux_coef], help="AuxK loss coefficients")
     parser.add_argument("--dead-after", type=int, nargs="+", default=[SAETrainConfig.dead_after_tokens],

@@ -11,6 +11,7 @@ from backend.method.dynamics import LinearDynamics
 from backend.method.encodings import TrajectoryEncoding
 from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae import TopKSAE
+from backend.method.sae_train import SAETrainConfig
 from backend.serving.bundle import Bundle
 from tests.test_build import config, model  # noqa: F401  (the tiny model fixture)
 from tests.test_dynamics import linear_trajectories
@@ -113,6 +114,14 @@ def test_a_global_local_build_serves_both_kinds(built):
     assert torch.equal(global_codes, global_codes[:1].expand_as(global_codes))
     maps = bundle.maps_over_time(traj, list(range(bundle.n_latents)), codes)
     assert torch.equal(maps[:, -1].flatten(1).T, codes)  # the last frame is the code
+
+
+def test_the_train_stage_records_the_rate_for_the_width_the_per_position_sae_reads(built):
+    tmp_path, _ = built
+    sae = Bundle.load(tmp_path / "bundle").sae
+    rate = SAETrainConfig(n_latents=sae.local.n_latents).learning_rate
+    settings = json.loads((tmp_path / "bundle.work" / "train.settings.json").read_text())
+    assert settings["lr"] == rate(sae.local.d_in) != rate(sae.d_in)  # the deviations only: half the encoded row
 
 
 def test_global_local_needs_every_position(capsys):

@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backend.errors import ExplorerError
 from backend.method.sae import TopKSAE, topk_codes
@@ -105,11 +107,35 @@ def test_training_resumed_from_a_checkpoint_file_equals_uninterrupted_training(t
 
 def test_learning_rate_warms_up_holds_and_decays_linearly_to_zero():
     cfg = SAETrainConfig(n_latents=4096, lr_base=1e-3, warmup_steps=10, decay_share=0.2)
-    peak = 1e-3 / (4096 / 16384) ** 0.5
-    assert cfg.learning_rate() == pytest.approx(peak)
-    assert cfg.learning_rate_at(0, 100) == pytest.approx(peak / 10)
-    assert cfg.learning_rate_at(50, 100) == pytest.approx(peak)
-    assert cfg.learning_rate_at(90, 100) == pytest.approx(peak * 10 / 20)  # halfway through the last 20 steps
-    assert cfg.learning_rate_at(99, 100) == pytest.approx(peak / 20)
-    assert cfg.learning_rate_at(99) == pytest.approx(peak)  # no decay without a known length
-    assert SAETrainConfig(n_latents=4096, lr=5e-3, decay_share=0.0).learning_rate_at(99, 100) == pytest.approx(5e-3)  # constant
+    peak = 1e-3 / (4096 / 16384) ** 0.5 * 2560 / 640
+    assert cfg.learning_rate(640) == pytest.approx(peak)
+    assert cfg.learning_rate_at(0, 640, 100) == pytest.approx(peak / 10)
+    assert cfg.learning_rate_at(50, 640, 100) == pytest.approx(peak)
+    assert cfg.learning_rate_at(90, 640, 100) == pytest.approx(peak * 10 / 20)  # halfway through the last 20 steps
+    assert cfg.learning_rate_at(99, 640, 100) == pytest.approx(peak / 20)
+    assert cfg.learning_rate_at(99, 640) == pytest.approx(peak)  # no decay without a known length
+    assert SAETrainConfig(n_latents=4096, lr=5e-3, decay_share=0.0).learning_rate_at(99, 640, 100) == pytest.approx(5e-3)  # constant
+
+
+def test_default_learning_rate_is_anchored_at_the_demo_width():
+    assert SAETrainConfig(n_latents=16384).learning_rate(2560) == pytest.approx(2e-4)
+    assert SAETrainConfig(n_latents=1024).learning_rate(2560) == 8e-4  # the demo's rate, bit for bit (its bundle is unchanged)
+
+
+@given(latents=st.integers(1, 2**20), width=st.integers(1, 2**17))
+def test_default_learning_rate_falls_as_one_over_sqrt_latents_and_one_over_width(latents, width):
+    """Doubling the width halves the rate, and so does 4x the latents."""
+    rate = SAETrainConfig(n_latents=latents).learning_rate
+    assert rate(2 * width) == pytest.approx(rate(width) / 2)
+    assert SAETrainConfig(n_latents=4 * latents).learning_rate(width) == pytest.approx(rate(width) / 2)
+    assert SAETrainConfig(n_latents=latents, lr=3e-3).learning_rate(width) == 3e-3  # an explicit rate is kept
+
+
+def test_trainer_steps_at_the_rate_for_its_sae_width():
+    """Two SAEs alike but for their input width train at rates in the inverse ratio of their widths."""
+    rates = {}
+    for width in (32, 128):
+        trainer = SAETrainer(TopKSAE(width, 64, 4), SAETrainConfig(n_latents=64, k=4, warmup_steps=1))
+        rates[width] = trainer.step(torch.randn(16, width))["lr"]
+    assert rates[32] == pytest.approx(4 * rates[128])
+    assert rates[128] == pytest.approx(2e-4 * (16384 / 64) ** 0.5 * 2560 / 128)

@@ -365,7 +365,7 @@ def test_an_edit_shows_base_edited_and_the_edited_positions(ex):
     assert np.array_equal(np.asarray(base), np.asarray(upscale(direct.base)))
     assert np.array_equal(np.asarray(positions), np.asarray(tint(direct.base, info.positions)))  # the same positions, drawn
     assert automatic and info.automatic and strength == info.strength in LADDER
-    assert caption.startswith("**colour=green → colour=red** (") and " swapped for 3)" in caption
+    assert caption.startswith("**colour=green → colour=red** (") and f" swapped for {len(ex.bundle.concept('colour=red').latents)})" in caption
     assert f"{int(info.positions.sum())} of 64 positions" in caption and "(auto)" in caption
     assert made == {"edit_target": "colour=red", "edit_source": "colour=green", "edit_where": "auto", "edit_strength": None}
 

@@ -18,14 +18,17 @@ from backend.method.sae_kernels import decode_selected, encode_selected
 log = logging.getLogger(__name__)
 
 
+LR_REFERENCE_WIDTH = 2560  # the demo's row width (20 steps × 128 channels), where lr_base was checked
+
+
 @dataclass
 class SAETrainConfig:
     """Hyperparameters of one SAE training run."""
 
     n_latents: int = 1024
     k: int = 32
-    lr: float | None = None  # None: lr_base scaled by 1/sqrt(n_latents / 16384), as in Gao et al.
-    lr_base: float = 2e-4  # at 16384 latents (Gao et al.); higher rates killed up to half the latents on real rows (bench/sweep_sae_lr.py)
+    lr: float | None = None  # None: lr_base scaled to the SAE's shape (learning_rate)
+    lr_base: float = 2e-4  # at 16384 latents (Gao et al.) and LR_REFERENCE_WIDTH input dims
     epochs: int = 1
     warmup_steps: int = 100
     decay_share: float = 0.2  # the last this share of all steps decays the learning rate linearly to 0 (needs total_steps)
@@ -35,17 +38,25 @@ class SAETrainConfig:
     seed: int = 0
     fast: bool = True  # sparse backward and decode (backend/method/sae_kernels.py); False: the dense reference
 
-    def learning_rate(self) -> float:
-        """The peak learning rate."""
-        return self.lr if self.lr is not None else self.lr_base / (self.n_latents / 16384) ** 0.5
+    def learning_rate(self, d_in: int) -> float:
+        """The peak learning rate for rows of width d_in: lr_base · √(16384 / n_latents) (Gao et al.) · LR_REFERENCE_WIDTH / d_in.
 
-    def learning_rate_at(self, step: int, total_steps: int | None = None) -> float:
+        The 1/d_in factor comes from bench/sweep_sae_lr.py: the best rate on planted data falls 4 to 9
+        times from d_in 256 to 2560, and a rule anchored at the demo's rate (the one with the fewest dead
+        latents on its real rows) reaches planted data's best at 256 only with the full power
+        (docs/BENCHMARKS.md).
+        """
+        if self.lr is not None:
+            return self.lr
+        return self.lr_base / (self.n_latents / 16384) ** 0.5 * (LR_REFERENCE_WIDTH / d_in)
+
+    def learning_rate_at(self, step: int, d_in: int, total_steps: int | None = None) -> float:
         """Linear warm-up to the peak, then constant, then (with `total_steps`) a linear decay over the last `decay_share`."""
         factor = min(1.0, (step + 1) / max(1, self.warmup_steps))
         if total_steps and self.decay_share > 0:
             decay_steps = max(1, round(self.decay_share * total_steps))
             factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
-        return self.learning_rate() * factor
+        return self.learning_rate(d_in) * factor
 
 
 def distributed() -> bool:
@@ -85,7 +96,7 @@ class SAETrainer:
         if sae.dense_directions:
             raise ValueError("an SAE with dense directions is trained on projected rows, then folded (backend/method/dense_part.py)")
         self.sae, self.config, self.total_steps = sae, config, total_steps
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), eps=6.25e-10, fused=True)  # one pass per tensor
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(sae.d_in), eps=6.25e-10, fused=True)  # one pass per tensor
         self.aux_k = config.aux_k or min(sae.d_in // 2, sae.n_latents // 2)
         self.rows_since_fired = torch.zeros(sae.n_latents, dtype=torch.long)
         self.steps = 0
@@ -126,7 +137,7 @@ class SAETrainer:
     def step(self, x: Tensor) -> dict[str, float]:
         """One optimizer step on a batch Tensor[B, d_in]; returns its metrics."""
         sae, cfg = self.sae, self.config
-        lr = cfg.learning_rate_at(self.steps, self.total_steps)
+        lr = cfg.learning_rate_at(self.steps, sae.d_in, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead = self.dead_latents().to(x.device)
