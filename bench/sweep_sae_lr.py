@@ -36,7 +36,7 @@ training step up to 10x slower.
 
 Usage: python -m bench.sweep_sae_lr [--datasets planted,demo] [--planted-rows 250000] [--planted-epochs 3]
        [--demo-images 240] [--demo-heldout-images 40] [--demo-epochs 5] [--multipliers 1 4 8 16 32]
-       [--demo-multipliers 1 4 16] [--width-constants 0.01 0.02] [--decay-shares 0 0.2] [--seeds 3] [--work-dir /tmp/sweep-sae-lr]
+       [--demo-multipliers 1 4 16] [--width-constants 0.01 0.02] [--width-exponent 0.5] [--decay-shares 0 0.2] [--seeds 3] [--work-dir /tmp/sweep-sae-lr]
        [--aux-coefs 0.03125 0.125] [--dead-after 200000 50000]
 Every config runs at every AuxK setting (coefficient x dead threshold; the trainer's defaults alone unless given);
 an empty --multipliers or --demo-multipliers runs only the width rule's constants.
