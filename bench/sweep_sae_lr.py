@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 from backend.diffusion.collect import read_shards  # noqa: E402
 from backend.method.dynamics import LinearDynamics  # noqa: E402
 from backend.method.encodings import TrajectoryEncoding  # noqa: E402
-from backend.method.sae_train import SAETrainConfig, fraction_of_variance_unexplained, tensor_batches, train_sae  # noqa: E402
+from backend.method.sae_train import LR_REFERENCE_WIDTH, SAETrainConfig, fraction_of_variance_unexplained, tensor_batches, train_sae  # noqa: E402
 from bench.common import device_name  # noqa: E402
 
 SPARSIFY = "sparsify defaults"
@@ -181,8 +181,8 @@ def steps_per_epoch(data: Dataset, batch: int) -> int:
 
 
 def width_rule_lr(constant: float, n_latents: int, d_in: int, exponent: float) -> float:
-    """A candidate rule: peak lr = constant / sqrt(n_latents / 16384) / d_in**exponent."""
-    return constant / (n_latents / 16384) ** 0.5 / d_in**exponent
+    """A candidate rule: peak lr = constant / sqrt(n_latents / 16384) / d_in**exponent (the default's latent scaling, another width's)."""
+    return SAETrainConfig(n_latents=n_latents, lr_base=constant).learning_rate(LR_REFERENCE_WIDTH) / d_in**exponent
 
 
 def run_ours(data: Dataset, lr: float, decay_share: float, aux: "AuxSetting", seed: int, batch: int, device: torch.device) -> Result:
