@@ -37,7 +37,7 @@ from backend.diffusion.sampler import check_prompts
 from backend.errors import ExplorerError
 from backend.io import atomic_path, write_json, write_safetensors
 from backend.method.dynamics import DynamicsAccumulator, LinearDynamics
-from backend.method.encodings import VARIANTS, TrajectoryEncoding
+from backend.method.encodings import DENSE_VARIANTS, VARIANTS, TrajectoryEncoding
 from backend.method.dense_part import fit_dense_basis, fold, project_out
 from backend.method.global_local import GlobalLocalSAE
 from backend.method.sae_train import SAETrainConfig, distributed, fraction_of_variance_unexplained, tensor_batches, train_sae
@@ -97,7 +97,7 @@ class BuildConfig:
     ridge: float = option(-1.0, "ridge strength of the dynamics (negative: chosen on held-out positions)")
     n_latents: int = option(1024, "SAE latents")
     k: int = option(32, "active latents per position")
-    dense_directions: int = option(0, "residualized variant: the rows' top principal directions, taken out of the SAE's input and "
+    dense_directions: int = option(0, "residualized and concat variants: the rows' top principal directions, taken out of the SAE's input and "
                                       "reconstructed exactly beside it (backend/method/dense_part.py; 0: none)")
     global_latents: int = option(64, "global_local variant: latents of the image-level SAE")
     global_k: int = option(4, "global_local variant: active image-level latents per image")
@@ -152,8 +152,8 @@ def parse_command(argv=None) -> tuple[BuildConfig, bool]:
         parser.error("--recorded-steps must be 0 (all) or between 2 and --num-steps: the dynamics need two steps")
     if config.variant == "global_local" and config.positions_per_image:
         parser.error("--variant global_local needs every position of an image (its spatial mean): leave --positions-per-image at 0")
-    if config.dense_directions and config.variant != "residualized":
-        parser.error("--dense-directions applies to the residualized variant only")
+    if config.dense_directions and config.variant not in DENSE_VARIANTS:
+        parser.error(f"--dense-directions applies to the {' and '.join(DENSE_VARIANTS)} variants only")
     if config.dense_directions < 0:
         parser.error("--dense-directions must be 0 (none) or more")
     if not 0 < config.global_k <= config.global_latents:

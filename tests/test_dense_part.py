@@ -158,6 +158,18 @@ def test_a_build_with_dense_directions_ships_a_folded_sae(tmp_path):
     assert torch.allclose(frames[:, -1].flatten(1), run.codes[:, latents].T, atol=1e-5)
 
 
+def test_a_concat_build_takes_dense_directions_out_of_its_rows_too(tmp_path):
+    Build(config(tmp_path, variant="concat", dense_directions=3), model=tiny_model()).run()
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert bundle.encoding.variant == "concat" and bundle.sae.dense_directions == 3
+    rows = bundle.encoding.to_rows(torch.cat([shard["traj"].float() for shard in read_shards(tmp_path / "bundle.work" / "collect")]))
+    with torch.no_grad():
+        x_hat, _ = bundle.sae.reconstruct(rows)
+    basis = fit_dense_basis(rows, 3)[0]  # the rows' own top directions, fitted again here
+    assert torch.linalg.svdvals(basis @ bundle.sae.dense_basis.float().T).min() > 0.95  # spans the same subspace
+    assert ((rows - x_hat) @ bundle.sae.dense_basis.float().T).pow(2).sum() < 1e-3 * rows.var(0).sum() * len(rows)
+
+
 def test_the_trainer_refuses_an_sae_that_already_has_dense_directions():
     with pytest.raises(ValueError, match="trained on projected rows, then folded"):
         SAETrainer(TopKSAE(16, 32, 4, dense_directions=2), SAETrainConfig())
@@ -173,8 +185,10 @@ def test_more_dense_directions_than_the_rows_are_wide_are_refused_before_trainin
 
 def test_dense_directions_are_refused_for_other_variants_and_below_zero():
     base = ["--model", "m", "--out", "o"]
-    with pytest.raises(SystemExit):
-        parse_config([*base, "--variant", "concat", "--dense-directions", "4"])
+    for variant in ("global_local", "per_step"):
+        with pytest.raises(SystemExit):
+            parse_config([*base, "--variant", variant, "--dense-directions", "4"])
+    assert parse_config([*base, "--variant", "concat", "--dense-directions", "4"]).dense_directions == 4
     with pytest.raises(SystemExit):
         parse_config([*base, "--dense-directions", "-1"])
     assert parse_config([*base, "--dense-directions", "4"]).dense_directions == 4
@@ -182,7 +196,8 @@ def test_dense_directions_are_refused_for_other_variants_and_below_zero():
 
 @pytest.mark.parametrize("name, settings", [("residualized", {"variant": "residualized", "dense_directions": 0}),
                                             ("global_local", {"variant": "global_local", "dense_directions": 0}),
-                                            ("residualized+dense16", {"variant": "residualized", "dense_directions": 16})])
+                                            ("residualized+dense16", {"variant": "residualized", "dense_directions": 16}),
+                                            ("concat+dense4", {"variant": "concat", "dense_directions": 4})])
 def test_evaluation_variant_names(name, settings):
     assert variant_settings(name) == settings
 
@@ -194,4 +209,4 @@ def test_any_other_variant_name_is_refused_with_the_choices(name):
     except ValueError as err:
         assert "choose from" in str(err)
     else:
-        assert name == settings["variant"] or name == f"residualized+dense{settings['dense_directions']}"
+        assert name == settings["variant"] or name == f"{settings['variant']}+dense{settings['dense_directions']}"

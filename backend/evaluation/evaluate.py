@@ -36,7 +36,7 @@ from backend.evaluation.localization import (DAAM_THRESHOLD, OBJECT_FACTORS, lab
 from backend.evaluation.metrics import factor_codes, most_active_latents, random_sigma_label, reconstruction, sigma_label
 from backend.evaluation.report import write_report, write_shipped_section
 from backend.io import write_json
-from backend.method.encodings import VARIANTS
+from backend.method.encodings import DENSE_VARIANTS, VARIANTS
 from backend.serving.bundle import Bundle
 from backend.serving.icons import EFFECTS_FILE, ICON_FILE
 from backend.serving.opener import attach_model
@@ -59,13 +59,14 @@ DENSE_SUFFIX = "+dense"  # "residualized+dense16": the residualized variant with
 
 
 def variant_settings(name: str) -> dict:
-    """The build settings a variant name stands for: an encoding variant, or "residualized+dense<m>"."""
+    """The build settings a variant name stands for: an encoding variant, or "<residualized or concat>+dense<m>"."""
     if name in VARIANTS:
         return {"variant": name, "dense_directions": 0}
-    dense = re.fullmatch(rf"residualized{re.escape(DENSE_SUFFIX)}([1-9][0-9]*)", name)
+    dense = re.fullmatch(rf"({'|'.join(DENSE_VARIANTS)}){re.escape(DENSE_SUFFIX)}([1-9][0-9]*)", name)
     if not dense:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}, or residualized{DENSE_SUFFIX}<m> (m ≥ 1)")
-    return {"variant": "residualized", "dense_directions": int(dense[1])}
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}, or "
+                         f"{' or '.join(DENSE_VARIANTS)}{DENSE_SUFFIX}<m> (m ≥ 1)")
+    return {"variant": dense[1], "dense_directions": int(dense[2])}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from backend.method.dynamics import LinearDynamics
 
 VARIANTS = ("residualized", "global_local", "concat", "per_step")
 RESIDUALIZED = ("residualized", "global_local")
+DENSE_VARIANTS = ("residualized", "concat")  # one row per position in one part: dense directions apply (backend/method/dense_part.py)
 
 
 @dataclass

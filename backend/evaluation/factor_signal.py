@@ -1,0 +1,151 @@
+"""Where a factor's own signal lies in the rows an SAE reads, against where the SAE's latents put their code.
+
+Issue 26 asks object-labelled latents to put 2.5 × chance of their code on the object. This asks how much of
+each factor's signal the rows themselves carry on the object. A factor's signal among a group of positions is the
+spread of the rows' means between the factor's values, √Σ_v p_v ‖μ_v − μ‖², in the rows' units (a linear amplitude,
+as code mass is). The means come from two halves of the images and meet in an inner product,
+Σ_v p_v ⟨μ_v − μ, μ'_v − μ'⟩, so the noise of finite means, independent between the halves, adds nothing on average.
+Positions are grouped by their distance to the object in cells (0 = on it, then 1, 2, … up to `FAR` or more), and
+the factor's object share is the on-object amplitude times its positions over the sum of that product over the
+groups: its ratio to chance is the on-object amplitude over the mean amplitude at all positions. A latent that
+carried exactly a factor's mean signal would sit at that ratio.
+
+`python -m backend.evaluation.factor_signal BUNDLE --trajectories DIR` prints, for trajectories a collect stage
+wrote at the bundle's site, the signal's ratio in the activations and in the bundle's rows beside its latents' own.
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from backend.errors import ExplorerError
+from backend.evaluation.evaluate import test_trajectories
+from backend.evaluation.localization import OBJECT_FACTORS, localization, object_masks
+from backend.serving.bundle import Bundle
+from backend.shapes.classify import load_classifier
+
+FAR = 4  # cells: positions this far from the object or farther form one group
+FACTORS = (*OBJECT_FACTORS, "position", "background")
+
+
+def distance_to_object(masks: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Long Tensor[B, H*W]: each cell's distance in cells (Chebyshev) to the nearest object cell, capped at FAR; an image
+    without an object cell has every cell at FAR."""
+    cells = masks.reshape(-1, 1, *grid).float()
+    distance = torch.full(cells.shape, FAR, dtype=torch.long)
+    for d in range(FAR):
+        distance[(cells > 0) & (distance == FAR)] = d
+        cells = F.max_pool2d(cells, 3, stride=1, padding=1)
+    return distance.reshape(masks.shape)
+
+
+def _between_spread(rows: Tensor, values: Tensor, half: Tensor) -> float:
+    """Σ_v p_v ⟨μ_v − μ, μ'_v − μ'⟩ over the values present in both halves (`half` bool per row), ≥ 0."""
+    first, second = rows[~half], rows[half]
+    spread = 0.0
+    for v in values.unique():
+        in_first, in_second = values[~half] == v, values[half] == v
+        if in_first.any() and in_second.any():
+            share = float((values == v).float().mean())
+            spread += share * float((first[in_first].mean(0) - first.mean(0)) @ (second[in_second].mean(0) - second.mean(0)))
+    return max(spread, 0.0)
+
+
+def factor_signal(rows: Tensor, masks: Tensor, grid: tuple[int, int], readings: list[dict], factors=FACTORS) -> dict[str, dict]:
+    """Per factor: its signal's amplitude at each distance from the object and its on-object ratio to chance.
+
+    `rows` Tensor[B, P, D] of B whole images, `masks` bool Tensor[B, P] on `grid`, `readings` each image's factor
+    values. Images split into halves by parity of their index.
+    """
+    if rows.shape[0] < 4:
+        raise ExplorerError(f"The factor signal needs at least 4 images (two per half), got {rows.shape[0]}.")
+    distance = distance_to_object(masks, grid)
+    half = (torch.arange(rows.shape[0]) % 2 == 1)[:, None].expand_as(distance)
+    result = {}
+    for factor in factors:
+        names = sorted({reading[factor] for reading in readings})
+        value = torch.tensor([names.index(reading[factor]) for reading in readings])[:, None].expand_as(distance)
+        amplitude, count = [], []
+        for d in range(FAR + 1):
+            at = distance == d
+            amplitude.append(_between_spread(rows[at].float(), value[at], half[at]) ** 0.5 if at.any() else 0.0)
+            count.append(int(at.sum()))
+        mean_amplitude = sum(a * n for a, n in zip(amplitude, count)) / sum(count)
+        result[factor] = {"amplitude_by_distance": amplitude, "object_ratio": amplitude[0] / mean_amplitude if mean_amplitude else None}
+    return result
+
+
+def compare(bundle: Bundle, traj: Tensor, thumbnails: Tensor, classifier) -> dict[str, dict]:
+    """The factor signal in the activations (each step at unit RMS), in the bundle's encoded rows and in what its sparse
+    code reads (the rows less the dense part), beside its latents' median on-object ratio per factor, on one set of images;
+    and the object factors' signal in each step's block alone, of the activations and of the encoded rows."""
+    grid = tuple(bundle.manifest["shapes"]["grid"])
+    images, positions = len(thumbnails), grid[0] * grid[1]
+    if traj.shape[0] != images * positions or bundle.encoding.variant not in ("residualized", "concat"):
+        raise ExplorerError(f"Need whole images of {positions} positions and a residualized or concat bundle; got {traj.shape[0]} "
+                            f"rows for {images} images and a {bundle.encoding.variant} bundle.")
+    masks = object_masks(thumbnails, grid)
+    readings = classifier.predict(thumbnails.permute(0, 3, 1, 2).float() / 255)
+    with torch.no_grad():
+        encoded = bundle.encoding.to_rows(traj)
+        sparse_input = encoded - bundle.sae.dense_part(encoded)
+        codes = bundle.sae.encode(encoded).reshape(images, positions, -1)
+    activations = traj / bundle.encoding.dynamics.activation_rms[:, None]
+    inputs = {"activations": activations.flatten(1), "encoded rows": encoded, "sparse code's input": sparse_input}
+    signal = {name: factor_signal(rows.reshape(images, positions, -1), masks, grid, readings) for name, rows in inputs.items()}
+    steps = {name: [factor_signal(rows.reshape(images, positions, bundle.encoding.steps, -1)[:, :, t], masks, grid, readings, OBJECT_FACTORS)
+                    for t in range(bundle.encoding.steps)] for name, rows in inputs.items() if name != "sparse code's input"}
+    latents = localization(codes, masks, bundle.labels, bundle.is_global)
+    return {"object_share": float(masks.float().mean()), "images": images, "signal": signal, "by_step": steps,
+            "latents": {factor: latents["object_factors"][factor]["median_ratio"] for factor in OBJECT_FACTORS}}
+
+
+def table(result: dict) -> str:
+    """The markdown table that docs/LOCALIZATION.md quotes."""
+    names = list(result["signal"])
+    lines = ["| factor | " + " | ".join(f"signal in the {name}, × chance" for name in names) + " | latents (median), × chance |",
+             "|---|" + "---:|" * (len(names) + 1)]
+    for factor in FACTORS:
+        ratios = [result["signal"][name][factor]["object_ratio"] for name in names]
+        latent = result["latents"].get(factor)
+        lines.append(f"| {factor} | " + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios)
+                     + f" | {'–' if latent is None else f'{latent:.2f}'} |")
+    return "\n".join(lines)
+
+
+def step_table(result: dict) -> str:
+    """Per step, the object factors' ratio in the activations at that step and in the encoded rows' block of that step."""
+    names = list(result["by_step"])
+    lines = ["| step | " + " | ".join(f"{name}: {factor}" for name in names for factor in OBJECT_FACTORS) + " |",
+             "|---:|" + "---:|" * (len(names) * len(OBJECT_FACTORS))]
+    for t in range(len(result["by_step"][names[0]])):
+        ratios = [result["by_step"][name][t][factor]["object_ratio"] for name in names for factor in OBJECT_FACTORS]
+        lines.append(f"| {t} | " + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser("python -m backend.evaluation.factor_signal", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", help="a residualized shapes-world bundle")
+    parser.add_argument("--trajectories", required=True,
+                        help="a collect stage's output at the bundle's site and model (whole images), e.g. an evaluation's <work-dir>/up_ft1/train/collect")
+    args = parser.parse_args(argv)
+    try:
+        bundle = Bundle.load(args.bundle)
+        collected = test_trajectories(args.trajectories)
+        result = compare(bundle, collected["traj"], collected["thumbnails"], load_classifier())
+    except ExplorerError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"{result['images']} images; the object covers {result['object_share']:.3f} of the positions.\n")
+    print(table(result))
+    print("\nEach step's block alone, × chance:\n")
+    print(step_table(result))
+    print("\nAmplitude by distance from the object (cells 0, 1, …, ≥ FAR), sparse code's input: " + "; ".join(
+        f"{factor} " + " ".join(f"{a:.2f}" for a in result["signal"]["sparse code's input"][factor]["amplitude_by_distance"])
+        for factor in FACTORS))
+
+
+if __name__ == "__main__":
+    main()
