@@ -30,7 +30,8 @@ def test_distance_to_object_is_the_chebyshev_distance_to_the_nearest_object_cell
 
 def planted(images: int, noise: float, amplitude_at: list[float], seed: int = 0, dims: int = 8):
     """Images on a 6×6 grid with a 2×2 object at a random place; a binary factor shifts each row by `amplitude_at[d]`
-    along its own axis, d the row's distance to the object; Gaussian noise of std `noise` on `dims` dimensions."""
+    along its own axis, d the row's distance to the object; Gaussian noise of std `noise` on `dims` dimensions, half of
+    it shared by an image's positions (as an image's rows share its noise), so only halves of whole images are independent."""
     gen = torch.Generator().manual_seed(seed)
     masks = torch.zeros(images, 6, 6, dtype=torch.bool)
     for i, (r, c) in enumerate(torch.randint(0, 5, (images, 2), generator=gen).tolist()):
@@ -41,7 +42,8 @@ def planted(images: int, noise: float, amplitude_at: list[float], seed: int = 0,
     shift = torch.zeros(images, 36, dims)
     for d, a in enumerate(amplitude_at):
         shift[..., d] = torch.where(distance == d, a, 0.0)
-    rows = noise * torch.randn(images, 36, dims, generator=gen) + value[:, None, None] * shift
+    shared = torch.randn(images, 1, dims, generator=gen)
+    rows = noise * (shared + torch.randn(images, 36, dims, generator=gen)) / 2**0.5 + value[:, None, None] * shift
     return rows, masks, [{"colour": str(v)} for v in value.tolist()], distance
 
 
@@ -55,9 +57,10 @@ def test_a_planted_factor_has_the_amplitude_and_object_ratio_worked_out_by_hand(
     counts = [int((distance == d).sum()) for d in range(FAR + 1)]
     mean = sum(a * n for a, n in zip(amplitude_at, counts)) / sum(counts)
     assert result["object_ratio"] == pytest.approx(3.0 / mean, rel=0.05)
+    assert result["clear"] and result["object_noise"] < 0.1 * result["amplitude_by_distance"][0]
 
 
-def test_the_split_halves_take_out_the_noise_of_finite_means():
+def test_halves_of_whole_images_take_out_the_noise_of_finite_means_and_flag_what_is_left():
     rows, masks, readings, distance = planted(40, 1.0, [0.0] * (FAR + 1), seed=1, dims=256)
     result = factor_signal(rows, masks, (6, 6), readings, factors=("colour",))["colour"]
     value = torch.tensor([int(r["colour"]) for r in readings])[:, None].expand_as(distance)
@@ -66,6 +69,8 @@ def test_the_split_halves_take_out_the_noise_of_finite_means():
         naive = sum(float((value[at] == v).float().mean()) * float((group[value[at] == v].mean(0) - group.mean(0)).pow(2).sum())
                     for v in (0, 1)) ** 0.5  # one set of means: its noise reads as signal
         assert naive > 0.5 and estimate < 0.4 * naive  # what is left is the spread of an inner product of noises, ~D^(-1/4)
+    assert not result["clear"]  # no factor: the on-object spread is within its noise
+    assert result["object_noise"] > 0
 
 
 def test_too_few_images_is_a_clear_error():
@@ -90,14 +95,15 @@ def test_the_demo_bundles_comparison_reads_the_activations_its_rows_and_its_late
     sparse_input = project_out(encoded, bundle.sae.dense_basis, bundle.sae.b_pre.detach())  # P b_pre = P center once folded
     expected = factor_signal(sparse_input.reshape(8, positions, -1), masks, grid, readings)
     activations = factor_signal((traj / bundle.encoding.dynamics.activation_rms[:, None]).reshape(8, positions, -1), masks, grid, readings)
-    for name, signal in (("sparse code's input", expected), ("activations", activations)):
+    encoded_signal = factor_signal(encoded.reshape(8, positions, -1), masks, grid, readings)
+    for name, signal in (("sparse code's input", expected), ("activations", activations), ("encoded rows", encoded_signal)):
         for factor, measured in signal.items():
-            assert result["signal"][name][factor]["amplitude_by_distance"] == pytest.approx(measured["amplitude_by_distance"], rel=1e-4)
+            assert result["signal"][name][factor]["amplitude_by_distance"] == pytest.approx(measured["amplitude_by_distance"], rel=1e-4, abs=1e-6)
     last = bundle.encoding.steps - 1  # each step's block alone: the last step's activations, and its residual block
     assert result["by_step"]["activations"][last]["size"]["amplitude_by_distance"] == pytest.approx(factor_signal(
-        (traj[:, last] / bundle.encoding.dynamics.activation_rms[last]).reshape(8, positions, -1), masks, grid, readings)["size"]["amplitude_by_distance"], rel=1e-4)
+        (traj[:, last] / bundle.encoding.dynamics.activation_rms[last]).reshape(8, positions, -1), masks, grid, readings)["size"]["amplitude_by_distance"], rel=1e-4, abs=1e-6)
     assert result["by_step"]["encoded rows"][last]["shape"]["amplitude_by_distance"] == pytest.approx(factor_signal(
-        encoded.reshape(8, positions, bundle.encoding.steps, -1)[:, :, last], masks, grid, readings)["shape"]["amplitude_by_distance"], rel=1e-4)
+        encoded.reshape(8, positions, bundle.encoding.steps, -1)[:, :, last], masks, grid, readings)["shape"]["amplitude_by_distance"], rel=1e-4, abs=1e-6)
     with torch.no_grad():
         codes = bundle.sae.encode(encoded).reshape(8, positions, -1)
     located = localization(codes, masks, bundle.labels, bundle.is_global)["object_factors"]
@@ -105,3 +111,6 @@ def test_the_demo_bundles_comparison_reads_the_activations_its_rows_and_its_late
     assert result["object_share"] == pytest.approx(float(masks.float().mean()))
     with pytest.raises(ExplorerError, match="whole images"):
         compare(bundle, traj[:-1], thumbnails, classifier)
+    bundle.encoding.variant = "per_step"  # its rows are (position, step): no map of one row per position
+    with pytest.raises(ExplorerError, match="one row per position"):
+        compare(bundle, traj, thumbnails, classifier)

@@ -2,13 +2,15 @@
 
 Issue 26 asks object-labelled latents to put 2.5 × chance of their code on the object. This asks how much of
 each factor's signal the rows themselves carry on the object. A factor's signal among a group of positions is the
-spread of the rows' means between the factor's values, √Σ_v p_v ‖μ_v − μ‖², in the rows' units (a linear amplitude,
-as code mass is). The means come from two halves of the images and meet in an inner product,
-Σ_v p_v ⟨μ_v − μ, μ'_v − μ'⟩, so the noise of finite means, independent between the halves, adds nothing on average.
+spread of the rows' means between the factor's values, √Σ_v p_v ‖μ_v − m‖² with m = Σ_v p_v μ_v, in the rows' units
+(a linear amplitude, as code mass is). The means come from two halves of the images and meet in an inner product,
+Σ_v p_v ⟨μ_v − m, μ'_v − m'⟩: the noise of finite means, independent between the halves, adds nothing on average
+(values seen in one half only are left out, p renormalized over the rest). What it leaves is noise of either sign,
+measured by shuffling the values across images: a spread within `CLEAR` of its standard deviations is not clear.
 Positions are grouped by their distance to the object in cells (0 = on it, then 1, 2, … up to `FAR` or more), and
-the factor's object share is the on-object amplitude times its positions over the sum of that product over the
-groups: its ratio to chance is the on-object amplitude over the mean amplitude at all positions. A latent that
-carried exactly a factor's mean signal would sit at that ratio.
+the ratio to chance is the on-object amplitude over the mean amplitude at all positions (the object's share of the
+amplitude times positions, over its share of the positions). A latent that carried exactly a factor's mean signal
+would sit at that ratio.
 
 `python -m backend.evaluation.factor_signal BUNDLE --trajectories DIR` prints, for trajectories a collect stage
 wrote at the bundle's site, the signal's ratio in the activations and in the bundle's rows beside its latents' own.
@@ -23,11 +25,14 @@ from torch import Tensor
 from backend.errors import ExplorerError
 from backend.evaluation.evaluate import test_trajectories
 from backend.evaluation.localization import OBJECT_FACTORS, localization, object_masks
+from backend.method.encodings import DENSE_VARIANTS
 from backend.serving.bundle import Bundle
 from backend.shapes.classify import load_classifier
 
 FAR = 4  # cells: positions this far from the object or farther form one group
 FACTORS = (*OBJECT_FACTORS, "position", "background")
+SHUFFLES = 8  # shuffles of the values across images that measure the spread's noise
+CLEAR = 3.0  # an on-object spread above this many noise standard deviations is clear
 
 
 def distance_to_object(masks: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -41,39 +46,51 @@ def distance_to_object(masks: Tensor, grid: tuple[int, int]) -> Tensor:
     return distance.reshape(masks.shape)
 
 
-def _between_spread(rows: Tensor, values: Tensor, half: Tensor) -> float:
-    """Σ_v p_v ⟨μ_v − μ, μ'_v − μ'⟩ over the values present in both halves (`half` bool per row), ≥ 0."""
-    first, second = rows[~half], rows[half]
-    spread = 0.0
-    for v in values.unique():
-        in_first, in_second = values[~half] == v, values[half] == v
-        if in_first.any() and in_second.any():
-            share = float((values == v).float().mean())
-            spread += share * float((first[in_first].mean(0) - first.mean(0)) @ (second[in_second].mean(0) - second.mean(0)))
-    return max(spread, 0.0)
+def _between_spread(rows: Tensor, image: Tensor, image_value: Tensor, second_half: Tensor) -> float:
+    """Σ_v p_v ⟨μ_v − m, μ'_v − m'⟩ of `rows` [N, D] from images `image` [N], whose values are `image_value` [B] and
+    halves `second_half` [B]; each half is centred on its value means weighted by the shared p."""
+    cell = image_value[image] * 2 + second_half[image].long()  # (value, half) of each row
+    cells = 2 * (int(image_value.max()) + 1)
+    sums = torch.zeros(cells, rows.shape[1], dtype=torch.float64).index_add_(0, cell, rows.double())
+    counts = torch.bincount(cell, minlength=cells).double().reshape(-1, 2)
+    present = (counts > 0).all(1)
+    if not present.any():
+        return 0.0
+    p = counts[present].sum(1) / counts[present].sum()
+    means = (sums.reshape(-1, 2, rows.shape[1])[present] / counts[present][..., None])  # [V, 2 halves, D]
+    centred = means - torch.einsum("v,vhd->hd", p, means)
+    return float(torch.einsum("v,vd,vd->", p, centred[:, 0], centred[:, 1]))
 
 
 def factor_signal(rows: Tensor, masks: Tensor, grid: tuple[int, int], readings: list[dict], factors=FACTORS) -> dict[str, dict]:
-    """Per factor: its signal's amplitude at each distance from the object and its on-object ratio to chance.
+    """Per factor: its signal's amplitude at each distance from the object, the noise of the on-object spread, and the
+    on-object ratio to chance (None without any signal), and whether the on-object spread is clear of its noise.
 
     `rows` Tensor[B, P, D] of B whole images, `masks` bool Tensor[B, P] on `grid`, `readings` each image's factor
-    values. Images split into halves by parity of their index.
+    values. Images split into halves by the parity of their index; noise from `SHUFFLES` seeded shuffles of the values.
     """
     if rows.shape[0] < 4:
         raise ExplorerError(f"The factor signal needs at least 4 images (two per half), got {rows.shape[0]}.")
     distance = distance_to_object(masks, grid)
-    half = (torch.arange(rows.shape[0]) % 2 == 1)[:, None].expand_as(distance)
+    image = torch.arange(rows.shape[0])[:, None].expand_as(distance)
+    second_half = torch.arange(rows.shape[0]) % 2 == 1
+    groups = [(rows[distance == d], image[distance == d]) for d in range(FAR + 1)]
+    counts = [len(at) for _, at in groups]
+    shuffles = torch.Generator().manual_seed(0)
     result = {}
     for factor in factors:
         names = sorted({reading[factor] for reading in readings})
-        value = torch.tensor([names.index(reading[factor]) for reading in readings])[:, None].expand_as(distance)
-        amplitude, count = [], []
-        for d in range(FAR + 1):
-            at = distance == d
-            amplitude.append(_between_spread(rows[at].float(), value[at], half[at]) ** 0.5 if at.any() else 0.0)
-            count.append(int(at.sum()))
-        mean_amplitude = sum(a * n for a, n in zip(amplitude, count)) / sum(count)
-        result[factor] = {"amplitude_by_distance": amplitude, "object_ratio": amplitude[0] / mean_amplitude if mean_amplitude else None}
+        value = torch.tensor([names.index(reading[factor]) for reading in readings])
+        spread = [_between_spread(g, at, value, second_half) if len(at) else 0.0 for g, at in groups]
+        amplitude = [max(s, 0.0) ** 0.5 for s in spread]
+        on_object, at_object = groups[0]
+        null = torch.tensor([_between_spread(on_object, at_object, value[torch.randperm(len(value), generator=shuffles)], second_half)
+                             for _ in range(SHUFFLES)]) if len(at_object) else torch.zeros(2)
+        noise = float(null.std())
+        mean_amplitude = sum(a * n for a, n in zip(amplitude, counts)) / sum(counts)
+        result[factor] = {"amplitude_by_distance": amplitude, "object_noise": noise ** 0.5 if noise > 0 else 0.0,
+                          "clear": spread[0] > CLEAR * noise,
+                          "object_ratio": amplitude[0] / mean_amplitude if mean_amplitude else None}
     return result
 
 
@@ -83,9 +100,10 @@ def compare(bundle: Bundle, traj: Tensor, thumbnails: Tensor, classifier) -> dic
     and the object factors' signal in each step's block alone, of the activations and of the encoded rows."""
     grid = tuple(bundle.manifest["shapes"]["grid"])
     images, positions = len(thumbnails), grid[0] * grid[1]
-    if traj.shape[0] != images * positions or bundle.encoding.variant not in ("residualized", "concat"):
-        raise ExplorerError(f"Need whole images of {positions} positions and a residualized or concat bundle; got {traj.shape[0]} "
-                            f"rows for {images} images and a {bundle.encoding.variant} bundle.")
+    if bundle.encoding.variant not in DENSE_VARIANTS:
+        raise ExplorerError(f"The factor signal reads one row per position: a {' or '.join(DENSE_VARIANTS)} bundle, not {bundle.encoding.variant}.")
+    if traj.shape[0] != images * positions:
+        raise ExplorerError(f"Need whole images of {positions} positions: got {traj.shape[0]} rows for {images} images.")
     masks = object_masks(thumbnails, grid)
     readings = classifier.predict(thumbnails.permute(0, 3, 1, 2).float() / 255)
     with torch.no_grad():
@@ -102,15 +120,20 @@ def compare(bundle: Bundle, traj: Tensor, thumbnails: Tensor, classifier) -> dic
             "latents": {factor: latents["object_factors"][factor]["median_ratio"] for factor in OBJECT_FACTORS}}
 
 
+def _ratio(signal: dict) -> str:
+    """A factor's on-object ratio as the tables print it: † marks a spread not clear of its noise."""
+    ratio = signal["object_ratio"]
+    return "–" if ratio is None else f"{ratio:.2f}" + ("" if signal["clear"] else " †")
+
+
 def table(result: dict) -> str:
     """The markdown table that docs/LOCALIZATION.md quotes."""
     names = list(result["signal"])
     lines = ["| factor | " + " | ".join(f"signal in the {name}, × chance" for name in names) + " | latents (median), × chance |",
              "|---|" + "---:|" * (len(names) + 1)]
     for factor in FACTORS:
-        ratios = [result["signal"][name][factor]["object_ratio"] for name in names]
         latent = result["latents"].get(factor)
-        lines.append(f"| {factor} | " + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios)
+        lines.append(f"| {factor} | " + " | ".join(_ratio(result["signal"][name][factor]) for name in names)
                      + f" | {'–' if latent is None else f'{latent:.2f}'} |")
     return "\n".join(lines)
 
@@ -121,16 +144,16 @@ def step_table(result: dict) -> str:
     lines = ["| step | " + " | ".join(f"{name}: {factor}" for name in names for factor in OBJECT_FACTORS) + " |",
              "|---:|" + "---:|" * (len(names) * len(OBJECT_FACTORS))]
     for t in range(len(result["by_step"][names[0]])):
-        ratios = [result["by_step"][name][t][factor]["object_ratio"] for name in names for factor in OBJECT_FACTORS]
-        lines.append(f"| {t} | " + " | ".join("–" if r is None else f"{r:.2f}" for r in ratios) + " |")
+        lines.append(f"| {t} | " + " | ".join(_ratio(result["by_step"][name][t][factor]) for name in names for factor in OBJECT_FACTORS) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser("python -m backend.evaluation.factor_signal", description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", help="a residualized shapes-world bundle")
+    parser.add_argument("bundle", help="a residualized or concat shapes-world bundle")
     parser.add_argument("--trajectories", required=True,
-                        help="a collect stage's output at the bundle's site and model (whole images), e.g. an evaluation's <work-dir>/up_ft1/train/collect")
+                        help="a collect stage's output at the bundle's site and model (whole images), e.g. an evaluation's "
+                             "<work-dir>/up_ft1/train/collect: split halves need a few hundred images")
     args = parser.parse_args(argv)
     try:
         bundle = Bundle.load(args.bundle)
@@ -142,6 +165,7 @@ def main(argv=None) -> None:
     print(table(result))
     print("\nEach step's block alone, × chance:\n")
     print(step_table(result))
+    print(f"\n† the on-object spread is within {CLEAR:g} standard deviations of its noise ({SHUFFLES} shuffles of the values across images).")
     print("\nAmplitude by distance from the object (cells 0, 1, …, ≥ FAR), sparse code's input: " + "; ".join(
         f"{factor} " + " ".join(f"{a:.2f}" for a in result["signal"]["sparse code's input"][factor]["amplitude_by_distance"])
         for factor in FACTORS))

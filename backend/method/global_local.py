@@ -38,7 +38,7 @@ class GlobalLocalSAE(nn.Module):
         self.n_local = local.n_latents
         self.n_latents = local.n_latents + image.n_latents
         self.k = local.k + image.k
-        self.dense_directions = 0  # dense directions are the residualized variant's (backend/method/dense_part.py)
+        self.dense_directions = 0  # dense directions are for one-part rows (DENSE_VARIANTS, backend/method/dense_part.py)
 
     @property
     def W_enc(self) -> Tensor:
