@@ -5,8 +5,9 @@ each factor's signal the rows themselves carry on the object. A factor's signal 
 spread of the rows' means between the factor's values, √Σ_v p_v ‖μ_v − m‖² with m = Σ_v p_v μ_v, in the rows' units
 (a linear amplitude, as code mass is). The means come from two halves of the images and meet in an inner product,
 Σ_v p_v ⟨μ_v − m, μ'_v − m'⟩: the noise of finite means, independent between the halves, adds nothing on average
-(values seen in one half only are left out, p renormalized over the rest). What it leaves is noise of either sign,
-measured by shuffling the values across images: a spread within `CLEAR` of its standard deviations is not clear.
+given the counts (values seen in one half only are left out, p renormalized over the rest). What it leaves is noise
+of either sign, measured by shuffling the values across images: an on-object spread not above `CLEAR` of its standard
+deviations is not clear. The amplitude, the square root of a spread clamped at 0, still reads noise as a little signal.
 Positions are grouped by their distance to the object in cells (0 = on it, then 1, 2, … up to `FAR` or more), and
 the ratio to chance is the on-object amplitude over the mean amplitude at all positions (the object's share of the
 amplitude times positions, over its share of the positions). A latent that carried exactly a factor's mean signal
@@ -31,7 +32,7 @@ from backend.shapes.classify import load_classifier
 
 FAR = 4  # cells: positions this far from the object or farther form one group
 FACTORS = (*OBJECT_FACTORS, "position", "background")
-SHUFFLES = 8  # shuffles of the values across images that measure the spread's noise
+SHUFFLES = 32  # shuffles of the values across images that measure the on-object spread's noise
 CLEAR = 3.0  # an on-object spread above this many noise standard deviations is clear
 
 
@@ -63,8 +64,9 @@ def _between_spread(rows: Tensor, image: Tensor, image_value: Tensor, second_hal
 
 
 def factor_signal(rows: Tensor, masks: Tensor, grid: tuple[int, int], readings: list[dict], factors=FACTORS) -> dict[str, dict]:
-    """Per factor: its signal's amplitude at each distance from the object, the noise of the on-object spread, and the
-    on-object ratio to chance (None without any signal), and whether the on-object spread is clear of its noise.
+    """Per factor: its signal's spread and amplitude at each distance from the object, the standard deviation of the
+    on-object spread under shuffled values, whether the on-object spread is clear of it, and the on-object ratio to
+    chance (None without any signal).
 
     `rows` Tensor[B, P, D] of B whole images, `masks` bool Tensor[B, P] on `grid`, `readings` each image's factor
     values. Images split into halves by the parity of their index; noise from `SHUFFLES` seeded shuffles of the values.
@@ -76,9 +78,9 @@ def factor_signal(rows: Tensor, masks: Tensor, grid: tuple[int, int], readings: 
     second_half = torch.arange(rows.shape[0]) % 2 == 1
     groups = [(rows[distance == d], image[distance == d]) for d in range(FAR + 1)]
     counts = [len(at) for _, at in groups]
-    shuffles = torch.Generator().manual_seed(0)
     result = {}
     for factor in factors:
+        shuffles = torch.Generator().manual_seed(0)  # each factor's noise, whatever the others asked for
         names = sorted({reading[factor] for reading in readings})
         value = torch.tensor([names.index(reading[factor]) for reading in readings])
         spread = [_between_spread(g, at, value, second_half) if len(at) else 0.0 for g, at in groups]
@@ -88,7 +90,7 @@ def factor_signal(rows: Tensor, masks: Tensor, grid: tuple[int, int], readings: 
                              for _ in range(SHUFFLES)]) if len(at_object) else torch.zeros(2)
         noise = float(null.std())
         mean_amplitude = sum(a * n for a, n in zip(amplitude, counts)) / sum(counts)
-        result[factor] = {"amplitude_by_distance": amplitude, "object_noise": noise ** 0.5 if noise > 0 else 0.0,
+        result[factor] = {"spread_by_distance": spread, "amplitude_by_distance": amplitude, "object_spread_noise": noise,
                           "clear": spread[0] > CLEAR * noise,
                           "object_ratio": amplitude[0] / mean_amplitude if mean_amplitude else None}
     return result
@@ -165,7 +167,7 @@ def main(argv=None) -> None:
     print(table(result))
     print("\nEach step's block alone, × chance:\n")
     print(step_table(result))
-    print(f"\n† the on-object spread is within {CLEAR:g} standard deviations of its noise ({SHUFFLES} shuffles of the values across images).")
+    print(f"\n† the on-object spread is not above {CLEAR:g} standard deviations of its noise ({SHUFFLES} shuffles of the values across images).")
     print("\nAmplitude by distance from the object (cells 0, 1, …, ≥ FAR), sparse code's input: " + "; ".join(
         f"{factor} " + " ".join(f"{a:.2f}" for a in result["signal"]["sparse code's input"][factor]["amplitude_by_distance"])
         for factor in FACTORS))
