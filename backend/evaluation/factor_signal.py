@@ -26,7 +26,7 @@ from torch import Tensor
 from backend.errors import ExplorerError
 from backend.evaluation.evaluate import test_trajectories
 from backend.evaluation.localization import OBJECT_FACTORS, localization, object_masks
-from backend.method.encodings import DENSE_VARIANTS
+from backend.method.encodings import DENSE_VARIANTS, TrajectoryEncoding
 from backend.serving.bundle import Bundle
 from backend.shapes.classify import load_classifier
 
@@ -86,9 +86,9 @@ def factor_signal(rows: Tensor, masks: Tensor, grid: tuple[int, int], readings: 
         spread = [_between_spread(g, at, value, second_half) if len(at) else 0.0 for g, at in groups]
         amplitude = [max(s, 0.0) ** 0.5 for s in spread]
         on_object, at_object = groups[0]
-        null = torch.tensor([_between_spread(on_object, at_object, value[torch.randperm(len(value), generator=shuffles)], second_half)
-                             for _ in range(SHUFFLES)]) if len(at_object) else torch.zeros(2)
-        noise = float(null.std())
+        null = [_between_spread(on_object, at_object, value[torch.randperm(len(value), generator=shuffles)], second_half)
+                for _ in range(SHUFFLES if len(at_object) else 0)]
+        noise = float(torch.tensor(null).std()) if null else 0.0
         mean_amplitude = sum(a * n for a, n in zip(amplitude, counts)) / sum(counts)
         result[factor] = {"spread_by_distance": spread, "amplitude_by_distance": amplitude, "object_spread_noise": noise,
                           "clear": spread[0] > CLEAR * noise,
@@ -112,8 +112,8 @@ def compare(bundle: Bundle, traj: Tensor, thumbnails: Tensor, classifier) -> dic
         encoded = bundle.encoding.to_rows(traj)
         sparse_input = encoded - bundle.sae.dense_part(encoded)
         codes = bundle.sae.encode(encoded).reshape(images, positions, -1)
-    activations = traj / bundle.encoding.dynamics.activation_rms[:, None]
-    inputs = {"activations": activations.flatten(1), "encoded rows": encoded, "sparse code's input": sparse_input}
+    activations = TrajectoryEncoding("concat", bundle.encoding.dynamics).to_rows(traj)  # each step at unit RMS
+    inputs = {"activations": activations, "encoded rows": encoded, "sparse code's input": sparse_input}
     signal = {name: factor_signal(rows.reshape(images, positions, -1), masks, grid, readings) for name, rows in inputs.items()}
     steps = {name: [factor_signal(rows.reshape(images, positions, bundle.encoding.steps, -1)[:, :, t], masks, grid, readings, OBJECT_FACTORS)
                     for t in range(bundle.encoding.steps)] for name, rows in inputs.items() if name != "sparse code's input"}
